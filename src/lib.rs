@@ -3,5 +3,7 @@
 //! tokens, plus a faithful local emulator of the ACS Identity API for development and tests.
 
 pub mod acs;
+pub mod api;
+pub mod crd;
 pub mod emulator;
 pub mod telemetry;

@@ -19,12 +19,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the CustomResourceDefinitions as YAML, or write them into a directory.
+    Crd {
+        /// Write one file per CRD into this directory instead of printing to stdout.
+        #[arg(long)]
+        output_dir: Option<std::path::PathBuf>,
+    },
     /// Run the local ACS Identity emulator.
     Emulator(acs_identity_operator::emulator::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Crd { output_dir } = &cli.command {
+        return match write_crds(output_dir.as_deref()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(&cli.log_level, cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -36,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Emulator(args) => acs_identity_operator::emulator::run(args).await,
+            Command::Crd { .. } => Ok(()),
         }
     });
     match result {
@@ -45,4 +61,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn write_crds(dir: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
+    let crds = acs_identity_operator::crd::render_all()?;
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            for (file, yaml) in crds {
+                std::fs::write(dir.join(file), yaml)?;
+            }
+        }
+        None => {
+            for (_, yaml) in crds {
+                print!("---\n{yaml}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -4,17 +4,35 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Token scopes with their exact ACS spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// An ACS token scope, with its exact ACS spelling: `chat`, `voip`, `chat.join`,
+/// `chat.join.limited` or `voip.join`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum Scope {
+    /// Chat: create, read and manage chat threads.
     #[serde(rename = "chat")]
     Chat,
+    /// Voice and video calling.
     #[serde(rename = "voip")]
     Voip,
+    /// Join existing chats only (no thread creation, update or deletion).
     #[serde(rename = "chat.join")]
     ChatJoin,
+    /// As chat.join, and cannot add or remove participants.
     #[serde(rename = "chat.join.limited")]
     ChatJoinLimited,
+    /// Join existing calls only (cannot start calls, except in Rooms it is invited to).
     #[serde(rename = "voip.join")]
     VoipJoin,
 }

@@ -1,0 +1,108 @@
+//! Status conditions (`metav1.Condition`, kstatus-compatible) and the one rule for updating
+//! them: keep `lastTransitionTime` unless the status flips, so unchanged writes stay no-ops.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition types.
+pub mod types {
+    /// The resource is fully reconciled and usable.
+    pub const READY: &str = "Ready";
+    /// A token is being issued or re-issued.
+    pub const ISSUING: &str = "Issuing";
+}
+
+/// Condition reasons (PascalCase), also used as event reasons.
+pub mod reasons {
+    pub const IDENTITY_CREATED: &str = "IdentityCreated";
+    pub const IDENTITY_ADOPTED: &str = "IdentityAdopted";
+    pub const IDENTITY_READY: &str = "IdentityReady";
+    pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
+    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+    pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
+    pub const RESOURCE_MISMATCH: &str = "ResourceMismatch";
+    pub const IDENTITY_NOT_FOUND: &str = "IdentityNotFound";
+    pub const ACS_ERROR: &str = "AcsError";
+    pub const REVOKING: &str = "Revoking";
+    pub const TOKENS_REVOKED: &str = "TokensRevoked";
+    pub const DELETING: &str = "Deleting";
+    pub const TOKEN_ISSUED: &str = "TokenIssued";
+    pub const TOKEN_ROTATED: &str = "TokenRotated";
+    pub const TOKEN_VALID: &str = "TokenValid";
+    pub const SECRET_RESTORED: &str = "SecretRestored";
+    pub const USER_NOT_FOUND: &str = "UserNotFound";
+    pub const USER_NOT_READY: &str = "UserNotReady";
+    pub const WAITING_FOR_REVOCATION: &str = "WaitingForRevocation";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const ISSUE_FAILED: &str = "IssueFailed";
+}
+
+/// Convenience lookups on a condition list.
+pub trait ConditionExt {
+    fn find(&self, type_: &str) -> Option<&Condition>;
+    fn is_true(&self, type_: &str) -> bool {
+        self.find(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
+impl ConditionExt for [Condition] {
+    fn find(&self, type_: &str) -> Option<&Condition> {
+        self.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// Sets a condition, keeping `lastTransitionTime` when the status does not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = observed_generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Ready", false, "A", "m", Some(1), ts(10));
+        set_condition(&mut c, "Ready", false, "B", "m2", Some(2), ts(20));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, Time(ts(10)));
+        assert_eq!(c[0].reason, "B");
+        set_condition(&mut c, "Ready", true, "C", "m3", Some(2), ts(30));
+        assert_eq!(c[0].last_transition_time, Time(ts(30)));
+        assert!(c.is_true("Ready"));
+        assert!(!c.is_true("Issuing"));
+    }
+}

@@ -1,0 +1,147 @@
+//! `CommunicationUser`: one ACS identity, declared in YAML.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A CommunicationUser is one Azure Communication Services identity (`8:acs:...`). The operator
+/// creates the identity, records it in status, revokes its tokens on request and deletes it
+/// when the resource is deleted (unless `deletionPolicy: Retain`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[kube(
+    group = "communication.acs.dev",
+    version = "v1alpha1",
+    kind = "CommunicationUser",
+    namespaced,
+    status = "CommunicationUserStatus",
+    shortname = "acsuser",
+    shortname = "acsusers",
+    category = "acs",
+    doc = "A CommunicationUser is one Azure Communication Services identity, created, tracked and deleted by the operator.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Identity", type_ = "string", json_path = ".status.identityId"),
+    printcolumn(
+        name = "Revocations",
+        type_ = "integer",
+        json_path = ".status.revocation.epoch",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CommunicationUserSpec {
+    /// Where the ACS connection string comes from. When omitted, the operator uses the Secret
+    /// `acs-credentials` (key `connectionString`) in this namespace, and otherwise the
+    /// operator-wide default credentials if this namespace opted into them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsRef>,
+
+    /// What happens to the ACS identity when this resource is deleted: `Delete` removes it
+    /// (revoking all of its tokens), `Retain` leaves it in ACS so it can be adopted again.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// The id of an existing ACS identity (`8:acs:...`) to manage instead of creating a new one,
+    /// for example one kept with `deletionPolicy: Retain`. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 256), regex(pattern = r"^8:(acs|gcch-acs|dod-acs|spool):\S+$"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("identityId is immutable: create a new CommunicationUser to manage another identity"))]
+    pub identity_id: Option<String>,
+}
+
+/// A reference to the connection string of an ACS resource, in a Secret of the same namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    /// Name of a Secret in this namespace. References never cross namespaces.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the connection string in that Secret (`endpoint=https://...;accesskey=...`).
+    /// Azure Service Operator v2 writes `primaryConnectionString` or `secondaryConnectionString`.
+    #[serde(default = "default_credentials_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_credentials_key() -> String {
+    super::DEFAULT_CREDENTIALS_KEY.to_string()
+}
+
+/// What to do with the ACS identity when the CommunicationUser is deleted.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the ACS identity, which revokes all of its tokens.
+    #[default]
+    Delete,
+    /// Keep the ACS identity; only the Kubernetes resource goes.
+    Retain,
+}
+
+/// Observed state of a CommunicationUser.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommunicationUserStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The ACS identity id (`8:acs:<resource>_<user>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_id: Option<String>,
+    /// The externalId the identity was created with (preview api mode: derived from this
+    /// resource's UID, which makes creation idempotent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The ACS endpoint the identity was created at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The immutable id of the ACS resource the identity belongs to (the GUID inside its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// Token revocation state. Every token issued before `epoch` moved is invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationStatus>,
+    /// Current conditions (`Ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Revocation state of an identity. ACS revokes every token of an identity at once, so the
+/// operator counts revocations: a token issued under an older epoch is no longer valid.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationStatus {
+    /// Number of revocations done so far; tokens issued under a smaller epoch are revoked.
+    pub epoch: i64,
+    /// When the last revocation completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revocation_time: Option<Time>,
+    /// The value of the `communication.acs.dev/revoke` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_annotation: Option<String>,
+}
+
+impl CommunicationUser {
+    /// The current revocation epoch (0 before any revocation).
+    pub fn revocation_epoch(&self) -> i64 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.revocation.as_ref())
+            .map_or(0, |r| r.epoch)
+    }
+
+    /// The identity id recorded in status, if any.
+    pub fn identity_id(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.identity_id.as_deref())
+    }
+}
