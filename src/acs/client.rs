@@ -1,4 +1,5 @@
-//! Typed calls to the ACS Identity API.
+//! Typed calls to the ACS Identity API: each attempt waits for the shared rate limiter, is
+//! signed over the exact bytes it sends, and is retried per [`crate::acs::retry`].
 //!
 //! CONTRACT (shared with the operator and tests; keep these names):
 //! - `ClientOptions { api_mode: ApiMode, ca_pem: Option<Vec<u8>>, request_timeout, max_retries,
@@ -11,18 +12,425 @@
 //!   `revoke_tokens(id)`, `delete_identity(id)`, `get_identity(id) -> Result<Identity, AcsError>`.
 //! - `AcsClient::endpoint()`, `AcsClient::resource_host()`.
 
-/// Which api-version surface the client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ApiMode {
-    #[default]
-    Ga,
-    Preview,
+use std::fmt;
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::acs::connection::{AccessKey, ConnectionString};
+use crate::acs::error::{AcsError, DecodeError};
+use crate::acs::hmac;
+use crate::acs::models::{AccessToken, CreateIdentityResponse, Identity, Scope};
+pub use crate::acs::options::{ApiMode, ClientOptions, RequestObserver};
+pub use crate::acs::request::CreateIdentity;
+use crate::acs::request::{self, Prepared};
+use crate::acs::retry::{self, RetryPolicy};
+
+const USER_AGENT: &str = concat!("acs-identity-operator/", env!("CARGO_PKG_VERSION"));
+
+/// Responses larger than this are cut off: ACS bodies are a few hundred bytes, and an
+/// unbounded read would let a broken proxy exhaust memory.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The result of `create_identity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedIdentity {
+    pub identity: Identity,
+    pub access_token: Option<AccessToken>,
+    /// False only when a preview get-or-create answered 200 for an existing identity.
+    pub created: bool,
 }
 
-/// Options for [`AcsClient`].
-#[derive(Debug, Clone, Default)]
-pub struct ClientOptions {}
+/// ACS Identity client. Cheap to clone; clones share connections, limiter and observer.
+#[derive(Clone)]
+pub struct AcsClient {
+    http: reqwest::Client,
+    endpoint: String,
+    host: String,
+    key: AccessKey,
+    options: ClientOptions,
+    policy: RetryPolicy,
+}
 
-/// ACS Identity client.
-#[derive(Debug, Clone)]
-pub struct AcsClient {}
+impl fmt::Debug for AcsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcsClient")
+            .field("endpoint", &self.endpoint)
+            .field("key", &self.key)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// A response with a success status and its (bounded) body.
+struct Success {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl AcsClient {
+    /// Builds a client. The endpoint's scheme is used as written (`http://` works for an
+    /// emulator started with `--http`; the Python SDK would force https here).
+    pub fn new(conn: ConnectionString, options: ClientOptions) -> Result<Self, AcsError> {
+        let base = Url::parse(&conn.endpoint).map_err(|e| AcsError::BuildRequest {
+            source: Box::new(e),
+        })?;
+        let host = wire_host(&base).ok_or_else(|| AcsError::BuildRequest {
+            source: "endpoint has no host".into(),
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            // The signature covers the Host header, which HTTP/2 replaces by `:authority`;
+            // HTTP/1.1 is also what the official SDKs speak.
+            .http1_only()
+            // Every retry decision is ours (see `retry.rs`); a redirect would need a new
+            // signature anyway.
+            .retry(reqwest::retry::never())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .tls_built_in_root_certs(options.trust_web_roots);
+        if let Some(pem) = &options.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| AcsError::InvalidCaCertificate { source: Some(e) })?;
+            if certs.is_empty() {
+                return Err(AcsError::InvalidCaCertificate { source: None });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|source| AcsError::BuildClient { source })?;
+        Ok(Self {
+            http,
+            endpoint: conn.endpoint.trim_end_matches('/').to_string(),
+            host,
+            key: conn.access_key,
+            policy: options.retry_policy(),
+            options,
+        })
+    }
+
+    /// The endpoint without a trailing `/`, e.g. `https://res.communication.azure.com`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The host the requests carry and sign (host plus a non-default port).
+    pub fn resource_host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn api_mode(&self) -> ApiMode {
+        self.options.api_mode
+    }
+
+    /// Creates an identity, optionally with a token. With `external_id` (preview only) this is
+    /// get-or-create: `created` is false when the identity already existed.
+    pub async fn create_identity(&self, req: CreateIdentity) -> Result<CreatedIdentity, AcsError> {
+        let prepared = request::create(self.options.api_mode, &req)?;
+        let ok = self.send(&prepared).await?;
+        let body: CreateIdentityResponse = decode(&ok)?;
+        Ok(CreatedIdentity {
+            identity: body.identity,
+            access_token: body.access_token,
+            created: ok.status != 200,
+        })
+    }
+
+    /// Issues a token. `expires_in_minutes` is sent as given (the service accepts 60–1440 and
+    /// answers 400 otherwise); `None` means the service default of 24 h.
+    pub async fn issue_token(
+        &self,
+        id: &str,
+        scopes: &[Scope],
+        expires_in_minutes: Option<u32>,
+    ) -> Result<AccessToken, AcsError> {
+        let prepared = request::issue_token(self.options.api_mode, id, scopes, expires_in_minutes)?;
+        decode(&self.send(&prepared).await?)
+    }
+
+    /// Revokes every token of the identity issued so far.
+    pub async fn revoke_tokens(&self, id: &str) -> Result<(), AcsError> {
+        self.send(&request::revoke_tokens(self.options.api_mode, id))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes the identity and revokes its tokens.
+    pub async fn delete_identity(&self, id: &str) -> Result<(), AcsError> {
+        self.send(&request::delete_identity(self.options.api_mode, id))
+            .await
+            .map(drop)
+    }
+
+    /// Reads an identity; preview only (the GA surface has no such route).
+    pub async fn get_identity(&self, id: &str) -> Result<Identity, AcsError> {
+        let prepared = request::get_identity(self.options.api_mode, id)?;
+        decode(&self.send(&prepared).await?)
+    }
+
+    /// Sends with retries. One client request id covers all attempts so they correlate in
+    /// service logs; each attempt is signed afresh because `x-ms-date` must be current.
+    async fn send(&self, prepared: &Prepared) -> Result<Success, AcsError> {
+        let url =
+            Url::parse(&format!("{}{}", self.endpoint, prepared.path_and_query)).map_err(|e| {
+                AcsError::BuildRequest {
+                    source: Box::new(e),
+                }
+            })?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::debug_span!(
+            "acs_request",
+            operation = prepared.operation,
+            client_request_id = %request_id,
+        );
+        async {
+            let mut attempt: u32 = 0;
+            loop {
+                attempt += 1;
+                if let Some(limiter) = &self.options.rate_limiter {
+                    limiter.acquire().await;
+                }
+                tracing::trace!(attempt, "sending acs request");
+                let started = Instant::now();
+                let result = self.attempt(prepared, &url, &request_id).await;
+                let elapsed = started.elapsed();
+                let elapsed_ms = elapsed.as_millis() as u64;
+                let outcome = match &result {
+                    Ok(ok) => ok.status.to_string(),
+                    Err(e) => e
+                        .status()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.category().to_string()),
+                };
+                if let Some(observer) = &self.options.observer {
+                    observer.observe(prepared.operation, &outcome, elapsed);
+                }
+                let err = match result {
+                    Ok(ok) => {
+                        tracing::debug!(
+                            attempt,
+                            status = ok.status,
+                            elapsed_ms,
+                            "acs request succeeded"
+                        );
+                        return Ok(ok);
+                    }
+                    Err(err) => err,
+                };
+                if !self
+                    .policy
+                    .should_retry(attempt, &err, prepared.idempotency)
+                {
+                    tracing::debug!(
+                        attempt,
+                        outcome = %outcome,
+                        category = err.category(),
+                        elapsed_ms,
+                        error = %ErrorChain(&err),
+                        "acs request failed",
+                    );
+                    return Err(err);
+                }
+                let delay = self.policy.delay(attempt, &err, rand::random::<f64>());
+                tracing::debug!(
+                    attempt,
+                    outcome = %outcome,
+                    category = err.category(),
+                    elapsed_ms,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %ErrorChain(&err),
+                    "acs request failed, retrying",
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(
+        &self,
+        prepared: &Prepared,
+        url: &Url,
+        request_id: &str,
+    ) -> Result<Success, AcsError> {
+        let signed = hmac::sign_request(
+            self.key.expose(),
+            prepared.method.as_str(),
+            &request_target(url),
+            &self.host,
+            &prepared.body,
+            SystemTime::now(),
+        );
+        let mut authorization = header_value(&signed.authorization)?;
+        // Sensitive values print as "Sensitive" in Debug output and are never HPACK-indexed.
+        authorization.set_sensitive(true);
+        let mut builder = self
+            .http
+            .request(prepared.method.clone(), url.clone())
+            // Set explicitly so the Host sent is, by construction, the Host signed.
+            .header(HOST, header_value(&self.host)?)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header("x-ms-client-request-id", header_value(request_id)?)
+            .header(
+                "x-ms-return-client-request-id",
+                HeaderValue::from_static("true"),
+            )
+            .header("x-ms-date", header_value(&signed.x_ms_date)?)
+            .header("x-ms-content-sha256", header_value(&signed.content_sha256)?)
+            .header(AUTHORIZATION, authorization)
+            .timeout(self.options.request_timeout)
+            .body(prepared.body.clone());
+        if prepared.method != http::Method::GET {
+            // hyper omits `Content-Length: 0`, but the SDK sends it on empty POST and DELETE
+            // bodies, and some HTTP stacks answer a bodiless POST without it with 411.
+            builder = builder.header(CONTENT_LENGTH, prepared.body.len());
+        }
+        if prepared.json {
+            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let response = builder.send().await.map_err(AcsError::from_reqwest)?;
+        let status = response.status().as_u16();
+        let retry_after = retry::retry_after(response.headers(), SystemTime::now());
+        let body = read_body(response).await?;
+        if (200..300).contains(&status) {
+            Ok(Success { status, body })
+        } else {
+            Err(AcsError::from_response(status, retry_after, &body))
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(ok: &Success) -> Result<T, AcsError> {
+    serde_json::from_slice(&ok.body).map_err(|e| AcsError::Decode {
+        status: ok.status,
+        source: DecodeError::from(&e),
+    })
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, AcsError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(AcsError::from_reqwest)? {
+        let room = MAX_BODY_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_BODY_BYTES {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, AcsError> {
+    HeaderValue::from_str(s).map_err(|e| AcsError::BuildRequest {
+        source: Box::new(e),
+    })
+}
+
+/// `host[:port]` as reqwest sends it: the `url` crate drops a default port (`:443` for https).
+fn wire_host(url: &Url) -> Option<String> {
+    let host = url.host_str().filter(|h| !h.is_empty())?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
+/// The request-target on the wire: path and query exactly as the parsed URL holds them.
+fn request_target(url: &Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    }
+}
+
+/// Displays an error with its sources (`a: b: c`). Sources are reqwest, hyper and io errors,
+/// which name the URL and the failure but never a header value.
+struct ErrorChain<'a>(&'a AcsError);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = std::error::Error::source(self.0);
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(endpoint: &str) -> AcsClient {
+        let conn = ConnectionString::parse(&format!(
+            "endpoint={endpoint};accesskey=c2VjcmV0c2VjcmV0c2VjcmV0"
+        ))
+        .unwrap();
+        AcsClient::new(conn, ClientOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_signed_host_keeps_a_non_default_port_only() {
+        assert_eq!(
+            client("https://127.0.0.1:8443/").resource_host(),
+            "127.0.0.1:8443"
+        );
+        assert_eq!(
+            client("https://res.communication.azure.com/").resource_host(),
+            "res.communication.azure.com"
+        );
+        assert_eq!(
+            client("https://Res.Example.com:443").resource_host(),
+            "res.example.com"
+        );
+        assert_eq!(client("http://127.0.0.1:80").resource_host(), "127.0.0.1");
+        assert_eq!(client("http://[::1]:8080").resource_host(), "[::1]:8080");
+        assert_eq!(
+            client("https://127.0.0.1:8443/").endpoint(),
+            "https://127.0.0.1:8443"
+        );
+    }
+
+    #[test]
+    fn the_request_target_keeps_percent_encoding_and_colons() {
+        let url = Url::parse(
+            "https://h/identities/8%3Aacs%3Ax_y/:issueAccessToken?api-version=2023-10-01",
+        )
+        .unwrap();
+        assert_eq!(
+            request_target(&url),
+            "/identities/8%3Aacs%3Ax_y/:issueAccessToken?api-version=2023-10-01"
+        );
+    }
+
+    #[test]
+    fn a_pem_without_certificates_is_rejected() {
+        let conn = ConnectionString::parse("endpoint=https://h/;accesskey=c2VjcmV0").unwrap();
+        let options = ClientOptions {
+            ca_pem: Some(b"not a pem".to_vec()),
+            ..ClientOptions::default()
+        };
+        let err = AcsClient::new(conn, options).unwrap_err();
+        assert!(
+            matches!(err, AcsError::InvalidCaCertificate { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.category(), "config");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let c = client("https://h/");
+        let text = format!("{c:?}");
+        assert!(text.contains("[redacted]"), "{text}");
+        assert!(!text.contains("c2VjcmV0"), "{text}");
+    }
+}

@@ -146,7 +146,10 @@ mod tests {
     fn authorization_round_trips_through_the_parser() {
         let a = authorization(SIGNED_HEADERS, "ab+/cd==");
         let p = parse_authorization(&a).expect("parses");
-        assert_eq!(p.signed_headers, ["x-ms-date", "host", "x-ms-content-sha256"]);
+        assert_eq!(
+            p.signed_headers,
+            ["x-ms-date", "host", "x-ms-content-sha256"]
+        );
         assert_eq!(p.signature, "ab+/cd==");
     }
 

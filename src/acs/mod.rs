@@ -6,8 +6,15 @@ pub mod connection;
 pub mod error;
 pub mod hmac;
 pub mod models;
+pub mod options;
+pub mod ratelimit;
+pub mod request;
+pub mod retry;
 
-pub use client::{AcsClient, ApiMode, ClientOptions};
+pub use client::{AcsClient, ApiMode, ClientOptions, CreateIdentity, CreatedIdentity};
 pub use connection::{AccessKey, ConnectionString, ConnectionStringError};
 pub use error::AcsError;
 pub use models::{AccessToken, Identity, Scope, TokenString};
+pub use options::RequestObserver;
+pub use ratelimit::{RateLimitError, RateLimiter};
+pub use retry::{Idempotency, RetryPolicy};

@@ -199,6 +199,9 @@ mod tests {
         let t = TokenString::new("eyJhbGciOi.eyJzZWNyZXQ.c2ln".into());
         assert_eq!(format!("{t}"), "[redacted]");
         assert!(!format!("{t:?}").contains("eyJ"));
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"eyJhbGciOi.eyJzZWNyZXQ.c2ln\"");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"eyJhbGciOi.eyJzZWNyZXQ.c2ln\""
+        );
     }
 }
