@@ -1,0 +1,449 @@
+//! Prometheus metrics of the operator: one registry, every family registered up front, and small
+//! recording methods the controllers and the ACS client call.
+//!
+//! Every name starts with `acs_identity_operator_` and carries its unit. Labels are bounded by
+//! construction: most take `&'static str` so only values written in the source can appear, and
+//! the one free-form label (`outcome` of an ACS request) is filtered by [`bound_outcome`]. No
+//! label ever holds an object name, a namespace or anything secret, because those would make
+//! the series count grow with the cluster (and could leak data to whoever scrapes).
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "acs_identity_operator";
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Longest `outcome` label value kept as is (error categories are short snake_case words).
+const MAX_OUTCOME_LEN: usize = 32;
+
+/// Label value used for any `outcome` that is neither a status code nor a category.
+const OTHER_OUTCOME: &str = "other";
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+type GaugeI64 = Gauge<i64, AtomicI64>;
+/// Label set of a metric without labels: a family over it holds zero or one series, which lets
+/// a gauge be absent (rather than a made-up number) when there is nothing to report.
+type NoLabels = [(&'static str, &'static str); 0];
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    controller: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: &'static str,
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: &'static str,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Reconcile durations: 5 ms up to about 20 s. A reconcile is a few apiserver and ACS calls.
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+/// ACS request latency: 5 ms up to about 10 s (the client's own timeout is in that range).
+fn acs_request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
+/// Summary of all tokens the operator manages, recomputed by the token controller.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenSummary {
+    /// Tokens whose Secret holds a valid token.
+    pub ready: i64,
+    /// Tokens that are not ready (being issued, failing, or waiting for credentials).
+    pub not_ready: i64,
+    /// Tokens whose issuance is suspended.
+    pub suspended: i64,
+    /// Smallest remaining validity of any issued token; `None` when there is none.
+    pub min_remaining_validity_seconds: Option<f64>,
+    /// Earliest expiry of any issued token, Unix seconds; `None` when there is none.
+    pub next_expiry_unix: Option<f64>,
+    /// Earliest scheduled renewal, Unix seconds; `None` when there is none.
+    pub next_renewal_unix: Option<f64>,
+}
+
+/// The operator's metric registry and every family in it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_duration: HistogramFamily<ControllerLabels>,
+    reconciles_in_flight: Family<ControllerLabels, GaugeI64>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    queue_depth: Family<ControllerLabels, GaugeI64>,
+    acs_requests: Family<RequestLabels, Counter>,
+    acs_request_duration: HistogramFamily<OperationLabels>,
+    token_issuances: Family<ReasonLabels, Counter>,
+    revocations: Counter,
+    identities_created: Counter,
+    identities_deleted: Counter,
+    tokens: Family<StateLabels, GaugeI64>,
+    token_min_remaining_validity: Family<NoLabels, GaugeF64>,
+    token_next_expiry: Family<NoLabels, GaugeF64>,
+    token_next_renewal: Family<NoLabels, GaugeF64>,
+    users: Family<StateLabels, GaugeI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates the registry and registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_duration: HistogramFamily<ControllerLabels> =
+            Family::new_with_constructor(reconcile_histogram);
+        let reconciles_in_flight = Family::<ControllerLabels, GaugeI64>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let queue_depth = Family::<ControllerLabels, GaugeI64>::default();
+        let acs_requests = Family::<RequestLabels, Counter>::default();
+        let acs_request_duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(acs_request_histogram);
+        let token_issuances = Family::<ReasonLabels, Counter>::default();
+        let revocations = Counter::default();
+        let identities_created = Counter::default();
+        let identities_deleted = Counter::default();
+        let tokens = Family::<StateLabels, GaugeI64>::default();
+        let token_min_remaining_validity = Family::<NoLabels, GaugeF64>::default();
+        let token_next_expiry = Family::<NoLabels, GaugeF64>::default();
+        let token_next_renewal = Family::<NoLabels, GaugeF64>::default();
+        let users = Family::<StateLabels, GaugeI64>::default();
+
+        // Counters get their `_total` suffix from the encoder, and `register_with_unit`
+        // appends the unit, so the names below carry neither.
+        registry.register(
+            "reconciles",
+            "Reconciles finished, by controller and result (ok or error)",
+            reconciles.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took, by controller",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running right now, by controller",
+            reconciles_in_flight.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Objects scheduled for a reconcile that has not started yet, by controller",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "acs_requests",
+            "Requests to the ACS Identity API, by operation and outcome (HTTP status or error category)",
+            acs_requests.clone(),
+        );
+        registry.register_with_unit(
+            "acs_request_duration",
+            "Latency of requests to the ACS Identity API, by operation",
+            Unit::Seconds,
+            acs_request_duration.clone(),
+        );
+        registry.register(
+            "token_issuances",
+            "Access tokens issued, by reason",
+            token_issuances.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Revoke calls made to ACS (each revokes all tokens of one identity)",
+            revocations.clone(),
+        );
+        registry.register(
+            "identities_created",
+            "ACS identities created",
+            identities_created.clone(),
+        );
+        registry.register(
+            "identities_deleted",
+            "ACS identities deleted",
+            identities_deleted.clone(),
+        );
+        registry.register(
+            "tokens",
+            "CommunicationTokens, by state (ready, not_ready, suspended)",
+            tokens.clone(),
+        );
+        registry.register_with_unit(
+            "token_min_remaining_validity",
+            "Smallest remaining validity of any issued token; absent when there is none",
+            Unit::Seconds,
+            token_min_remaining_validity.clone(),
+        );
+        registry.register_with_unit(
+            "token_next_expiry_timestamp",
+            "Unix time of the earliest token expiry; absent when there is none",
+            Unit::Seconds,
+            token_next_expiry.clone(),
+        );
+        registry.register_with_unit(
+            "token_next_renewal_timestamp",
+            "Unix time of the earliest scheduled token renewal; absent when there is none",
+            Unit::Seconds,
+            token_next_renewal.clone(),
+        );
+        registry.register(
+            "users",
+            "CommunicationUsers, by state (ready, not_ready)",
+            users.clone(),
+        );
+
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            reconciles_in_flight,
+            reconcile_errors,
+            queue_depth,
+            acs_requests,
+            acs_request_duration,
+            token_issuances,
+            revocations,
+            identities_created,
+            identities_deleted,
+            tokens,
+            token_min_remaining_validity,
+            token_next_expiry,
+            token_next_renewal,
+            users,
+        }
+    }
+
+    /// Renders every family in the OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; the encoder only returns the `fmt::Error` of its
+        // writer. Should it ever fail, a partial exposition is still the most useful answer.
+        if encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("failed to encode metrics");
+        }
+        out
+    }
+
+    /// Starts counting and timing one reconcile of `controller`. Finish the returned timer with
+    /// the result; dropping it unfinished (a panic, a cancelled future) counts as `error`.
+    pub fn reconcile(&self, controller: &'static str) -> ReconcileTimer {
+        let labels = ControllerLabels { controller };
+        let in_flight = self.reconciles_in_flight.get_or_create_owned(&labels);
+        in_flight.inc();
+        ReconcileTimer {
+            controller,
+            started: Instant::now(),
+            reconciles: self.reconciles.clone(),
+            duration: self.reconcile_duration.get_or_create_owned(&labels),
+            in_flight,
+            finished: false,
+        }
+    }
+
+    /// Counts a failed reconcile by the error's category (`Error::category()`).
+    pub fn reconcile_error(&self, controller: &'static str, category: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                controller,
+                category,
+            })
+            .inc();
+    }
+
+    /// Sets how many objects of `controller` are scheduled for a reconcile that has not started.
+    pub fn set_queue_depth(&self, controller: &'static str, depth: i64) {
+        self.queue_depth
+            .get_or_create(&ControllerLabels { controller })
+            .set(depth);
+    }
+
+    /// Counts and times one ACS request. `outcome` is the HTTP status code or an error
+    /// category; anything else is reported as `other` (see [`bound_outcome`]).
+    pub fn acs_request(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
+        self.acs_requests
+            .get_or_create(&RequestLabels {
+                operation,
+                outcome: bound_outcome(outcome).to_owned(),
+            })
+            .inc();
+        self.acs_request_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one issued token. `reason` is one of `initial`, `renewal`, `revoked`,
+    /// `spec_changed`, `secret_restored`, `forced`, `key_rotated`.
+    pub fn token_issued(&self, reason: &'static str) {
+        self.token_issuances
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one revoke call made to ACS.
+    pub fn revocation(&self) {
+        self.revocations.inc();
+    }
+
+    /// Counts one ACS identity created.
+    pub fn identity_created(&self) {
+        self.identities_created.inc();
+    }
+
+    /// Counts one ACS identity deleted.
+    pub fn identity_deleted(&self) {
+        self.identities_deleted.inc();
+    }
+
+    /// Replaces the token gauges with `s`. Time gauges with no value are removed rather than
+    /// set to a placeholder, so an alert on them cannot fire on an empty operator.
+    pub fn set_token_summary(&self, s: &TokenSummary) {
+        for (state, value) in [
+            ("ready", s.ready),
+            ("not_ready", s.not_ready),
+            ("suspended", s.suspended),
+        ] {
+            self.tokens.get_or_create(&StateLabels { state }).set(value);
+        }
+        set_optional(
+            &self.token_min_remaining_validity,
+            s.min_remaining_validity_seconds,
+        );
+        set_optional(&self.token_next_expiry, s.next_expiry_unix);
+        set_optional(&self.token_next_renewal, s.next_renewal_unix);
+    }
+
+    /// Sets the number of CommunicationUsers that are ready and not ready.
+    pub fn set_users(&self, ready: i64, not_ready: i64) {
+        for (state, value) in [("ready", ready), ("not_ready", not_ready)] {
+            self.users.get_or_create(&StateLabels { state }).set(value);
+        }
+    }
+}
+
+/// Lets the ACS client report every attempt directly (`Arc<Metrics>` is an
+/// `Arc<dyn RequestObserver>`).
+impl crate::acs::RequestObserver for Metrics {
+    fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
+        self.acs_request(operation, outcome, elapsed);
+    }
+}
+
+/// Sets the single series of `family`, or removes it when there is no value.
+fn set_optional(family: &Family<NoLabels, GaugeF64>, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            family.get_or_create(&[]).set(v);
+        }
+        None => {
+            family.remove(&[]);
+        }
+    }
+}
+
+/// Keeps `outcome` when it is a 3-digit status code or a short snake_case category
+/// (`[a-z_]{1,32}`), else returns `other`: a label must never carry an arbitrary string, which
+/// could be unbounded or contain data from a response.
+pub fn bound_outcome(outcome: &str) -> &str {
+    let bytes = outcome.as_bytes();
+    let status_code = bytes.len() == 3 && bytes.iter().all(u8::is_ascii_digit);
+    let category = (1..=MAX_OUTCOME_LEN).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || *b == b'_');
+    if status_code || category {
+        outcome
+    } else {
+        OTHER_OUTCOME
+    }
+}
+
+/// One running reconcile, started by [`Metrics::reconcile`]. Recording happens exactly once:
+/// on [`ReconcileTimer::finish`], or on drop as `error` if never finished.
+#[derive(Debug)]
+#[must_use = "finish the timer with the reconcile's result"]
+pub struct ReconcileTimer {
+    controller: &'static str,
+    started: Instant,
+    reconciles: Family<ReconcileLabels, Counter>,
+    duration: Histogram,
+    in_flight: GaugeI64,
+    finished: bool,
+}
+
+impl ReconcileTimer {
+    /// Records the reconcile as done with `result` (`ok` or `error`).
+    pub fn finish(mut self, result: &'static str) {
+        self.record(result);
+    }
+
+    fn record(&mut self, result: &'static str) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.in_flight.dec();
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                controller: self.controller,
+                result,
+            })
+            .inc();
+    }
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.record("error");
+    }
+}
+
+#[cfg(test)]
+mod tests;
