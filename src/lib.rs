@@ -4,6 +4,14 @@
 
 pub mod acs;
 pub mod api;
+pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod emulator;
+pub mod leader;
+pub mod metrics;
+pub mod rotation;
+pub mod secret;
+pub mod server;
 pub mod telemetry;

@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator.
+    Run(acs_identity_operator::config::RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write them into a directory.
     Crd {
         /// Write one file per CRD into this directory instead of printing to stdout.
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Emulator(args) => acs_identity_operator::emulator::run(args).await,
             Command::Crd { .. } => Ok(()),
+            Command::Run(args) => run_operator(args).await,
         }
     });
     match result {
@@ -78,5 +81,13 @@ fn write_crds(dir: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::E
             }
         }
     }
+    Ok(())
+}
+
+async fn run_operator(
+    args: acs_identity_operator::config::RunArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = acs_identity_operator::config::Config::from_args(args)?;
+    acs_identity_operator::controller::run(config).await?;
     Ok(())
 }

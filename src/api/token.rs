@@ -12,6 +12,8 @@ pub use crate::acs::models::Scope;
 /// A CommunicationToken keeps an ACS access token for a CommunicationUser in a Secret: issued
 /// with the declared scopes, renewed before it expires, re-issued when revoked, restored when
 /// the Secret is deleted or edited, and revoked when the resource is deleted.
+// The derive repeats `printcolumn`/`shortname` attributes by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "communication.acs.dev",
@@ -35,8 +37,8 @@ pub use crate::acs::models::Scope;
     ),
     printcolumn(name = "User", type_ = "string", json_path = ".spec.userRef.name"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresOn"),
-    printcolumn(name = "Renews", type_ = "date", json_path = ".status.renewalTime"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresOn"),
+    printcolumn(name = "Renews", type_ = "string", json_path = ".status.renewalTime"),
     printcolumn(
         name = "Scopes",
         type_ = "string",
@@ -49,11 +51,15 @@ pub use crate::acs::models::Scope;
         json_path = ".status.revision",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of renewBefore and renewBeforePercentage"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(string(self.expiresInMinutes) + 'm')").message(kube::core::Message::Expression("'renewBefore (' + self.renewBefore + ') must be shorter than the token lifetime of expiresInMinutes (' + string(self.expiresInMinutes) + 'm)'".into())).field_path(".renewBefore"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.renewBefore) || duration(self.renewBefore).getMinutes() < self.expiresInMinutes").message(kube::core::Message::Expression("'renewBefore ' + self.renewBefore + ' must be shorter than the token lifetime (expiresInMinutes)'".into())).field_path(".renewBefore"))]
 pub struct CommunicationTokenSpec {
     /// The CommunicationUser (in this namespace) whose identity the token is issued for.
     /// Immutable.
@@ -74,6 +80,10 @@ pub struct CommunicationTokenSpec {
     /// Renew this long before the token expires (a duration such as `30m` or `2h`, at least
     /// one minute). Default: renew when two thirds of the lifetime have passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1m')").message("renewBefore must be at least 1m"))]
     pub renew_before: Option<kube::core::Duration>,
 
@@ -85,7 +95,10 @@ pub struct CommunicationTokenSpec {
     /// Name of the Secret to write the token to, in this namespace. Default: the
     /// CommunicationToken's name. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("secretName is immutable"))]
     pub secret_name: Option<String>,
 
@@ -184,9 +197,6 @@ pub struct CommunicationTokenStatus {
     /// revokes the token at ACS, so a changed fingerprint means re-issue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
-    /// A keyed hash of the Secret's data as last written, to detect edits by hand.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_digest: Option<String>,
     /// The value of the `communication.acs.dev/rotate` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_rotate_annotation: Option<String>,

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// A CommunicationUser is one Azure Communication Services identity (`8:acs:...`). The operator
 /// creates the identity, records it in status, revokes its tokens on request and deletes it
 /// when the resource is deleted (unless `deletionPolicy: Retain`).
+// The derive repeats `printcolumn`/`shortname` attributes by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[kube(
     group = "communication.acs.dev",
@@ -36,7 +38,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.revocation.epoch",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CommunicationUserSpec {
@@ -54,7 +60,10 @@ pub struct CommunicationUserSpec {
     /// The id of an existing ACS identity (`8:acs:...`) to manage instead of creating a new one,
     /// for example one kept with `deletionPolicy: Retain`. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 8, max = 256), regex(pattern = r"^8:(acs|gcch-acs|dod-acs|spool):\S+$"))]
+    #[schemars(
+        length(min = 8, max = 256),
+        regex(pattern = r"^8:(acs|gcch-acs|dod-acs|spool):\S+$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("identityId is immutable: create a new CommunicationUser to manage another identity"))]
     pub identity_id: Option<String>,
 }

@@ -1,0 +1,374 @@
+//! The `run` subcommand's flags and environment, validated into one [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::acs::ApiMode;
+
+/// The api-version mode of ACS calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiModeArg {
+    /// GA api-version 2023-10-01. Creation is not idempotent: a crash between the create call
+    /// and the status write can leak one identity (see the README).
+    Ga,
+    /// Preview api-version 2025-04-01-preview: identities are created with an `externalId`
+    /// derived from the resource UID (get-or-create), so a crash leaks nothing.
+    Preview,
+}
+
+impl From<ApiModeArg> for ApiMode {
+    fn from(m: ApiModeArg) -> Self {
+        match m {
+            ApiModeArg::Ga => ApiMode::Ga,
+            ApiModeArg::Preview => ApiMode::Preview,
+        }
+    }
+}
+
+/// Flags of `acs-identity-operator run`. Every flag also reads an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Path to a kubeconfig; in-cluster configuration (or ~/.kube/config) when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long, env = "KUBE_CONTEXT")]
+    pub context: Option<String>,
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub watch_namespaces: Vec<String>,
+    /// Reconciles run at once, per controller.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Global ACS request budget (requests per second, shared by every reconciler). It keeps
+    /// the operator below the service limits (1,000 token issues per 30 s per resource).
+    #[arg(long, env = "ACS_REQUESTS_PER_SECOND", default_value_t = 25.0)]
+    pub acs_requests_per_second: f64,
+    /// Burst allowed above the ACS request budget.
+    #[arg(long, env = "ACS_REQUEST_BURST", default_value_t = 50)]
+    pub acs_request_burst: u32,
+    /// ACS api-version mode.
+    #[arg(long, env = "ACS_API_MODE", value_enum, default_value_t = ApiModeArg::Ga)]
+    pub acs_api_mode: ApiModeArg,
+    /// Extra CA certificate (PEM) to trust for ACS endpoints, e.g. the emulator's.
+    #[arg(long, env = "ACS_CA_CERT")]
+    pub acs_ca_cert: Option<PathBuf>,
+    /// Timeout of one ACS request.
+    #[arg(long, env = "ACS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub acs_request_timeout: Duration,
+    /// Operator-wide default credentials: a Secret as `namespace/name`, used in namespaces
+    /// that opt in (see --default-credentials-namespace-selector).
+    #[arg(long, env = "DEFAULT_CREDENTIALS_SECRET")]
+    pub default_credentials_secret: Option<String>,
+    /// Key of the connection string in the default credentials Secret (Azure Service Operator
+    /// v2 writes `primaryConnectionString`).
+    #[arg(
+        long,
+        env = "DEFAULT_CREDENTIALS_KEY",
+        default_value = "connectionString"
+    )]
+    pub default_credentials_key: String,
+    /// Label selector of the namespaces that opt into the default credentials.
+    #[arg(
+        long,
+        env = "DEFAULT_CREDENTIALS_NAMESPACE_SELECTOR",
+        default_value = "communication.acs.dev/default-credentials=true"
+    )]
+    pub default_credentials_namespace_selector: String,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease (required when more than one replica may run).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE",
+        default_value = "acs-identity-operator"
+    )]
+    pub leader_election_lease: String,
+    /// Lease duration: a successor waits this long after the leader stops renewing.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// The leader gives up when it could not renew for this long.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// How often candidates retry and the leader renews.
+    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_election_retry_period: Duration,
+    /// Identity of this replica in the Lease (default: POD_NAME, else the host name plus a
+    /// random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Longest time between two reconciles of a healthy object (a safety resync).
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "1h", value_parser = parse_duration)]
+    pub resync_period: Duration,
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (s, 1_000.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use a number with ms, s, m or h"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!(
+            "invalid duration {s:?}: must be a non-negative number"
+        ));
+    }
+    Ok(Duration::from_millis((v * mult_ms) as u64))
+}
+
+/// Where the operator-wide default credentials live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultCredentials {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+    /// Label selector of the namespaces allowed to use them.
+    pub namespace_selector: String,
+}
+
+/// Validated operator configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Empty means all namespaces.
+    pub watch_namespaces: Vec<String>,
+    pub concurrency: u16,
+    /// `None`: no client-side limit.
+    pub acs_requests_per_second: Option<f64>,
+    pub acs_request_burst: u32,
+    pub api_mode: ApiMode,
+    pub acs_ca_pem: Option<Vec<u8>>,
+    pub acs_request_timeout: Duration,
+    pub default_credentials: Option<DefaultCredentials>,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: Option<LeaderElectionConfig>,
+    pub identity: String,
+    pub resync_period: Duration,
+}
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct LeaderElectionConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--default-credentials-secret must be namespace/name")]
+    DefaultCredentialsFormat,
+    #[error("failed to read --acs-ca-cert {path}")]
+    ReadCaCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+    #[error("--acs-requests-per-second must be positive (0 disables the limit is not supported; use a large value)")]
+    Budget,
+    #[error(
+        "leader election needs renew deadline < lease duration and retry period < renew deadline"
+    )]
+    LeaderTimings,
+}
+
+impl Config {
+    /// Validates the flags.
+    pub fn from_args(a: RunArgs) -> Result<Self, ConfigError> {
+        if a.concurrency == 0 {
+            return Err(ConfigError::Concurrency);
+        }
+        if !(a.acs_requests_per_second.is_finite() && a.acs_requests_per_second > 0.0) {
+            return Err(ConfigError::Budget);
+        }
+        let default_credentials = match a.default_credentials_secret.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                let (ns, name) = s
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                    .ok_or(ConfigError::DefaultCredentialsFormat)?;
+                Some(DefaultCredentials {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    key: a.default_credentials_key.clone(),
+                    namespace_selector: a.default_credentials_namespace_selector.clone(),
+                })
+            }
+        };
+        let acs_ca_pem = match &a.acs_ca_cert {
+            Some(p) => Some(std::fs::read(p).map_err(|source| ConfigError::ReadCaCert {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let leader_election = if a.leader_election {
+            if a.leader_election_renew_deadline >= a.leader_election_lease_duration
+                || a.leader_election_retry_period >= a.leader_election_renew_deadline
+            {
+                return Err(ConfigError::LeaderTimings);
+            }
+            Some(LeaderElectionConfig {
+                namespace: a
+                    .leader_election_namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "default".to_string()),
+                lease_name: a.leader_election_lease.clone(),
+                lease_duration: a.leader_election_lease_duration,
+                renew_deadline: a.leader_election_renew_deadline,
+                retry_period: a.leader_election_retry_period,
+            })
+        } else {
+            None
+        };
+        let identity = a.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "operator".to_string());
+            format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        });
+        Ok(Self {
+            kubeconfig: a.kubeconfig,
+            context: a.context,
+            watch_namespaces: a
+                .watch_namespaces
+                .into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            concurrency: a.concurrency,
+            acs_requests_per_second: Some(a.acs_requests_per_second),
+            acs_request_burst: a.acs_request_burst.max(1),
+            api_mode: a.acs_api_mode.into(),
+            acs_ca_pem,
+            acs_request_timeout: a.acs_request_timeout,
+            default_credentials,
+            metrics_addr: a.metrics_addr,
+            leader_election,
+            identity,
+            resync_period: a.resync_period.max(Duration::from_secs(10)),
+        })
+    }
+
+    /// True when the operator watches this namespace.
+    pub fn watches_namespace(&self, ns: &str) -> bool {
+        self.watch_namespaces.is_empty() || self.watch_namespaces.iter().any(|n| n == ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["x"];
+        v.extend_from_slice(args);
+        Config::from_args(Cli::parse_from(v).run)
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = parse(&[]).unwrap();
+        assert!(c.watch_namespaces.is_empty());
+        assert!(c.watches_namespace("anything"));
+        assert_eq!(c.api_mode, ApiMode::Ga);
+        assert!(c.leader_election.is_none());
+        assert!(c.default_credentials.is_none());
+    }
+
+    #[test]
+    fn watched_namespaces_and_default_credentials_parse() {
+        let c = parse(&[
+            "--watch-namespaces",
+            "a, b",
+            "--default-credentials-secret",
+            "acs-system/acs",
+            "--default-credentials-key",
+            "primaryConnectionString",
+            "--acs-api-mode",
+            "preview",
+        ])
+        .unwrap();
+        assert_eq!(c.watch_namespaces, ["a", "b"]);
+        assert!(c.watches_namespace("b") && !c.watches_namespace("c"));
+        let d = c.default_credentials.unwrap();
+        assert_eq!(
+            (d.namespace.as_str(), d.name.as_str()),
+            ("acs-system", "acs")
+        );
+        assert_eq!(d.key, "primaryConnectionString");
+        assert_eq!(c.api_mode, ApiMode::Preview);
+    }
+
+    #[test]
+    fn bad_flag_combinations_are_rejected() {
+        assert!(matches!(
+            parse(&["--default-credentials-secret", "nope"]),
+            Err(ConfigError::DefaultCredentialsFormat)
+        ));
+        assert!(matches!(
+            parse(&["--concurrency", "0"]),
+            Err(ConfigError::Concurrency)
+        ));
+        assert!(matches!(
+            parse(&[
+                "--leader-election",
+                "true",
+                "--leader-election-renew-deadline",
+                "20s"
+            ]),
+            Err(ConfigError::LeaderTimings)
+        ));
+    }
+}

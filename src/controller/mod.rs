@@ -1,0 +1,407 @@
+//! The controller runtime: shared caches, the two reconcilers, leader election, the health
+//! and metrics server, and graceful shutdown.
+
+pub mod acs_pool;
+pub mod backoff;
+pub mod stores;
+pub mod token;
+pub mod user;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::api::{self, CommunicationToken, CommunicationUser};
+use crate::config::Config;
+use crate::credentials::CredentialsResolver;
+use crate::metrics::Metrics;
+use crate::server::Readiness;
+
+use self::acs_pool::AcsPool;
+use self::backoff::Failures;
+use self::stores::Stores;
+
+/// A clock, injected so tests can fix time.
+pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub acs: AcsPool,
+    pub credentials: CredentialsResolver,
+    pub users: Stores<CommunicationUser>,
+    pub tokens: Stores<CommunicationToken>,
+    pub failures: Failures,
+    pub clock: Clock,
+}
+
+impl Context {
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
+    }
+
+    /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "failed to publish event");
+        }
+    }
+}
+
+/// Writes `status` with server-side apply under `manager`, unless it equals `current`
+/// (an unchanged write would only trigger another reconcile).
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    // force: this manager owns the whole status of its kind; a leftover owner from an older
+    // operator version must not block the write.
+    api.patch_status(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// `namespace/name` of an object, the key of per-object state.
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Failure to start the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("failed to load the Kubernetes client configuration")]
+    KubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("failed to create the Kubernetes client")]
+    KubeClient(#[source] kube::Error),
+    #[error("failed to bind the metrics and health server")]
+    Server(#[source] std::io::Error),
+    #[error("leader election failed")]
+    Leader(#[source] crate::leader::LeaderError),
+}
+
+/// Builds the Kubernetes client from a kubeconfig path and context, or infers it.
+pub async fn kube_client(config: &Config) -> Result<Client, RunError> {
+    let kc = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| RunError::KubeConfig(Box::new(e)))?;
+            let options = kube::config::KubeConfigOptions {
+                context: config.context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| RunError::KubeConfig(Box::new(e)))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| RunError::KubeConfig(Box::new(e)))?,
+    };
+    Client::try_from(kc).map_err(RunError::KubeClient)
+}
+
+type Shutdown = futures::future::Shared<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+/// Resolves on SIGINT or SIGTERM.
+fn shutdown_signal() -> Shutdown {
+    let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        info!("shutdown signal received");
+    });
+    f.shared()
+}
+
+/// Strips what the operator never reads, so 5,000 cached objects stay small.
+fn slim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// One shared reflector per watched scope: the store, plus a stream per subscriber.
+struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
+    stores: Vec<(Option<String>, reflector::Store<K>)>,
+    writers: Vec<reflector::store::Writer<K>>,
+}
+
+fn scopes(config: &Config) -> Vec<Option<String>> {
+    if config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+fn api_for<K>(client: &Client, scope: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the operator until a shutdown signal (or the loss of leadership).
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let client = kube_client(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::default();
+    let shutdown = shutdown_signal();
+
+    let (bound, server) = crate::server::bind(
+        config.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(RunError::Server)?;
+    info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(server);
+
+    // Caches run on every replica (read-only), so a standby is ready to take over at once.
+    let scopes = scopes(&config);
+    let mut drivers = Vec::new();
+    let mut users: Shared<CommunicationUser> = Shared {
+        stores: vec![],
+        writers: vec![],
+    };
+    let mut tokens: Shared<CommunicationToken> = Shared {
+        stores: vec![],
+        writers: vec![],
+    };
+    let mut cred_stores = Vec::new();
+    let mut cred_writers = Vec::new();
+    for scope in &scopes {
+        let (r, w) = reflector::store_shared(1024);
+        users.stores.push((scope.clone(), r));
+        users.writers.push(w);
+        let (r, w) = reflector::store_shared(1024);
+        tokens.stores.push((scope.clone(), r));
+        tokens.writers.push(w);
+        let (r, w) = reflector::store_shared(256);
+        cred_stores.push((scope.clone(), r));
+        cred_writers.push(w);
+    }
+
+    // Subscriptions must be taken before the drivers start.
+    let mut user_ctrl_streams = Vec::new();
+    let mut token_ctrl_streams = Vec::new();
+    for ((u, t), c) in users.writers.iter().zip(&tokens.writers).zip(&cred_writers) {
+        user_ctrl_streams.push((u.subscribe(), t.subscribe(), c.subscribe()));
+        token_ctrl_streams.push((t.subscribe(), u.subscribe(), c.subscribe()));
+    }
+
+    for scope in &scopes {
+        let w = users.writers.remove(0);
+        let stream = watcher(
+            api_for::<CommunicationUser>(&client, scope),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(slim)
+        .reflect_shared(w)
+        .for_each(|_| futures::future::ready(()));
+        drivers.push(tokio::spawn(stream));
+        let w = tokens.writers.remove(0);
+        let stream = watcher(
+            api_for::<CommunicationToken>(&client, scope),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(slim)
+        .reflect_shared(w)
+        .for_each(|_| futures::future::ready(()));
+        drivers.push(tokio::spawn(stream));
+        let w = cred_writers.remove(0);
+        // Every Secret that is not a token Secret may hold credentials; metadata only, so no
+        // Secret data is cached.
+        let cfg = watcher::Config::default().labels(&format!(
+            "{}!={}",
+            api::MANAGED_BY_LABEL,
+            api::MANAGED_BY
+        ));
+        let stream = watcher(api_for::<PartialObjectMeta<Secret>>(&client, scope), cfg)
+            .default_backoff()
+            .modify(slim)
+            .reflect_shared(w)
+            .for_each(|_| futures::future::ready(()));
+        drivers.push(tokio::spawn(stream));
+    }
+
+    let user_stores = Stores::new(users.stores);
+    let token_stores = Stores::new(tokens.stores);
+    let cred_store: Stores<PartialObjectMeta<Secret>> = Stores::new(cred_stores);
+
+    let acs_options = acs_pool::client_options(&config, metrics.clone());
+    let reporter = Reporter {
+        controller: api::MANAGED_BY.to_string(),
+        instance: Some(config.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        acs: AcsPool::new(acs_options),
+        credentials: CredentialsResolver::new(
+            client.clone(),
+            cred_store,
+            config.default_credentials.clone(),
+        ),
+        users: user_stores.clone(),
+        tokens: token_stores.clone(),
+        failures: Failures::default(),
+        clock: Arc::new(jiff::Timestamp::now),
+    });
+
+    // Ready once every cache has its initial list.
+    tokio::select! {
+        ok = async { user_stores.wait_until_ready().await && token_stores.wait_until_ready().await } => {
+            if !ok {
+                warn!("a cache closed before it became ready");
+            }
+        }
+        _ = shutdown.clone() => return Ok(()),
+    }
+    readiness.set_ready(true);
+    info!("caches synced");
+
+    // Leader election gates every write: a standby keeps only its caches warm.
+    let mut elector = None;
+    let stop: Shutdown = if let Some(le) = &config.leader_election {
+        let e = crate::leader::LeaderElector::new(
+            client.clone(),
+            crate::leader::LeaseConfig {
+                namespace: le.namespace.clone(),
+                name: le.lease_name.clone(),
+                identity: config.identity.clone(),
+                lease_duration: le.lease_duration,
+                renew_deadline: le.renew_deadline,
+                retry_period: le.retry_period,
+            },
+        );
+        info!(identity = %config.identity, lease = %le.lease_name, "waiting for leadership");
+        tokio::select! {
+            r = e.acquire() => r.map_err(RunError::Leader)?,
+            _ = shutdown.clone() => return Ok(()),
+        }
+        info!("acquired leadership");
+        let mut lost = e.keep_renewing();
+        elector = Some(e);
+        let s = shutdown.clone();
+        let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            tokio::select! {
+                _ = s => {},
+                _ = lost.wait_for(|leads| !*leads) => {
+                    warn!("leadership lost; stopping");
+                },
+            }
+        });
+        f.shared()
+    } else {
+        shutdown.clone()
+    };
+
+    let mut controllers = Vec::new();
+    for (i, (u, t, c)) in user_ctrl_streams.into_iter().enumerate() {
+        let scope = scopes[i].clone();
+        if let (Some(u), Some(t), Some(c)) = (u, t, c) {
+            controllers
+                .push(user::controller(ctx.clone(), scope.clone(), u, t, c, stop.clone()).boxed());
+        }
+    }
+    for (i, (t, u, c)) in token_ctrl_streams.into_iter().enumerate() {
+        let scope = scopes[i].clone();
+        if let (Some(t), Some(u), Some(c)) = (t, u, c) {
+            controllers.push(token::controller(ctx.clone(), scope, t, u, c, stop.clone()).boxed());
+        }
+    }
+    let summary = tokio::spawn(token::summarize_forever(ctx.clone()));
+    futures::future::join_all(controllers).await;
+    summary.abort();
+    if let Some(e) = elector {
+        if let Err(err) = e.release().await {
+            warn!(error = %err, "failed to release the lease");
+        }
+    }
+    for d in drivers {
+        d.abort();
+    }
+    readiness.set_ready(false);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! Reflector stores over one or several watched namespaces, read as one.
+//!
+//! A reflector store belongs to one watch; watching a list of namespaces (namespaced RBAC)
+//! takes one watch per namespace, so lookups dispatch on the object's namespace.
+
+use std::sync::Arc;
+
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::Resource;
+
+/// One store per watched scope: `None` is every namespace.
+pub struct Stores<K: Resource<DynamicType = ()> + Clone + 'static> {
+    scopes: Vec<(Option<String>, Store<K>)>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Stores<K> {
+    fn clone(&self) -> Self {
+        Self {
+            scopes: self.scopes.clone(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
+    pub fn new(scopes: Vec<(Option<String>, Store<K>)>) -> Self {
+        Self { scopes }
+    }
+
+    fn store_for(&self, namespace: Option<&str>) -> Option<&Store<K>> {
+        self.scopes
+            .iter()
+            .find(|(ns, _)| ns.is_none() || ns.as_deref() == namespace)
+            .map(|(_, s)| s)
+    }
+
+    /// The store of exactly this scope, for a controller's main stream.
+    pub fn store_for_scope(&self, scope: Option<&str>) -> Option<Store<K>> {
+        self.scopes
+            .iter()
+            .find(|(ns, _)| ns.as_deref() == scope)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The cached object named `name` in `namespace`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.store_for(Some(namespace))?
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every cached object in `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.store_for(Some(namespace))
+            .map(|s| {
+                s.state()
+                    .into_iter()
+                    .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every cached object.
+    pub fn all(&self) -> Vec<Arc<K>> {
+        self.scopes.iter().flat_map(|(_, s)| s.state()).collect()
+    }
+
+    /// Waits until every store has its initial list.
+    pub async fn wait_until_ready(&self) -> bool {
+        for (_, s) in &self.scopes {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}

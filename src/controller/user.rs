@@ -1,0 +1,588 @@
+//! The CommunicationUser reconciler: creates (or adopts) the ACS identity, records it, owns
+//! revocation for all of the user's tokens, and deletes the identity behind a finalizer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::ResourceExt;
+use tracing::{info, instrument, warn, Span};
+
+use super::{apply_status, key_of, Context};
+use crate::acs::{AcsClient, AcsError, ApiMode, CreateIdentity};
+use crate::api::condition::{reasons, types};
+use crate::api::{
+    self, set_condition, CommunicationToken, CommunicationUser, CommunicationUserStatus,
+    ConditionExt, DeletionPolicy, RevocationStatus,
+};
+use crate::credentials::{Credentials, CredentialsError};
+
+const CONTROLLER: &str = "communicationuser";
+
+/// Why a CommunicationUser reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to resolve credentials")]
+    Credentials(#[source] CredentialsError),
+    #[error("failed to create the ACS client")]
+    Client(#[source] AcsError),
+    #[error("failed to create identity")]
+    CreateIdentity(#[source] AcsError),
+    #[error("failed to check the adopted identity")]
+    GetIdentity(#[source] AcsError),
+    #[error("failed to revoke tokens")]
+    RevokeTokens(#[source] AcsError),
+    #[error("failed to delete identity")]
+    DeleteIdentity(#[source] AcsError),
+    #[error("failed to patch status")]
+    PatchStatus(#[source] kube::Error),
+    #[error("failed to read the namespace")]
+    ReadNamespace(#[source] kube::Error),
+    #[error("object has no namespace or name")]
+    Unnamed,
+    #[error("finalizer failed")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded label for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Credentials(_) => "credentials",
+            Error::Client(_) => "client",
+            Error::CreateIdentity(e)
+            | Error::GetIdentity(e)
+            | Error::RevokeTokens(e)
+            | Error::DeleteIdentity(e) => e.category(),
+            Error::PatchStatus(_) | Error::ReadNamespace(_) => "kubernetes",
+            Error::Unnamed => "invalid",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "kubernetes",
+            },
+        }
+    }
+
+    /// Transient errors retry with exponential backoff; the others requeue slowly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Credentials(e) => e.is_transient(),
+            Error::Client(_) | Error::Unnamed => false,
+            Error::CreateIdentity(e)
+            | Error::GetIdentity(e)
+            | Error::RevokeTokens(e)
+            | Error::DeleteIdentity(e) => e.is_transient(),
+            Error::PatchStatus(_) | Error::ReadNamespace(_) => true,
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
+                _ => true,
+            },
+        }
+    }
+}
+
+/// Builds the CommunicationUser controller for one watched scope.
+pub fn controller(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    users: impl Stream<Item = Arc<CommunicationUser>> + Send + 'static,
+    tokens: impl Stream<Item = Arc<CommunicationToken>> + Send + 'static,
+    creds: impl Stream<Item = Arc<PartialObjectMeta<Secret>>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> + Send {
+    let reader: Store<CommunicationUser> = match ctx.users.store_for_scope(scope.as_deref()) {
+        Some(s) => s,
+        None => unreachable!("a store exists for every scope"),
+    };
+    let lookup = ctx.clone();
+    let cred_lookup = ctx.clone();
+    Controller::for_shared_stream(users, reader)
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+        )
+        // A token asking for a revocation (its status) wakes its user.
+        .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
+            t.namespace()
+                .map(|ns| ObjectRef::new(&t.spec.user_ref.name).within(&ns))
+        })
+        // A credentials Secret created or changed later wakes the users that may use it.
+        .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
+            let ns = s.namespace().unwrap_or_default();
+            let name = s.name_any();
+            users_using_secret(&cred_lookup, &ns, &name)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(move |r| {
+            let _ = &lookup;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "user reconcile trigger error");
+            }
+            futures::future::ready(())
+        })
+}
+
+fn users_using_secret(ctx: &Context, ns: &str, name: &str) -> Vec<ObjectRef<CommunicationUser>> {
+    let default = ctx.config.default_credentials.as_ref();
+    let is_default = default.is_some_and(|d| d.namespace == ns && d.name == name);
+    ctx.users
+        .all()
+        .into_iter()
+        .filter(|u| {
+            let uns = u.namespace().unwrap_or_default();
+            is_default
+                || (uns == ns
+                    && u.spec
+                        .credentials
+                        .as_ref()
+                        .map_or(name == api::DEFAULT_CREDENTIALS_SECRET, |c| {
+                            c.secret_name == name
+                        }))
+        })
+        .map(|u| ObjectRef::from_obj(u.as_ref()))
+        .collect()
+}
+
+#[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER))]
+async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = user.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<CommunicationUser> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, api::USER_FINALIZER, user.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(u) => apply(u, ctx.clone()).await,
+            FinalizerEvent::Cleanup(u) => cleanup(u, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => {
+            ctx.failures.reset(&key_of(user.as_ref()));
+            timer.finish("ok");
+        }
+        Err(_) => timer.finish("error"),
+    }
+    result
+}
+
+fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(CONTROLLER, err.category());
+    let key = key_of(user.as_ref());
+    let n = ctx.failures.record(&key);
+    if err.is_transient() {
+        let d = crate::rotation::failure_backoff(n, None, &key);
+        warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, "reconcile failed");
+        Action::requeue(d)
+    } else {
+        warn!(error = %err, cause = %error_chain(err), "reconcile failed; waiting for a change");
+        Action::requeue(Duration::from_secs(300))
+    }
+}
+
+/// The error and its sources, for logs. ACS and credential errors never carry secrets.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+/// Writes status if it changed.
+async fn write_status(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+) -> Result<(), Error> {
+    let ns = user.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<CommunicationUser> = Api::namespaced(ctx.client.clone(), &ns);
+    apply_status(
+        &api,
+        &user.name_any(),
+        api::USER_MANAGER,
+        user.status.as_ref(),
+        status,
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+/// Sets Ready=False with `reason`, writes status, and emits a Warning event when the reason is
+/// new (events on transitions only).
+async fn not_ready(
+    ctx: &Context,
+    user: &CommunicationUser,
+    mut status: CommunicationUserStatus,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let previous = status
+        .conditions
+        .find(types::READY)
+        .map(|c| c.reason.clone());
+    set_condition(
+        &mut status.conditions,
+        types::READY,
+        false,
+        reason,
+        message.clone(),
+        user.metadata.generation,
+        ctx.now(),
+    );
+    write_status(ctx, user, &status).await?;
+    if previous.as_deref() != Some(reason) {
+        ctx.event(user, EventType::Warning, reason, "Reconcile", message)
+            .await;
+    }
+    Ok(())
+}
+
+/// The ACS resource GUID inside an identity id (`8:acs:<resource>_<user>`).
+pub fn resource_of(id: &str) -> Option<String> {
+    let rest = id.strip_prefix("8:")?;
+    let (_, rest) = rest.split_once(':')?;
+    let (resource, _) = rest.split_once('_')?;
+    Some(resource.to_string())
+}
+
+/// The externalId that makes creation idempotent in preview mode.
+pub fn external_id_for(user: &CommunicationUser) -> Option<String> {
+    user.metadata.uid.as_ref().map(|uid| format!("k8s-{uid}"))
+}
+
+async fn client_for(ctx: &Context, creds: &Credentials) -> Result<AcsClient, Error> {
+    ctx.acs.client(&creds.connection).map_err(Error::Client)
+}
+
+async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = user.namespace().ok_or(Error::Unnamed)?;
+    let mut status = user.status.clone().unwrap_or_default();
+    status.observed_generation = user.metadata.generation;
+
+    let creds = match ctx
+        .credentials
+        .resolve(&ns, user.spec.credentials.as_ref())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
+        Err(e) => {
+            not_ready(&ctx, &user, status, e.reason(), e.message()).await?;
+            // A watch on Secrets wakes this object when the credentials appear or change.
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+
+    // Credentials now pointing at another ACS resource: never recreate silently.
+    if let (Some(id), Some(endpoint)) = (status.identity_id.clone(), status.endpoint.clone()) {
+        if !endpoint.eq_ignore_ascii_case(&creds.connection.endpoint) {
+            let msg = format!(
+                "identity {id} belongs to {endpoint}, but the credentials ({}) point to {}; restore the credentials, or delete this CommunicationUser and create a new one",
+                creds.source, creds.connection.endpoint
+            );
+            not_ready(&ctx, &user, status, reasons::RESOURCE_MISMATCH, msg).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    }
+
+    let acs = client_for(&ctx, &creds).await?;
+
+    if status.identity_id.is_none() {
+        if let Some(adopt) = user.spec.identity_id.clone() {
+            if ctx.config.api_mode == ApiMode::Preview {
+                match acs.get_identity(&adopt).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() || e.status() == Some(401) => {
+                        let msg = format!("identity {adopt} cannot be adopted: it does not exist in {} or belongs to another resource", creds.connection.endpoint);
+                        not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
+                        return Ok(Action::requeue(Duration::from_secs(300)));
+                    }
+                    Err(e) => return Err(Error::GetIdentity(e)),
+                }
+            }
+            status.resource_id = resource_of(&adopt);
+            status.identity_id = Some(adopt.clone());
+            status.endpoint = Some(creds.connection.endpoint.clone());
+            set_condition(
+                &mut status.conditions,
+                types::READY,
+                true,
+                reasons::IDENTITY_ADOPTED,
+                format!("adopted identity {adopt}"),
+                user.metadata.generation,
+                ctx.now(),
+            );
+            write_status(&ctx, &user, &status).await?;
+            ctx.event(
+                user.as_ref(),
+                EventType::Normal,
+                reasons::IDENTITY_ADOPTED,
+                "AdoptIdentity",
+                format!("adopted identity {adopt}"),
+            )
+            .await;
+        } else {
+            let external_id = match ctx.config.api_mode {
+                ApiMode::Preview => external_id_for(&user),
+                ApiMode::Ga => None,
+            };
+            let created = acs
+                .create_identity(CreateIdentity {
+                    external_id: external_id.clone(),
+                    token: None,
+                })
+                .await
+                .map_err(Error::CreateIdentity)?;
+            let id = created.identity.id.clone();
+            status.resource_id = resource_of(&id);
+            status.identity_id = Some(id.clone());
+            status.external_id = external_id;
+            status.endpoint = Some(creds.connection.endpoint.clone());
+            set_condition(
+                &mut status.conditions,
+                types::READY,
+                true,
+                reasons::IDENTITY_CREATED,
+                format!("identity {id} is ready"),
+                user.metadata.generation,
+                ctx.now(),
+            );
+            // Written at once: in GA mode this write is the only record of the identity.
+            write_status(&ctx, &user, &status).await?;
+            if created.created {
+                ctx.metrics.identity_created();
+                info!(identity = %id, "identity created");
+                ctx.event(
+                    user.as_ref(),
+                    EventType::Normal,
+                    reasons::IDENTITY_CREATED,
+                    "CreateIdentity",
+                    format!("created identity {id}"),
+                )
+                .await;
+            } else {
+                info!(identity = %id, "identity recovered by externalId");
+            }
+        }
+    } else if let (Some(want), Some(have)) = (&user.spec.identity_id, &status.identity_id) {
+        if want != have {
+            let msg = format!("spec.identityId {want} differs from the managed identity {have}; create a new CommunicationUser to manage another identity");
+            not_ready(&ctx, &user, status, reasons::RESOURCE_MISMATCH, msg).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    }
+
+    let Some(id) = status.identity_id.clone() else {
+        return Err(Error::Unnamed);
+    };
+
+    // Revocation: coalesce every pending request into one call, then move the epoch.
+    let mut revocation = status.revocation.clone().unwrap_or_default();
+    let annotation = user.annotations().get(api::REVOKE_ANNOTATION).cloned();
+    let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
+    let requesters = ctx
+        .tokens
+        .in_namespace(&ns)
+        .into_iter()
+        .filter(|t| t.spec.user_ref.name == user.name_any())
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.revocation_requested)
+                .is_some_and(|e| e >= revocation.epoch)
+        })
+        .count();
+    if annotation_pending || requesters > 0 {
+        set_condition(
+            &mut status.conditions,
+            types::READY,
+            true,
+            reasons::REVOKING,
+            "revoking all tokens of the identity".to_string(),
+            user.metadata.generation,
+            ctx.now(),
+        );
+        match acs.revoke_tokens(&id).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {
+                let msg = format!("identity {id} no longer exists in ACS");
+                not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
+                return Ok(Action::requeue(Duration::from_secs(300)));
+            }
+            Err(e) => return Err(Error::RevokeTokens(e)),
+        }
+        revocation.epoch += 1;
+        revocation.last_revocation_time = Some(Time(ctx.now()));
+        if annotation_pending {
+            revocation.handled_annotation = annotation;
+        }
+        ctx.metrics.revocation();
+        let why = match (annotation_pending, requesters) {
+            (true, 0) => "requested by annotation".to_string(),
+            (true, n) => format!("requested by annotation and {n} token(s)"),
+            (false, n) => format!("requested by {n} token(s)"),
+        };
+        info!(identity = %id, epoch = revocation.epoch, %why, "tokens revoked");
+        status.revocation = Some(revocation.clone());
+        set_condition(
+            &mut status.conditions,
+            types::READY,
+            true,
+            reasons::IDENTITY_READY,
+            format!("identity {id} is ready"),
+            user.metadata.generation,
+            ctx.now(),
+        );
+        write_status(&ctx, &user, &status).await?;
+        ctx.event(
+            user.as_ref(),
+            EventType::Normal,
+            reasons::TOKENS_REVOKED,
+            "RevokeTokens",
+            format!(
+                "revoked all tokens of identity {id} ({why}); epoch is now {}",
+                revocation.epoch
+            ),
+        )
+        .await;
+    }
+    if status.revocation.is_none() {
+        status.revocation = Some(RevocationStatus::default());
+    }
+
+    // Keep the reason of a creation or adoption until something else happens.
+    let reason = status
+        .conditions
+        .find(types::READY)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.clone())
+        .filter(|r| r == reasons::IDENTITY_CREATED || r == reasons::IDENTITY_ADOPTED)
+        .unwrap_or_else(|| reasons::IDENTITY_READY.to_string());
+    set_condition(
+        &mut status.conditions,
+        types::READY,
+        true,
+        &reason,
+        format!("identity {id} is ready"),
+        user.metadata.generation,
+        ctx.now(),
+    );
+    write_status(&ctx, &user, &status).await?;
+    Span::current().record("identity", id.as_str());
+    Ok(Action::requeue(ctx.config.resync_period))
+}
+
+/// Attempts made to find credentials for a deletion in a terminating namespace before the
+/// finalizer lets go (the identity is then left in ACS and reported).
+const TERMINATING_NAMESPACE_ATTEMPTS: u32 = 3;
+
+async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = user.namespace().ok_or(Error::Unnamed)?;
+    let Some(id) = user.identity_id().map(str::to_string) else {
+        return Ok(Action::await_change());
+    };
+    if user.spec.deletion_policy == DeletionPolicy::Retain {
+        info!(identity = %id, "identity retained");
+        ctx.event(
+            user.as_ref(),
+            EventType::Normal,
+            "IdentityRetained",
+            "DeleteIdentity",
+            format!("kept identity {id} in ACS (deletionPolicy: Retain)"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let conn = match ctx
+        .credentials
+        .resolve(&ns, user.spec.credentials.as_ref())
+        .await
+    {
+        Ok(c) => c.connection,
+        Err(e) => {
+            let (secret, key) = match &user.spec.credentials {
+                Some(r) => (r.secret_name.clone(), r.key.clone()),
+                None => (
+                    api::DEFAULT_CREDENTIALS_SECRET.to_string(),
+                    api::DEFAULT_CREDENTIALS_KEY.to_string(),
+                ),
+            };
+            match ctx.credentials.last_known(&ns, &secret, &key) {
+                Some(c) => c,
+                None => {
+                    let terminating = Api::<Namespace>::all(ctx.client.clone())
+                        .get_metadata_opt(&ns)
+                        .await
+                        .map_err(Error::ReadNamespace)?
+                        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+                    let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
+                    if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
+                        let msg = format!("namespace {ns} is being deleted and its credentials are gone: identity {id} was not deleted from ACS; delete it with the ACS tools if needed");
+                        warn!(identity = %id, "{msg}");
+                        ctx.event(
+                            user.as_ref(),
+                            EventType::Warning,
+                            "IdentityNotDeleted",
+                            "DeleteIdentity",
+                            msg,
+                        )
+                        .await;
+                        return Ok(Action::await_change());
+                    }
+                    let msg = format!("cannot delete identity {id}: {}. Restore the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity", e.message());
+                    let status = user.status.clone().unwrap_or_default();
+                    let _ = not_ready(&ctx, &user, status, e.reason(), msg).await;
+                    return Err(Error::Credentials(e));
+                }
+            }
+        }
+    };
+    let acs = ctx.acs.client(&conn).map_err(Error::Client)?;
+    match acs.delete_identity(&id).await {
+        Ok(()) => {
+            ctx.metrics.identity_deleted();
+            info!(identity = %id, "identity deleted");
+            ctx.event(
+                user.as_ref(),
+                EventType::Normal,
+                "IdentityDeleted",
+                "DeleteIdentity",
+                format!("deleted identity {id}"),
+            )
+            .await;
+        }
+        // Already gone (deleted by hand or by an earlier attempt): nothing left to do.
+        Err(e) if e.is_not_found() => info!(identity = %id, "identity already gone"),
+        Err(e) => return Err(Error::DeleteIdentity(e)),
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_guid_is_read_from_an_identity_id() {
+        assert_eq!(
+            resource_of("8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_00000005-14a2").as_deref(),
+            Some("2dee53b4-368b-45b4-ab52-8493fb117652")
+        );
+        assert_eq!(resource_of("8:gcch-acs:r_u").as_deref(), Some("r"));
+        assert_eq!(resource_of("nonsense"), None);
+    }
+}

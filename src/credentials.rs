@@ -1,0 +1,340 @@
+//! Resolves the ACS connection string of a resource: its own reference, else the namespace's
+//! `acs-credentials` Secret, else the operator-wide default in namespaces that opted in.
+//! Secret data is read with a GET only when the Secret's resourceVersion (known from a
+//! metadata-only watch) changed, so no Secret data is cached beyond the parsed credentials.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use kube::Client;
+
+use crate::acs::{ConnectionString, ConnectionStringError};
+use crate::api::{self, CredentialsRef};
+use crate::config::DefaultCredentials;
+use crate::controller::stores::Stores;
+
+/// Where credentials were found, for conditions and events (never the value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsSource {
+    pub namespace: String,
+    pub secret: String,
+    pub key: String,
+}
+
+impl std::fmt::Display for CredentialsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secret {}/{} key {}",
+            self.namespace, self.secret, self.key
+        )
+    }
+}
+
+/// Resolved credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub connection: Arc<ConnectionString>,
+    pub source: CredentialsSource,
+}
+
+/// Why no usable credentials were found. Messages name the Secret and key, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("credentials Secret {namespace}/{name} not found")]
+    SecretNotFound { namespace: String, name: String },
+    #[error("no credentials: set spec.credentials, create Secret {namespace}/acs-credentials with key connectionString, or label the namespace to use the operator's default credentials")]
+    NoneConfigured { namespace: String },
+    #[error("credentials Secret {namespace}/{name} has no key {key}")]
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("credentials in Secret {namespace}/{name} key {key} are invalid")]
+    Invalid {
+        namespace: String,
+        name: String,
+        key: String,
+        #[source]
+        source: ConnectionStringError,
+    },
+    #[error("failed to read credentials")]
+    Kube(#[source] kube::Error),
+}
+
+impl CredentialsError {
+    /// Transient errors are retried with backoff; the others wait for a Secret change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Kube(_))
+    }
+
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } | Self::KeyMissing { .. } => {
+                api::condition::reasons::CREDENTIALS_INVALID
+            }
+            Self::Kube(_) => api::condition::reasons::ACS_ERROR,
+            _ => api::condition::reasons::CREDENTIALS_NOT_FOUND,
+        }
+    }
+
+    /// The full message including the cause (a parse error never holds the key).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid { source, .. } => format!("{self}: {source}"),
+            Self::Kube(e) => format!("{self}: {e}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Looks up and parses credentials, caching the parsed value per Secret resourceVersion.
+#[derive(Clone)]
+pub struct CredentialsResolver {
+    client: Client,
+    /// Metadata of the Secrets that may hold credentials (every Secret not written by us).
+    secrets: Stores<PartialObjectMeta<Secret>>,
+    default: Option<DefaultCredentials>,
+    cache: Arc<Mutex<HashMap<(String, String), CachedSecret>>>,
+}
+
+#[derive(Clone)]
+struct CachedSecret {
+    resource_version: String,
+    keys: HashMap<String, Result<Arc<ConnectionString>, ConnectionStringError>>,
+}
+
+impl CredentialsResolver {
+    pub fn new(
+        client: Client,
+        secrets: Stores<PartialObjectMeta<Secret>>,
+        default: Option<DefaultCredentials>,
+    ) -> Self {
+        Self {
+            client,
+            secrets,
+            default,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Resolves the credentials of a resource in `namespace` with an optional reference.
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        reference: Option<&CredentialsRef>,
+    ) -> Result<Credentials, CredentialsError> {
+        if let Some(r) = reference {
+            return self.read_secret(namespace, &r.secret_name, &r.key).await;
+        }
+        if self.exists(namespace, api::DEFAULT_CREDENTIALS_SECRET) {
+            return self
+                .read_secret(
+                    namespace,
+                    api::DEFAULT_CREDENTIALS_SECRET,
+                    api::DEFAULT_CREDENTIALS_KEY,
+                )
+                .await;
+        }
+        if let Some(d) = &self.default {
+            if self
+                .namespace_opted_in(namespace, &d.namespace_selector)
+                .await?
+            {
+                return self.read_secret(&d.namespace, &d.name, &d.key).await;
+            }
+        }
+        Err(CredentialsError::NoneConfigured {
+            namespace: namespace.to_string(),
+        })
+    }
+
+    fn exists(&self, namespace: &str, name: &str) -> bool {
+        self.secrets.get(namespace, name).is_some()
+    }
+
+    async fn namespace_opted_in(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<bool, CredentialsError> {
+        let ns = Api::<Namespace>::all(self.client.clone())
+            .get_metadata_opt(namespace)
+            .await
+            .map_err(CredentialsError::Kube)?;
+        let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
+        Ok(selector_matches(selector, &labels))
+    }
+
+    async fn read_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Credentials, CredentialsError> {
+        let source = CredentialsSource {
+            namespace: namespace.to_string(),
+            secret: name.to_string(),
+            key: key.to_string(),
+        };
+        let cache_key = (namespace.to_string(), name.to_string());
+        let current_rv = self
+            .secrets
+            .get(namespace, name)
+            .and_then(|m| m.metadata.resource_version.clone());
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&cache_key).cloned())
+            .filter(|c| current_rv.as_deref() == Some(c.resource_version.as_str()));
+        let entry = match cached {
+            Some(c) => c,
+            None => {
+                let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+                    .get_opt(name)
+                    .await
+                    .map_err(CredentialsError::Kube)?
+                    .ok_or_else(|| CredentialsError::SecretNotFound {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    })?;
+                let entry = parse_secret(&secret);
+                if let Ok(mut c) = self.cache.lock() {
+                    c.insert(cache_key, entry.clone());
+                }
+                entry
+            }
+        };
+        match entry.keys.get(key) {
+            Some(Ok(conn)) => Ok(Credentials {
+                connection: conn.clone(),
+                source,
+            }),
+            Some(Err(e)) => Err(CredentialsError::Invalid {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                key: key.to_string(),
+                source: e.clone(),
+            }),
+            None => Err(CredentialsError::KeyMissing {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    /// The last credentials seen for a Secret, even if it is gone now: lets a finalizer delete
+    /// an identity while its namespace is being torn down and the Secret went first.
+    pub fn last_known(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Option<Arc<ConnectionString>> {
+        let c = self.cache.lock().ok()?;
+        match c
+            .get(&(namespace.to_string(), name.to_string()))?
+            .keys
+            .get(key)?
+        {
+            Ok(conn) => Some(conn.clone()),
+            Err(_) => None,
+        }
+    }
+}
+
+fn parse_secret(secret: &Secret) -> CachedSecret {
+    let mut keys = HashMap::new();
+    let mut add = |k: &str, v: &[u8]| {
+        let parsed = std::str::from_utf8(v)
+            .map_err(|_| ConnectionStringError::MalformedSegment)
+            .and_then(ConnectionString::parse)
+            .map(Arc::new);
+        keys.insert(k.to_string(), parsed);
+    };
+    for (k, v) in secret.data.iter().flatten() {
+        add(k, &v.0);
+    }
+    for (k, v) in secret.string_data.iter().flatten() {
+        add(k, v.as_bytes());
+    }
+    CachedSecret {
+        resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+        keys,
+    }
+}
+
+/// Equality-based label selector matching (`a=b,c!=d,e`), enough for an opt-in selector.
+pub fn selector_matches(
+    selector: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|req| {
+            if let Some((k, v)) = req.split_once("!=") {
+                labels.get(k.trim()).map(String::as_str) != Some(v.trim())
+            } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+                labels.get(k.trim()).map(String::as_str) == Some(v.trim())
+            } else if let Some(k) = req.strip_prefix('!') {
+                !labels.contains_key(k.trim())
+            } else {
+                labels.contains_key(req)
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn selectors_match_like_kubernetes_equality_selectors() {
+        let labels = BTreeMap::from([("a".to_string(), "1".to_string())]);
+        assert!(selector_matches("a=1", &labels));
+        assert!(selector_matches("a==1", &labels));
+        assert!(!selector_matches("a=2", &labels));
+        assert!(selector_matches("a!=2", &labels));
+        assert!(selector_matches("a", &labels));
+        assert!(!selector_matches("b", &labels));
+        assert!(selector_matches("!b", &labels));
+        assert!(selector_matches("a=1, !b", &labels));
+    }
+
+    #[test]
+    fn secret_keys_parse_independently_and_errors_hold_no_key() {
+        let good = "endpoint=https://x/;accesskey=c2VjcmV0c2VjcmV0c2VjcmV0";
+        let s = Secret {
+            data: Some(BTreeMap::from([
+                (
+                    "primaryConnectionString".into(),
+                    k8s_openapi::ByteString(good.as_bytes().to_vec()),
+                ),
+                (
+                    "broken".into(),
+                    k8s_openapi::ByteString(b"endpoint=https://x/;c2VjcmV0".to_vec()),
+                ),
+            ])),
+            ..Secret::default()
+        };
+        let c = parse_secret(&s);
+        assert!(c.keys["primaryConnectionString"].is_ok());
+        let err = CredentialsError::Invalid {
+            namespace: "ns".into(),
+            name: "n".into(),
+            key: "broken".into(),
+            source: c.keys["broken"].clone().unwrap_err(),
+        };
+        assert!(!err.message().contains("c2VjcmV0"), "{}", err.message());
+        assert_eq!(c.keys.len(), 2);
+    }
+}
