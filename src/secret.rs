@@ -35,14 +35,7 @@ pub mod annotations {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IssuedToken {
     pub token: TokenString,
-    pub expires_on: Timestamp,
-    pub issued_at: Timestamp,
-    pub user_id: String,
-    pub scopes: Vec<Scope>,
-    pub expires_in_minutes: i32,
-    pub revocation_epoch: i64,
-    pub key_fingerprint: String,
-    pub revision: i64,
+    pub record: RecordedToken,
 }
 
 /// What a Secret says about its token, without the token itself.
@@ -118,7 +111,7 @@ fn digest(
     STANDARD.encode(m.finalize().into_bytes())
 }
 
-fn records(t: &IssuedToken) -> Vec<(&'static str, String)> {
+fn records(t: &RecordedToken) -> Vec<(&'static str, String)> {
     vec![
         (annotations::ISSUED_AT, rfc3339(t.issued_at)),
         (
@@ -134,11 +127,12 @@ fn records(t: &IssuedToken) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn data_of(t: &IssuedToken) -> BTreeMap<String, ByteString> {
+fn data_of(issued: &IssuedToken) -> BTreeMap<String, ByteString> {
+    let t = &issued.record;
     BTreeMap::from([
         (
             secret_keys::TOKEN.to_string(),
-            ByteString(t.token.expose().as_bytes().to_vec()),
+            ByteString(issued.token.expose().as_bytes().to_vec()),
         ),
         (
             secret_keys::EXPIRES_ON.to_string(),
@@ -169,7 +163,7 @@ pub fn desired_secret(
     key: &AccessKey,
 ) -> Option<Secret> {
     let data = data_of(t);
-    let records = records(t);
+    let records = records(&t.record);
     let sealed = digest(key, &data, &records);
     let template = owner.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
@@ -314,14 +308,16 @@ mod tests {
     fn issued(key: &AccessKey) -> IssuedToken {
         IssuedToken {
             token: TokenString::new("aaa.bbb.ccc".into()),
-            expires_on: Timestamp::from_second(1_700_003_600).unwrap(),
-            issued_at: Timestamp::from_second(1_700_000_000).unwrap(),
-            user_id: "8:acs:r_u".into(),
-            scopes: vec![Scope::Voip, Scope::Chat],
-            expires_in_minutes: 60,
-            revocation_epoch: 2,
-            key_fingerprint: key_fingerprint(key),
-            revision: 3,
+            record: RecordedToken {
+                expires_on: Timestamp::from_second(1_700_003_600).unwrap(),
+                issued_at: Timestamp::from_second(1_700_000_000).unwrap(),
+                user_id: "8:acs:r_u".into(),
+                scopes: vec![Scope::Voip, Scope::Chat],
+                expires_in_minutes: 60,
+                revocation_epoch: 2,
+                key_fingerprint: key_fingerprint(key),
+                revision: 3,
+            },
         }
     }
 
@@ -356,8 +352,7 @@ mod tests {
             SecretState::Valid(r) => {
                 assert_eq!(r.revocation_epoch, 2);
                 assert_eq!(r.revision, 3);
-                assert_eq!(r.scopes, t.scopes);
-                assert_eq!(r.expires_on, t.expires_on);
+                assert_eq!(r, t.record);
             }
             other => panic!("{other:?}"),
         }

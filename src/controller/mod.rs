@@ -132,6 +132,24 @@ pub enum RunError {
 
 /// Builds the Kubernetes client from a kubeconfig path and context, or infers it.
 pub async fn kube_client(config: &Config) -> Result<Client, RunError> {
+    Client::try_from(kube_config(config).await?).map_err(RunError::KubeClient)
+}
+
+/// Like [`kube_client`], with every request counted by verb in `metrics`
+/// (`acs_identity_operator_kube_requests_total`), so the cost per object is observable.
+pub async fn counted_kube_client(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<Client, RunError> {
+    let builder = kube::client::ClientBuilder::try_from(kube_config(config).await?)
+        .map_err(RunError::KubeClient)?;
+    Ok(builder
+        .with_layer(&crate::metrics::kube_requests::layer(metrics))
+        .build())
+}
+
+/// The client configuration from a kubeconfig path and context, or inferred.
+async fn kube_config(config: &Config) -> Result<kube::Config, RunError> {
     let kc = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -148,7 +166,7 @@ pub async fn kube_client(config: &Config) -> Result<Client, RunError> {
             .await
             .map_err(|e| RunError::KubeConfig(Box::new(e)))?,
     };
-    Client::try_from(kc).map_err(RunError::KubeClient)
+    Ok(kc)
 }
 
 type Shutdown = futures::future::Shared<Pin<Box<dyn Future<Output = ()> + Send>>>;
@@ -194,6 +212,49 @@ struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     writers: Vec<reflector::store::Writer<K>>,
 }
 
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(scopes: &[Option<String>], buffer: usize) -> Self {
+        let (stores, writers) = scopes
+            .iter()
+            .map(|scope| {
+                let (r, w) = reflector::store_shared(buffer);
+                ((scope.clone(), r), w)
+            })
+            .unzip();
+        Self { stores, writers }
+    }
+
+    /// Spawns one watch per scope feeding its store and subscribers; the writers are consumed.
+    fn drive(
+        &mut self,
+        client: &Client,
+        scopes: &[Option<String>],
+        config: &watcher::Config,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        scopes
+            .iter()
+            .zip(std::mem::take(&mut self.writers))
+            .map(|(scope, w)| {
+                let stream = watcher(api_for::<K>(client, scope), config.clone())
+                    .default_backoff()
+                    .modify(slim)
+                    .reflect_shared(w)
+                    .for_each(|_| futures::future::ready(()));
+                tokio::spawn(stream)
+            })
+            .collect()
+    }
+}
+
 fn scopes(config: &Config) -> Vec<Option<String>> {
     if config.watch_namespaces.is_empty() {
         vec![None]
@@ -215,8 +276,8 @@ where
 /// Runs the operator until a shutdown signal (or the loss of leadership).
 pub async fn run(config: Config) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let client = kube_client(&config).await?;
     let metrics = Arc::new(Metrics::new());
+    let client = counted_kube_client(&config, metrics.clone()).await?;
     let readiness = Readiness::default();
     let shutdown = shutdown_signal();
 
@@ -233,77 +294,38 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     // Caches run on every replica (read-only), so a standby is ready to take over at once.
     let scopes = scopes(&config);
-    let mut drivers = Vec::new();
-    let mut users: Shared<CommunicationUser> = Shared {
-        stores: vec![],
-        writers: vec![],
-    };
-    let mut tokens: Shared<CommunicationToken> = Shared {
-        stores: vec![],
-        writers: vec![],
-    };
-    let mut cred_stores = Vec::new();
-    let mut cred_writers = Vec::new();
-    for scope in &scopes {
-        let (r, w) = reflector::store_shared(1024);
-        users.stores.push((scope.clone(), r));
-        users.writers.push(w);
-        let (r, w) = reflector::store_shared(1024);
-        tokens.stores.push((scope.clone(), r));
-        tokens.writers.push(w);
-        let (r, w) = reflector::store_shared(256);
-        cred_stores.push((scope.clone(), r));
-        cred_writers.push(w);
-    }
+    let mut users = Shared::<CommunicationUser>::new(&scopes, 1024);
+    let mut tokens = Shared::<CommunicationToken>::new(&scopes, 1024);
+    let mut creds = Shared::<PartialObjectMeta<Secret>>::new(&scopes, 256);
 
     // Subscriptions must be taken before the drivers start.
     let mut user_ctrl_streams = Vec::new();
     let mut token_ctrl_streams = Vec::new();
-    for ((u, t), c) in users.writers.iter().zip(&tokens.writers).zip(&cred_writers) {
+    for ((u, t), c) in users
+        .writers
+        .iter()
+        .zip(&tokens.writers)
+        .zip(&creds.writers)
+    {
         user_ctrl_streams.push((u.subscribe(), t.subscribe(), c.subscribe()));
         token_ctrl_streams.push((t.subscribe(), u.subscribe(), c.subscribe()));
     }
 
-    for scope in &scopes {
-        let w = users.writers.remove(0);
-        let stream = watcher(
-            api_for::<CommunicationUser>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(slim)
-        .reflect_shared(w)
-        .for_each(|_| futures::future::ready(()));
-        drivers.push(tokio::spawn(stream));
-        let w = tokens.writers.remove(0);
-        let stream = watcher(
-            api_for::<CommunicationToken>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(slim)
-        .reflect_shared(w)
-        .for_each(|_| futures::future::ready(()));
-        drivers.push(tokio::spawn(stream));
-        let w = cred_writers.remove(0);
-        // Every Secret that is not a token Secret may hold credentials; metadata only, so no
-        // Secret data is cached.
-        let cfg = watcher::Config::default().labels(&format!(
-            "{}!={}",
-            api::MANAGED_BY_LABEL,
-            api::MANAGED_BY
-        ));
-        let stream = watcher(api_for::<PartialObjectMeta<Secret>>(&client, scope), cfg)
-            .default_backoff()
-            .modify(slim)
-            .reflect_shared(w)
-            .for_each(|_| futures::future::ready(()));
-        drivers.push(tokio::spawn(stream));
-    }
+    let all = watcher::Config::default();
+    // Every Secret that is not a token Secret may hold credentials; metadata only, so no
+    // Secret data is cached.
+    let not_ours = watcher::Config::default().labels(&format!(
+        "{}!={}",
+        api::MANAGED_BY_LABEL,
+        api::MANAGED_BY
+    ));
+    let mut drivers = users.drive(&client, &scopes, &all);
+    drivers.extend(tokens.drive(&client, &scopes, &all));
+    drivers.extend(creds.drive(&client, &scopes, &not_ours));
 
     let user_stores = Stores::new(users.stores);
     let token_stores = Stores::new(tokens.stores);
-    let cred_store: Stores<PartialObjectMeta<Secret>> = Stores::new(cred_stores);
+    let cred_store: Stores<PartialObjectMeta<Secret>> = Stores::new(creds.stores);
 
     let acs_options = acs_pool::client_options(&config, metrics.clone());
     let reporter = Reporter {

@@ -482,24 +482,39 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
             }
             status.failed_attempts = 0;
             let renew = renewal_at(&token, &r);
-            set_condition(
-                &mut status.conditions,
-                types::READY,
-                true,
-                reasons::TOKEN_VALID,
-                format!("token valid until {}", r.expires_on),
-                gen,
-                now,
-            );
-            set_condition(
-                &mut status.conditions,
-                types::ISSUING,
-                false,
-                reasons::TOKEN_VALID,
-                format!("next renewal at {renew}"),
-                gen,
-                now,
-            );
+            // The condition written with the token (TokenIssued, TokenRotated, ...) already says
+            // it is valid; rewriting it would cost a status write per issuance.
+            let current = status.conditions.find(types::READY).is_some_and(|c| {
+                c.status == "True"
+                    && c.observed_generation == gen
+                    && [
+                        reasons::TOKEN_ISSUED,
+                        reasons::TOKEN_ROTATED,
+                        reasons::SECRET_RESTORED,
+                        reasons::TOKEN_VALID,
+                    ]
+                    .contains(&c.reason.as_str())
+            });
+            if !current {
+                set_condition(
+                    &mut status.conditions,
+                    types::READY,
+                    true,
+                    reasons::TOKEN_VALID,
+                    format!("token valid until {}", r.expires_on),
+                    gen,
+                    now,
+                );
+                set_condition(
+                    &mut status.conditions,
+                    types::ISSUING,
+                    false,
+                    reasons::TOKEN_VALID,
+                    format!("next renewal at {renew}"),
+                    gen,
+                    now,
+                );
+            }
             write_status(&ctx, &token, &status).await?;
             return Ok(Action::requeue(rotation::requeue_after(
                 now,
@@ -609,16 +624,22 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         SecretState::Valid(r) | SecretState::KeyChanged(r) => r.revision,
         _ => 0,
     };
-    let record_new = IssuedToken {
-        token: issued.token,
-        expires_on,
-        issued_at: now,
+    // Whole seconds, as the Secret records them, so the next reconcile reads back exactly what
+    // this one wrote to status (no second status write).
+    let whole = |t: jiff::Timestamp| jiff::Timestamp::from_second(t.as_second()).unwrap_or(t);
+    let recorded = RecordedToken {
+        expires_on: whole(expires_on),
+        issued_at: whole(now),
         user_id: identity.clone(),
         scopes: token.spec.scopes.clone(),
         expires_in_minutes: token.spec.expires_in_minutes,
         revocation_epoch: epoch,
         key_fingerprint: secret::key_fingerprint(key),
         revision: prev_revision.max(status.revision) + 1,
+    };
+    let record_new = IssuedToken {
+        token: issued.token,
+        record: recorded.clone(),
     };
     let Some(mut desired) = secret::desired_secret(&token, &record_new, key) else {
         return Err(Error::Unnamed);
@@ -648,18 +669,8 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
     }
     ctx.metrics.token_issued(reason);
 
-    let recorded = RecordedToken {
-        expires_on: record_new.expires_on,
-        issued_at: record_new.issued_at,
-        user_id: record_new.user_id.clone(),
-        scopes: record_new.scopes.clone(),
-        expires_in_minutes: record_new.expires_in_minutes,
-        revocation_epoch: epoch,
-        key_fingerprint: record_new.key_fingerprint.clone(),
-        revision: record_new.revision,
-    };
     record(&mut status, &recorded, &token, key);
-    status.last_rotation_time = Some(Time(now));
+    status.last_rotation_time = Some(Time(recorded.issued_at));
     if status.revocation_requested.is_some_and(|e| epoch > e) {
         status.revocation_requested = None;
     }
@@ -667,9 +678,9 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
     status.failed_attempts = 0;
     let renew = renewal_at(&token, &recorded);
     let (event_reason, note) = match reason {
-        "initial" => (reasons::TOKEN_ISSUED, format!("issued a token for {identity}, valid until {expires_on}")),
-        "secret_restored" => (reasons::SECRET_RESTORED, format!("Secret {secret_name} was deleted or edited: restored with a fresh token valid until {expires_on}")),
-        other => (reasons::TOKEN_ROTATED, format!("rotated the token ({other}); valid until {expires_on}")),
+        "initial" => (reasons::TOKEN_ISSUED, format!("issued a token for {identity}, valid until {}", recorded.expires_on)),
+        "secret_restored" => (reasons::SECRET_RESTORED, format!("Secret {secret_name} was deleted or edited: restored with a fresh token valid until {}", recorded.expires_on)),
+        other => (reasons::TOKEN_ROTATED, format!("rotated the token ({other}); valid until {}", recorded.expires_on)),
     };
     set_condition(
         &mut status.conditions,
@@ -690,7 +701,7 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         now,
     );
     write_status(&ctx, &token, &status).await?;
-    info!(reason, revision = recorded.revision, %expires_on, %renew, "token issued");
+    info!(reason, revision = recorded.revision, expires_on = %recorded.expires_on, %renew, "token issued");
     ctx.event(
         token.as_ref(),
         EventType::Normal,
@@ -794,14 +805,22 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             next_expiry_unix: None,
             next_renewal_unix: None,
         };
+        // Objects waiting for a reconcile: never reconciled, a spec not yet observed, or a
+        // token past its renewal time (kube-runtime does not expose its scheduler queue).
+        let mut pending_tokens = 0;
         for t in ctx.tokens.all() {
             if t.spec.suspend {
                 s.suspended += 1;
             }
             let Some(st) = t.status.as_ref() else {
                 s.not_ready += 1;
+                pending_tokens += 1;
                 continue;
             };
+            let due = st.renewal_time.as_ref().is_some_and(|r| r.0 <= now);
+            if due || st.observed_generation != t.metadata.generation {
+                pending_tokens += 1;
+            }
             if st.conditions.is_true(types::READY) {
                 s.ready += 1;
             } else if !t.spec.suspend {
@@ -822,7 +841,18 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             }
         }
         ctx.metrics.set_token_summary(&s);
+        ctx.metrics.set_queue_depth(CONTROLLER, pending_tokens);
         let users = ctx.users.all();
+        let pending_users = users
+            .iter()
+            .filter(|u| {
+                u.status
+                    .as_ref()
+                    .is_none_or(|s| s.observed_generation != u.metadata.generation)
+            })
+            .count() as i64;
+        ctx.metrics
+            .set_queue_depth(super::user::CONTROLLER, pending_users);
         let ready = users
             .iter()
             .filter(|u| {

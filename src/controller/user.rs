@@ -24,7 +24,7 @@ use crate::api::{
 };
 use crate::credentials::{Credentials, CredentialsError};
 
-const CONTROLLER: &str = "communicationuser";
+pub(crate) const CONTROLLER: &str = "communicationuser";
 
 /// Why a CommunicationUser reconcile failed.
 #[derive(Debug, thiserror::Error)]
