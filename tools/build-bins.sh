@@ -26,15 +26,18 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-modcacherw -mod=readonly -build
 log() { printf '[build-bins] %s\n' "$*" >&2; }
 
 # A binary counts as present only if it runs and reports the pinned version, so a half-written
-# file from an interrupted build is rebuilt.
+# file from an interrupted build is rebuilt. The output is captured before matching: piping into
+# `grep -q` under pipefail fails at random when grep exits early and the binary dies of SIGPIPE
+# (seen for kubectl 5 times in 30), which would trigger a needless rebuild.
 have() {
-  local name=$1 want=$2
+  local name=$1 want=$2 out
   [ -x "$BIN/$name" ] || return 1
   case "$name" in
-    kubectl) "$BIN/$name" version --client 2>/dev/null | grep -q "$want" ;;
-    helm) "$BIN/$name" version --short 2>/dev/null | grep -q "$want" ;;
-    *) "$BIN/$name" --version 2>/dev/null | grep -q "${want#v}" ;;
+    kubectl) out=$("$BIN/$name" version --client 2>/dev/null) || return 1 ;;
+    helm) out=$("$BIN/$name" version --short 2>/dev/null) || return 1 ;;
+    *) out=$("$BIN/$name" --version 2>/dev/null) || return 1; want=${want#v} ;;
   esac
+  [[ $out == *"$want"* ]]
 }
 
 build_k8s() {

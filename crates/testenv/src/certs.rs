@@ -1,0 +1,166 @@
+//! The control plane's PKI, generated in-process: one ECDSA P-256 CA that signs both the
+//! apiserver's serving certificate (SANs 127.0.0.1 and localhost, because rustls checks IP SANs
+//! when the URL is an IP) and the admin client certificate (CN=admin, O=system:masters), plus the
+//! ServiceAccount token signing key pair. One CA for serving and clients keeps it simple.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+
+use crate::error::Error;
+
+/// Paths of the generated PEM files.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// The CA certificate (trust anchor for clients and for client certificates).
+    pub ca_cert: PathBuf,
+    /// The apiserver serving certificate.
+    pub serving_cert: PathBuf,
+    /// The apiserver serving key.
+    pub serving_key: PathBuf,
+    /// The admin client certificate (`system:masters`).
+    pub admin_cert: PathBuf,
+    /// The admin client key.
+    pub admin_key: PathBuf,
+    /// The ServiceAccount token signing key (private, PKCS#8).
+    pub sa_key: PathBuf,
+    /// The ServiceAccount token verification key (public).
+    pub sa_pub: PathBuf,
+}
+
+fn key_pair(what: &'static str) -> Result<KeyPair, Error> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| Error::Certificate { what, source })
+}
+
+fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    if let Some(o) = organization {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// Writes a file readable only by us (keys) or by anyone (certificates).
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl Pki {
+    /// Generates every certificate and key into `dir` (which must exist).
+    pub fn generate(dir: &Path) -> Result<Pki, Error> {
+        let ca_key = key_pair("the CA key")?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = name("acs-testenv-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca_params
+            .self_signed(&ca_key)
+            .map_err(|source| Error::Certificate {
+                what: "the CA certificate",
+                source,
+            })?;
+
+        let serving_key = key_pair("the serving key")?;
+        let mut serving = CertificateParams::default();
+        serving.distinguished_name = name("localhost", None);
+        serving.subject_alt_names = vec![
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::DnsName(
+                "localhost"
+                    .try_into()
+                    .map_err(|source| Error::Certificate {
+                        what: "the serving certificate",
+                        source,
+                    })?,
+            ),
+        ];
+        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving
+            .signed_by(&serving_key, &ca, &ca_key)
+            .map_err(|source| Error::Certificate {
+                what: "the serving certificate",
+                source,
+            })?;
+
+        let admin_key = key_pair("the admin key")?;
+        let mut admin = CertificateParams::default();
+        // The apiserver maps CN to the user name and each O to a group.
+        admin.distinguished_name = name("admin", Some("system:masters"));
+        admin.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin
+            .signed_by(&admin_key, &ca, &ca_key)
+            .map_err(|source| Error::Certificate {
+                what: "the admin client certificate",
+                source,
+            })?;
+
+        let sa = key_pair("the ServiceAccount signing key")?;
+
+        let pki = Pki {
+            ca_cert: dir.join("ca.crt"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+        };
+        write(&pki.ca_cert, &ca.pem(), false)?;
+        write(&pki.serving_cert, &serving_cert.pem(), false)?;
+        write(&pki.serving_key, &serving_key.serialize_pem(), true)?;
+        write(&pki.admin_cert, &admin_cert.pem(), false)?;
+        write(&pki.admin_key, &admin_key.serialize_pem(), true)?;
+        write(&pki.sa_key, &sa.serialize_pem(), true)?;
+        write(&pki.sa_pub, &sa.public_key_pem(), false)?;
+        Ok(pki)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pki_has_every_file_and_private_keys_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(tmp.path()).unwrap();
+        for cert in [&pki.ca_cert, &pki.serving_cert, &pki.admin_cert] {
+            let text = std::fs::read_to_string(cert).unwrap();
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{cert:?}");
+        }
+        for key in [&pki.serving_key, &pki.admin_key, &pki.sa_key] {
+            let text = std::fs::read_to_string(key).unwrap();
+            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{key:?}");
+            let mode = std::fs::metadata(key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{key:?} is readable by others");
+        }
+        let public = std::fs::read_to_string(&pki.sa_pub).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+}

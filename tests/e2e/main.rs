@@ -1,0 +1,15 @@
+//! End-to-end tests on a real control plane (etcd, kube-apiserver, kube-controller-manager from
+//! `acs-testenv`). All modules live in this one test binary so that `cargo test` starts one
+//! control plane per run and every test shares it, each in its own namespace.
+
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chart;
+mod harness;
+mod leader;
+mod operator_runtime;
+mod smoke;
+mod support;
+mod token_lifecycle;
+mod user_lifecycle;
