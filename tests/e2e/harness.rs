@@ -1,0 +1,451 @@
+//! The operator under test: an ACS emulator on 127.0.0.1 and the real operator binary running
+//! as a child process against the shared control plane, watching only the test's namespace.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use acs_identity_operator::api::{
+    CommunicationToken, CommunicationTokenSpec, CommunicationUser, CommunicationUserSpec,
+};
+use acs_identity_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::Condition;
+use serde_json::Value;
+
+use crate::support::TestEnv;
+
+/// How long a test waits for the operator to converge.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// An emulator with its CA written to a file the operator can read.
+pub struct Acs {
+    pub emu: RunningEmulator,
+    pub ca_path: PathBuf,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Acs {
+    pub async fn start() -> Acs {
+        Self::start_with(EmulatorConfig::default()).await
+    }
+
+    pub async fn start_with(config: EmulatorConfig) -> Acs {
+        let emu = emulator::start(config).await.expect("emulator starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, emu.ca_pem()).expect("write CA");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).expect("CA"),
+            )
+            .build()
+            .expect("http client");
+        Acs {
+            emu,
+            ca_path,
+            http,
+            _dir: dir,
+        }
+    }
+
+    pub fn connection_string(&self) -> String {
+        self.emu.connection_string()
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.emu.admin_url());
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{url}: {status} {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        }
+    }
+
+    /// Every identity ever created: `{"id", "externalId", "deleted", ...}`.
+    pub async fn identities(&self) -> Vec<Value> {
+        let v = self.admin(reqwest::Method::GET, "/identities", None).await;
+        v["identities"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The emulator's record of one identity.
+    pub async fn identity(&self, id: &str) -> Option<Value> {
+        self.identities().await.into_iter().find(|i| i["id"] == id)
+    }
+
+    /// Whether a downstream ACS service would accept `token`, and why not.
+    pub async fn validate(&self, token: &str) -> (bool, String) {
+        let v = self
+            .admin(
+                reqwest::Method::POST,
+                "/validate",
+                Some(serde_json::json!({ "token": token })),
+            )
+            .await;
+        (
+            v["valid"].as_bool().unwrap_or(false),
+            v["reason"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// Regenerates a key; returns the new connection string.
+    pub async fn regenerate(&self, which: &str) -> String {
+        let v = self
+            .admin(
+                reqwest::Method::POST,
+                "/keys/regenerate",
+                Some(serde_json::json!({ "key": which })),
+            )
+            .await;
+        v["connectionString"]
+            .as_str()
+            .expect("connectionString")
+            .to_string()
+    }
+
+    /// Number of revocations the emulator recorded for `id`.
+    pub async fn revocations(&self, id: &str) -> u64 {
+        self.identity(id)
+            .await
+            .and_then(|i| i["revocations"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Picks a free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The operator binary running as a child process.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+/// How to start an operator.
+pub struct OperatorArgs {
+    pub kubeconfig: PathBuf,
+    pub namespaces: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub extra: Vec<String>,
+    pub identity: String,
+    pub log_level: String,
+    /// Extra environment variables of the child.
+    pub env: Vec<(String, String)>,
+    /// Run with exactly `extra` as arguments and `env` as the whole environment: no default
+    /// flags and nothing inherited, except `METRICS_ADDR`, which is always the loopback port the
+    /// harness probes. For running the binary as a Deployment's container would run.
+    pub bare: bool,
+}
+
+impl OperatorArgs {
+    pub fn new(env: &TestEnv, acs: &Acs) -> Self {
+        Self {
+            kubeconfig: env.cp.kubeconfig_path().to_path_buf(),
+            namespaces: vec![env.ns().to_string()],
+            ca: Some(acs.ca_path.clone()),
+            extra: vec![],
+            identity: format!("op-{}", env.ns()),
+            log_level: "info,acs_identity_operator=trace".into(),
+            env: vec![],
+            bare: false,
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    pub fn identity(mut self, id: &str) -> Self {
+        self.identity = id.to_string();
+        self
+    }
+}
+
+impl Operator {
+    pub fn spawn(args: OperatorArgs) -> Operator {
+        let port = free_port();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = std::env::temp_dir().join("acs-operator-e2e-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log_path = dir.join(format!("{}-{}.log", args.identity, std::process::id()));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_acs-identity-operator"));
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if args.bare {
+            cmd.env_clear()
+                .args(&args.extra)
+                .envs(args.env.iter().map(|(k, v)| (k, v)))
+                .env("METRICS_ADDR", metrics.to_string());
+        } else {
+            cmd.arg("run")
+                .arg("--kubeconfig")
+                .arg(&args.kubeconfig)
+                .arg("--metrics-addr")
+                .arg(metrics.to_string())
+                .arg("--identity")
+                .arg(&args.identity)
+                .arg("--log-level")
+                .arg(&args.log_level)
+                .env_remove("KUBECONFIG")
+                .env_remove("RUST_LOG");
+            if !args.namespaces.is_empty() {
+                cmd.arg("--watch-namespaces").arg(args.namespaces.join(","));
+            }
+            if let Some(ca) = &args.ca {
+                cmd.arg("--acs-ca-cert").arg(ca);
+            }
+            cmd.args(&args.extra)
+                .envs(args.env.iter().map(|(k, v)| (k, v)));
+        }
+        let child = cmd.spawn().expect("operator starts");
+        Operator {
+            child: Some(child),
+            metrics,
+            log_path,
+        }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.metrics);
+        crate::support::eventually("operator /readyz", CONVERGE, || async {
+            let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+            if r.status() == 200 {
+                Ok(())
+            } else {
+                Err(format!("{}", r.status()))
+            }
+        })
+        .await;
+    }
+
+    /// The status code of an endpoint of the health server, if it answers.
+    pub async fn probe(&self, path: &str) -> Option<u16> {
+        reqwest::get(format!("http://{}{path}", self.metrics))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown), returning the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain signal to our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The child's process id while it has not been killed or stopped.
+    // Used by tests/reliability, which includes this file too.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Everything the operator logged so far.
+    pub fn logs(&self) -> String {
+        read_file(&self.log_path)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_file(p: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(p) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Creates (or replaces) an Opaque Secret with one string key.
+pub async fn put_secret(env: &TestEnv, name: &str, key: &str, value: &str) {
+    let api: Api<Secret> = env.api();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": { key: value },
+    }))
+    .expect("secret");
+    let _ = api.delete(name, &Default::default()).await;
+    crate::support::eventually("secret created", CONVERGE, || async {
+        api.create(&PostParams::default(), &secret)
+            .await
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// Creates a CommunicationUser.
+pub async fn create_user(
+    env: &TestEnv,
+    name: &str,
+    spec: CommunicationUserSpec,
+) -> CommunicationUser {
+    let api: Api<CommunicationUser> = env.api();
+    api.create(&PostParams::default(), &CommunicationUser::new(name, spec))
+        .await
+        .expect("create user")
+}
+
+/// A token spec with defaults for `user`.
+pub fn token_spec(user: &str) -> CommunicationTokenSpec {
+    serde_json::from_value(serde_json::json!({ "userRef": { "name": user } })).expect("spec")
+}
+
+/// Creates a CommunicationToken.
+pub async fn create_token(
+    env: &TestEnv,
+    name: &str,
+    spec: CommunicationTokenSpec,
+) -> CommunicationToken {
+    let api: Api<CommunicationToken> = env.api();
+    api.create(&PostParams::default(), &CommunicationToken::new(name, spec))
+        .await
+        .expect("create token")
+}
+
+/// The Ready condition's status and reason of a user.
+pub fn user_ready(reason: &'static str) -> impl Condition<CommunicationUser> {
+    move |u: Option<&CommunicationUser>| {
+        u.and_then(|u| u.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| (reason.is_empty() && c.status == "True") || c.reason == reason)
+    }
+}
+
+/// True when the token's Ready condition is True (any reason) or has `reason`.
+pub fn token_ready(reason: &'static str) -> impl Condition<CommunicationToken> {
+    move |t: Option<&CommunicationToken>| {
+        t.and_then(|t| t.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| (reason.is_empty() && c.status == "True") || c.reason == reason)
+    }
+}
+
+/// The token string in a token Secret.
+pub async fn secret_token(env: &TestEnv, name: &str) -> Option<String> {
+    let api: Api<Secret> = env.api();
+    let s = api.get_opt(name).await.expect("get secret")?;
+    let data = s.data?;
+    Some(String::from_utf8(data.get("token")?.0.clone()).expect("utf8"))
+}
+
+/// Every event in the namespace as `reason: note` lines.
+pub async fn events(env: &TestEnv) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    api.list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until an event matching `pred` (over reason, note, reporting instance) exists.
+pub async fn wait_event(env: &TestEnv, pred: impl Fn(&(String, String, String)) -> bool) {
+    crate::support::eventually("the expected event", CONVERGE, || async {
+        let evs = events(env).await;
+        if evs.iter().any(&pred) {
+            Ok(())
+        } else {
+            Err(evs)
+        }
+    })
+    .await;
+}
+
+/// Fails if any secret material appears in `haystack`: each key in full and every
+/// 16-character window of it, and each token and its signature segment.
+pub fn assert_no_secrets(haystack: &str, keys_b64: &[String], tokens: &[String], what: &str) {
+    for k in keys_b64 {
+        assert!(
+            !haystack.contains(k.as_str()),
+            "{what} contains an access key"
+        );
+        let chars: Vec<char> = k.chars().collect();
+        for w in chars.windows(16) {
+            let s: String = w.iter().collect();
+            assert!(
+                !haystack.contains(&s),
+                "{what} contains a 16-character window of an access key"
+            );
+        }
+    }
+    for t in tokens {
+        assert!(!haystack.contains(t.as_str()), "{what} contains a token");
+        if let Some(sig) = t.rsplit('.').next().filter(|s| s.len() >= 16) {
+            assert!(!haystack.contains(sig), "{what} contains a token signature");
+        }
+    }
+}
