@@ -100,11 +100,18 @@ pub struct CredentialsResolver {
     secrets: Stores<PartialObjectMeta<Secret>>,
     default: Option<DefaultCredentials>,
     cache: Arc<Mutex<HashMap<(String, String), CachedSecret>>>,
+    /// Namespaces seen opted in, and when.
+    opt_in: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
+
+/// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
+/// are reused before they are read again.
+const UNWATCHED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct CachedSecret {
     resource_version: String,
+    fetched_at: std::time::Instant,
     keys: HashMap<String, Result<Arc<ConnectionString>, ConnectionStringError>>,
 }
 
@@ -119,6 +126,7 @@ impl CredentialsResolver {
             secrets,
             default,
             cache: Arc::default(),
+            opt_in: Arc::default(),
         }
     }
 
@@ -162,12 +170,31 @@ impl CredentialsResolver {
         namespace: &str,
         selector: &str,
     ) -> Result<bool, CredentialsError> {
+        // Namespaces are not watched (namespaced RBAC grants only `get`), so an opt-in is
+        // cached briefly: removing the label takes effect within UNWATCHED_TTL. A refusal is
+        // not cached, so adding the label takes effect at the next reconcile.
+        let seen = self
+            .opt_in
+            .lock()
+            .ok()
+            .and_then(|m| m.get(namespace).copied());
+        if seen.is_some_and(|at| at.elapsed() < UNWATCHED_TTL) {
+            return Ok(true);
+        }
         let ns = Api::<Namespace>::all(self.client.clone())
             .get_metadata_opt(namespace)
             .await
             .map_err(CredentialsError::Kube)?;
         let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
-        Ok(selector_matches(selector, &labels))
+        let opted = selector_matches(selector, &labels);
+        if let Ok(mut m) = self.opt_in.lock() {
+            if opted {
+                m.insert(namespace.to_string(), std::time::Instant::now());
+            } else {
+                m.remove(namespace);
+            }
+        }
+        Ok(opted)
     }
 
     async fn read_secret(
@@ -191,7 +218,12 @@ impl CredentialsResolver {
             .lock()
             .ok()
             .and_then(|c| c.get(&cache_key).cloned())
-            .filter(|c| current_rv.as_deref() == Some(c.resource_version.as_str()));
+            .filter(|c| match &current_rv {
+                Some(rv) => *rv == c.resource_version,
+                // A Secret outside the watched namespaces (the operator-wide default in
+                // namespaced mode) has no watch to tell of changes: re-read it after a while.
+                None => !self.secrets.covers(namespace) && c.fetched_at.elapsed() < UNWATCHED_TTL,
+            });
         let entry = match cached {
             Some(c) => c,
             None => {
@@ -266,6 +298,7 @@ fn parse_secret(secret: &Secret) -> CachedSecret {
     }
     CachedSecret {
         resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+        fetched_at: std::time::Instant::now(),
         keys,
     }
 }

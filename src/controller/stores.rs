@@ -33,6 +33,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
             .map(|(_, s)| s)
     }
 
+    /// True when some store watches `namespace`.
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.store_for(Some(namespace)).is_some()
+    }
+
     /// The store of exactly this scope, for a controller's main stream.
     pub fn store_for_scope(&self, scope: Option<&str>) -> Option<Store<K>> {
         self.scopes
