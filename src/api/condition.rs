@@ -33,6 +33,7 @@ pub mod reasons {
     pub const USER_NOT_READY: &str = "UserNotReady";
     pub const WAITING_FOR_REVOCATION: &str = "WaitingForRevocation";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const SECRET_REJECTED: &str = "SecretRejected";
     pub const SUSPENDED: &str = "Suspended";
     pub const ISSUE_FAILED: &str = "IssueFailed";
 }

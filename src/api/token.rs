@@ -58,6 +58,7 @@ pub use crate::acs::models::Scope;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secretName) == has(oldSelf.secretName)").message("secretName is immutable: it cannot be added or removed after creation").field_path(".secretName"))]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of renewBefore and renewBeforePercentage"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.renewBefore) || duration(self.renewBefore).getMinutes() < self.expiresInMinutes").message(kube::core::Message::Expression("'renewBefore ' + self.renewBefore + ' must be shorter than the token lifetime (expiresInMinutes)'".into())).field_path(".renewBefore"))]
 pub struct CommunicationTokenSpec {

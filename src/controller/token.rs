@@ -135,6 +135,11 @@ pub fn controller(
         .owns_stream(owned)
         // A user's epoch moving (or its identity appearing) wakes all of its tokens.
         .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
+            // A user without an identity (being set up) gives its tokens nothing to do but
+            // write "waiting" again; its identity appearing, or its deletion, wakes them.
+            if u.identity_id().is_none() && u.metadata.deletion_timestamp.is_none() {
+                return Vec::new();
+            }
             let ns = u.namespace().unwrap_or_default();
             let name = u.name_any();
             by_user
@@ -427,6 +432,16 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(resync));
     }
 
+    // A Secret the apiserver rejected for this generation stays rejected until the spec
+    // changes; do not issue (and waste) another token for it.
+    if status
+        .conditions
+        .find(types::READY)
+        .is_some_and(|c| c.reason == reasons::SECRET_REJECTED && c.observed_generation == gen)
+    {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
     let user_name = &token.spec.user_ref.name;
     let user = match ctx.users.get(&ns, user_name) {
         Some(u) if u.metadata.deletion_timestamp.is_none() => u,
@@ -665,6 +680,16 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
             not_ready(&ctx, &token, status, reasons::SECRET_CONFLICT, msg, true).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
+        // The apiserver refuses the Secret itself (a secretTemplate label or annotation it
+        // rejects, or too large): retrying would only burn ACS issues until the spec changes.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 413 => {
+            let msg = format!(
+                "the apiserver rejected Secret {secret_name}: {}; fix spec.secretTemplate",
+                e.message
+            );
+            not_ready(&ctx, &token, status, reasons::SECRET_REJECTED, msg, true).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
         Err(e) => return Err(Error::ApplySecret(e)),
     }
     ctx.metrics.token_issued(reason);
@@ -727,7 +752,12 @@ fn record(
 ) {
     status.identity_id = Some(r.user_id.clone());
     status.expires_on = Some(Time(r.expires_on));
-    status.renewal_time = Some(Time(renewal_at(token, r)));
+    // Whole seconds: `Time` serializes without a fraction, so a fractional instant would never
+    // equal what the cache reads back, and every reconcile would rewrite status.
+    let renew = renewal_at(token, r);
+    status.renewal_time = Some(Time(
+        jiff::Timestamp::from_second(renew.as_second()).unwrap_or(renew),
+    ));
     if status.last_rotation_time.is_none() {
         status.last_rotation_time = Some(Time(r.issued_at));
     }

@@ -47,6 +47,8 @@ pub enum Error {
     ReadNamespace(#[source] kube::Error),
     #[error("object has no namespace or name")]
     Unnamed,
+    #[error("credentials for the deletion are missing in a terminating namespace")]
+    CleanupRetry,
     #[error("finalizer failed")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -63,6 +65,7 @@ impl Error {
             | Error::DeleteIdentity(e) => e.category(),
             Error::PatchStatus(_) | Error::ReadNamespace(_) => "kubernetes",
             Error::Unnamed => "invalid",
+            Error::CleanupRetry => "credentials",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
@@ -80,7 +83,7 @@ impl Error {
             | Error::GetIdentity(e)
             | Error::RevokeTokens(e)
             | Error::DeleteIdentity(e) => e.is_transient(),
-            Error::PatchStatus(_) | Error::ReadNamespace(_) => true,
+            Error::PatchStatus(_) | Error::ReadNamespace(_) | Error::CleanupRetry => true,
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
@@ -111,6 +114,10 @@ pub fn controller(
         )
         // A token asking for a revocation (its status) wakes its user.
         .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
+            // Only a revocation request concerns the user: waking it on every token change
+            // cost ~13 reconciles per user in a cold start of 5 tokens each, and each extra
+            // reconcile may read a cache that lags its own status write.
+            t.status.as_ref().and_then(|s| s.revocation_requested)?;
             t.namespace()
                 .map(|ns| ObjectRef::new(&t.spec.user_ref.name).within(&ns))
         })
@@ -251,6 +258,29 @@ async fn not_ready(
     Ok(())
 }
 
+/// Reports a failed ACS call on the resource: `CredentialsRejected` for a 401 (wrong or
+/// regenerated key), else `AcsError`; the caller still returns the error so transient
+/// failures back off.
+async fn acs_failed(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: CommunicationUserStatus,
+    err: &AcsError,
+    action: &str,
+) -> Result<(), Error> {
+    let reason = if err.status() == Some(401) {
+        reasons::CREDENTIALS_REJECTED
+    } else {
+        reasons::ACS_ERROR
+    };
+    let msg = format!(
+        "failed to {action} ({}): {}",
+        err.category(),
+        error_chain(err)
+    );
+    not_ready(ctx, user, status, reason, msg).await
+}
+
 /// The ACS resource GUID inside an identity id (`8:acs:<resource>_<user>`).
 pub fn resource_of(id: &str) -> Option<String> {
     let rest = id.strip_prefix("8:")?;
@@ -271,6 +301,8 @@ async fn client_for(ctx: &Context, creds: &Credentials) -> Result<AcsClient, Err
 async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let mut status = user.status.clone().unwrap_or_default();
+    // The status this reconcile wrote last, if any.
+    let mut written: Option<CommunicationUserStatus> = None;
     status.observed_generation = user.metadata.generation;
 
     let creds = match ctx
@@ -302,6 +334,10 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     let acs = client_for(&ctx, &creds).await?;
 
     if status.identity_id.is_none() {
+        // Part of the first write, so that write is also the last one of a new user.
+        if status.revocation.is_none() {
+            status.revocation = Some(RevocationStatus::default());
+        }
         if let Some(adopt) = user.spec.identity_id.clone() {
             if ctx.config.api_mode == ApiMode::Preview {
                 match acs.get_identity(&adopt).await {
@@ -327,6 +363,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 ctx.now(),
             );
             write_status(&ctx, &user, &status).await?;
+            written = Some(status.clone());
             ctx.event(
                 user.as_ref(),
                 EventType::Normal,
@@ -340,13 +377,19 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 ApiMode::Preview => external_id_for(&user),
                 ApiMode::Ga => None,
             };
-            let created = acs
+            let created = match acs
                 .create_identity(CreateIdentity {
                     external_id: external_id.clone(),
                     token: None,
                 })
                 .await
-                .map_err(Error::CreateIdentity)?;
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    acs_failed(&ctx, &user, status, &e, "create identity").await?;
+                    return Err(Error::CreateIdentity(e));
+                }
+            };
             let id = created.identity.id.clone();
             status.resource_id = resource_of(&id);
             status.identity_id = Some(id.clone());
@@ -363,6 +406,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             );
             // Written at once: in GA mode this write is the only record of the identity.
             write_status(&ctx, &user, &status).await?;
+            written = Some(status.clone());
             if created.created {
                 ctx.metrics.identity_created();
                 info!(identity = %id, "identity created");
@@ -423,7 +467,10 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
                 return Ok(Action::requeue(Duration::from_secs(300)));
             }
-            Err(e) => return Err(Error::RevokeTokens(e)),
+            Err(e) => {
+                acs_failed(&ctx, &user, status, &e, "revoke tokens").await?;
+                return Err(Error::RevokeTokens(e));
+            }
         }
         revocation.epoch += 1;
         revocation.last_revocation_time = Some(Time(ctx.now()));
@@ -448,6 +495,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             ctx.now(),
         );
         write_status(&ctx, &user, &status).await?;
+        written = Some(status.clone());
         ctx.event(
             user.as_ref(),
             EventType::Normal,
@@ -481,7 +529,10 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         user.metadata.generation,
         ctx.now(),
     );
-    write_status(&ctx, &user, &status).await?;
+    // The cached object predates this reconcile's own writes: compare with what was written.
+    if written.as_ref() != Some(&status) {
+        write_status(&ctx, &user, &status).await?;
+    }
     Span::current().record("identity", id.as_str());
     Ok(Action::requeue(ctx.config.resync_period))
 }
@@ -546,6 +597,10 @@ async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Acti
                     let msg = format!("cannot delete identity {id}: {}. Restore the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity", e.message());
                     let status = user.status.clone().unwrap_or_default();
                     let _ = not_ready(&ctx, &user, status, e.reason(), msg).await;
+                    if terminating {
+                        // Retried quickly (backoff), so the bound above is reached in seconds.
+                        return Err(Error::CleanupRetry);
+                    }
                     return Err(Error::Credentials(e));
                 }
             }
