@@ -9,6 +9,8 @@
 #           ACS_PYTHON_CURRENT=<venv>/bin/python   (tests/python/requirements.txt)
 #           ACS_PYTHON_LEGACY=<venv>/bin/python    (tests/python/requirements-legacy.txt)
 #         eval "$(scripts/python-env.sh)"   exports nothing itself; callers assign or export.
+#         scripts/python-env.sh --bench     only the benchmark's venv; on stdout:
+#           ACS_PYTHON_BENCH=<venv>/bin/python     (bench/requirements.txt)
 # Env:    ACS_OPERATOR_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
 #         PYTHON3              interpreter to build the venvs from (default: python3)
 set -euo pipefail
@@ -18,6 +20,13 @@ cache=${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operato
 python=${PYTHON3:-python3}
 
 log() { printf 'python-env: %s\n' "$*" >&2; }
+
+bench=false
+case "${1:-}" in
+  "") ;;
+  --bench) bench=true ;;
+  *) log "usage: $0 [--bench]"; exit 2 ;;
+esac
 
 command -v "$python" >/dev/null 2>&1 || { log "error: $python not found"; exit 1; }
 py_version=$("$python" -c 'import sys; print(sys.version)')
@@ -51,6 +60,12 @@ ensure_venv() {
   exec {lock_fd}>&-
   printf '%s\n' "$venv/bin/python"
 }
+
+if [ "$bench" = true ]; then
+  bench_python=$(ensure_venv "$root/bench/requirements.txt")
+  printf 'ACS_PYTHON_BENCH=%q\n' "$bench_python"
+  exit 0
+fi
 
 current=$(ensure_venv "$root/tests/python/requirements.txt")
 legacy=$(ensure_venv "$root/tests/python/requirements-legacy.txt")

@@ -71,6 +71,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -122,6 +127,7 @@ pub struct Metrics {
     token_next_expiry: Family<NoLabels, GaugeF64>,
     token_next_renewal: Family<NoLabels, GaugeF64>,
     users: Family<StateLabels, GaugeI64>,
+    kube_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,6 +158,7 @@ impl Metrics {
         let token_next_expiry = Family::<NoLabels, GaugeF64>::default();
         let token_next_renewal = Family::<NoLabels, GaugeF64>::default();
         let users = Family::<StateLabels, GaugeI64>::default();
+        let kube_requests = Family::<VerbLabels, Counter>::default();
 
         // Counters get their `_total` suffix from the encoder, and `register_with_unit`
         // appends the unit, so the names below carry neither.
@@ -240,6 +247,11 @@ impl Metrics {
             "CommunicationUsers, by state (ready, not_ready)",
             users.clone(),
         );
+        registry.register(
+            "kube_requests",
+            "Requests sent to the Kubernetes API server, by verb (get, list, watch, create, update, patch, delete, other)",
+            kube_requests.clone(),
+        );
 
         Self {
             registry,
@@ -259,6 +271,7 @@ impl Metrics {
             token_next_expiry,
             token_next_renewal,
             users,
+            kube_requests,
         }
     }
 
@@ -361,6 +374,12 @@ impl Metrics {
         set_optional(&self.token_next_renewal, s.next_renewal_unix);
     }
 
+    /// Counts one request to the Kubernetes API server; `verb` comes from
+    /// [`kube_requests::verb_of`], a fixed set.
+    pub fn kube_request(&self, verb: &'static str) {
+        self.kube_requests.get_or_create(&VerbLabels { verb }).inc();
+    }
+
     /// Sets the number of CommunicationUsers that are ready and not ready.
     pub fn set_users(&self, ready: i64, not_ready: i64) {
         for (state, value) in [("ready", ready), ("not_ready", not_ready)] {
@@ -444,6 +463,8 @@ impl Drop for ReconcileTimer {
         self.record("error");
     }
 }
+
+pub mod kube_requests;
 
 #[cfg(test)]
 mod tests;
