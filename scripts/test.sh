@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: builds whatever is missing (control-plane
 # binaries from the Go module proxy, Python SDK environments, the Rust workspace), then runs
-# lint, the Rust unit + integration tests on a real control plane, and the Python SDK
-# conformance suite against the emulator. Prints the duration of each stage.
+# lint (fmt, clippy, hadolint, checkov), the Rust unit + integration tests on a real control
+# plane (e2e incl. the Helm chart, and the reliability suite at reduced size), the Python SDK
+# conformance suite against the emulator, and a benchmark smoke run. Prints each stage's time.
 #
 # Usage: scripts/test.sh            (the README's test command; .ci/run calls it)
 # Env:   ACS_OPERATOR_CACHE         cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
@@ -25,10 +26,10 @@ run_stage() {
   local start=$SECONDS
   printf '\n==> %s\n' "$name"
   if "$@"; then
-    stages+=("$(printf '%-28s %5ss  ok' "$name" $((SECONDS - start)))")
+    stages+=("$(printf '%-44s %5ss  ok' "$name" $((SECONDS - start)))")
   else
     local rc=$?
-    stages+=("$(printf '%-28s %5ss  FAILED' "$name" $((SECONDS - start)))")
+    stages+=("$(printf '%-44s %5ss  FAILED' "$name" $((SECONDS - start)))")
     summary
     exit "$rc"
   fi
@@ -54,6 +55,7 @@ rust_clippy() { cargo clippy --workspace --all-targets --locked -- -D warnings; 
 rust_build() { cargo build --workspace --all-targets --locked; }
 rust_tests() { cargo test --workspace --locked --no-fail-fast; }
 python_tests() { tests/python/run.sh; }
+bench_smoke() { scripts/bench.sh --smoke >/dev/null; }
 
 run_stage "control-plane binaries" control_plane_bins
 run_stage "python environments" python_envs
@@ -61,6 +63,7 @@ run_stage "cargo fmt --check" rust_fmt
 run_stage "hadolint + checkov" packaging_lint
 run_stage "cargo build" rust_build
 run_stage "cargo clippy -D warnings" rust_clippy
-run_stage "cargo test (unit + e2e)" rust_tests
+run_stage "cargo test (unit, e2e, chart, reliability)" rust_tests
 run_stage "python SDK conformance" python_tests
+run_stage "benchmark smoke run" bench_smoke
 summary

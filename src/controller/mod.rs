@@ -46,6 +46,11 @@ pub struct Context {
     pub users: Stores<CommunicationUser>,
     pub tokens: Stores<CommunicationToken>,
     pub failures: Failures,
+    /// User statuses this process wrote with a new identity, by UID, until the cache shows
+    /// them: a reconcile that reads a cache not yet updated by its own write must not create
+    /// a second identity (GA creation is not idempotent).
+    pub recent_identities:
+        std::sync::Mutex<std::collections::HashMap<String, crate::api::CommunicationUserStatus>>,
     pub clock: Clock,
 }
 
@@ -340,18 +345,25 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         acs: AcsPool::new(acs_options),
         credentials: CredentialsResolver::new(
             client.clone(),
-            cred_store,
+            cred_store.clone(),
             config.default_credentials.clone(),
         ),
         users: user_stores.clone(),
         tokens: token_stores.clone(),
         failures: Failures::default(),
+        recent_identities: Default::default(),
         clock: Arc::new(jiff::Timestamp::now),
     });
 
-    // Ready once every cache has its initial list.
+    // Ready once every cache has its initial list. The credentials cache counts too: a
+    // reconcile before it is filled would find no credentials, mark every object NotReady and
+    // emit a Warning each (seen as writes after every restart in docs/benchmarks.md).
     tokio::select! {
-        ok = async { user_stores.wait_until_ready().await && token_stores.wait_until_ready().await } => {
+        ok = async {
+            user_stores.wait_until_ready().await
+                && token_stores.wait_until_ready().await
+                && cred_store.wait_until_ready().await
+        } => {
             if !ok {
                 warn!("a cache closed before it became ready");
             }

@@ -64,6 +64,21 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
             .unwrap_or_default()
     }
 
+    /// The cached objects in `namespace` that match `predicate`. The predicate runs under the
+    /// store's read lock and only matches are cloned: a reconcile of one of 5,000 tokens looking
+    /// for its siblings must not copy all 5,000 (it dominated the operator's CPU profile).
+    pub fn in_namespace_where(
+        &self,
+        namespace: &str,
+        predicate: impl Fn(&K) -> bool,
+    ) -> Vec<Arc<K>> {
+        self.store_for(Some(namespace))
+            .map(|s| {
+                s.state_filter(|o| o.meta().namespace.as_deref() == Some(namespace) && predicate(o))
+            })
+            .unwrap_or_default()
+    }
+
     /// Every cached object.
     pub fn all(&self) -> Vec<Arc<K>> {
         self.scopes.iter().flat_map(|(_, s)| s.state()).collect()

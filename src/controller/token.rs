@@ -144,9 +144,8 @@ pub fn controller(
             let name = u.name_any();
             by_user
                 .tokens
-                .in_namespace(&ns)
+                .in_namespace_where(&ns, |t| t.spec.user_ref.name == name)
                 .into_iter()
-                .filter(|t| t.spec.user_ref.name == name)
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -402,10 +401,17 @@ fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String>
     let mine = token.secret_name();
     let my_key = (token.metadata.creation_timestamp.clone(), token.name_any());
     ctx.tokens
-        .in_namespace(&ns)
+        .in_namespace_where(&ns, |o| {
+            // secret_name() without its allocation: this runs for every token in the namespace.
+            let claims = match &o.spec.secret_name {
+                Some(s) => *s == mine,
+                None => o.metadata.name.as_deref() == Some(mine.as_str()),
+            };
+            claims
+                && o.metadata.uid != token.metadata.uid
+                && o.metadata.deletion_timestamp.is_none()
+        })
         .into_iter()
-        .filter(|o| o.metadata.uid != token.metadata.uid && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| o.secret_name() == mine)
         .filter(|o| (o.metadata.creation_timestamp.clone(), o.name_any()) < my_key)
         .map(|o| o.name_any())
         .next()

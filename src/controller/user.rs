@@ -258,6 +258,27 @@ async fn not_ready(
     Ok(())
 }
 
+/// The user's status, or the one this process wrote with a new identity when the cache has
+/// not caught up with that write yet.
+fn current_status(ctx: &Context, user: &CommunicationUser) -> CommunicationUserStatus {
+    let cached = user.status.clone().unwrap_or_default();
+    let (Some(uid), Ok(mut recent)) = (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
+    else {
+        return cached;
+    };
+    if cached.identity_id.is_some() {
+        recent.remove(uid);
+        return cached;
+    }
+    recent.get(uid).cloned().unwrap_or(cached)
+}
+
+fn remember(ctx: &Context, user: &CommunicationUser, status: &CommunicationUserStatus) {
+    if let (Some(uid), Ok(mut recent)) = (user.metadata.uid.clone(), ctx.recent_identities.lock()) {
+        recent.insert(uid, status.clone());
+    }
+}
+
 /// Reports a failed ACS call on the resource: `CredentialsRejected` for a 401 (wrong or
 /// regenerated key), else `AcsError`; the caller still returns the error so transient
 /// failures back off.
@@ -300,7 +321,7 @@ async fn client_for(ctx: &Context, creds: &Credentials) -> Result<AcsClient, Err
 
 async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
-    let mut status = user.status.clone().unwrap_or_default();
+    let mut status = current_status(&ctx, &user);
     // The status this reconcile wrote last, if any.
     let mut written: Option<CommunicationUserStatus> = None;
     status.observed_generation = user.metadata.generation;
@@ -406,6 +427,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             );
             // Written at once: in GA mode this write is the only record of the identity.
             write_status(&ctx, &user, &status).await?;
+            remember(&ctx, &user, &status);
             written = Some(status.clone());
             if created.created {
                 ctx.metrics.identity_created();
@@ -438,18 +460,17 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     let mut revocation = status.revocation.clone().unwrap_or_default();
     let annotation = user.annotations().get(api::REVOKE_ANNOTATION).cloned();
     let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
+    let user_name = user.name_any();
     let requesters = ctx
         .tokens
-        .in_namespace(&ns)
-        .into_iter()
-        .filter(|t| t.spec.user_ref.name == user.name_any())
-        .filter(|t| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.revocation_requested)
-                .is_some_and(|e| e >= revocation.epoch)
+        .in_namespace_where(&ns, |t| {
+            t.spec.user_ref.name == user_name
+                && t.status
+                    .as_ref()
+                    .and_then(|s| s.revocation_requested)
+                    .is_some_and(|e| e >= revocation.epoch)
         })
-        .count();
+        .len();
     if annotation_pending || requesters > 0 {
         set_condition(
             &mut status.conditions,
@@ -543,7 +564,13 @@ const TERMINATING_NAMESPACE_ATTEMPTS: u32 = 3;
 
 async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
-    let Some(id) = user.identity_id().map(str::to_string) else {
+    let status = current_status(&ctx, &user);
+    if let (Some(uid), Ok(mut recent)) =
+        (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
+    {
+        recent.remove(uid);
+    }
+    let Some(id) = status.identity_id.clone() else {
         return Ok(Action::await_change());
     };
     if user.spec.deletion_policy == DeletionPolicy::Retain {
