@@ -348,6 +348,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("sh.log");
         let mut p = sh("echo started; exec sleep 600", &log);
+        // Stop only once the shell has run: a SIGTERM before its echo would leave no output.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log_tail(&log).contains("started") {
+            assert!(Instant::now() < deadline, "shell never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let started = Instant::now();
         let status = p.stop(Duration::from_secs(10)).unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
