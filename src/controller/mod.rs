@@ -113,6 +113,34 @@ where
     Ok(true)
 }
 
+/// The reconciler's own error inside a finalizer error, if the failure was the reconciler's
+/// (and not adding or removing the finalizer itself).
+pub fn reconciler_error<E: std::error::Error + 'static>(
+    e: &kube::runtime::finalizer::Error<E>,
+) -> Option<&E> {
+    match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// Closes a reconcile's metrics and resets the object's failure count after a success.
+pub fn finish_reconcile<K: Resource, T, E>(
+    ctx: &Context,
+    obj: &K,
+    timer: crate::metrics::ReconcileTimer,
+    result: &Result<T, E>,
+) {
+    match result {
+        Ok(_) => {
+            ctx.failures.reset(&key_of(obj));
+            timer.finish("ok");
+        }
+        Err(_) => timer.finish("error"),
+    }
+}
+
 /// `namespace/name` of an object, the key of per-object state.
 pub fn key_of<K: Resource>(obj: &K) -> String {
     format!(

@@ -69,11 +69,7 @@ impl Error {
             | Error::PatchStatus(_) => "kubernetes",
             Error::WaitingForRevocation => "waiting",
             Error::Unnamed => "invalid",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "kubernetes",
-            },
+            Error::Finalizer(e) => super::reconciler_error(e).map_or("kubernetes", Error::category),
         }
     }
 
@@ -88,11 +84,7 @@ impl Error {
             | Error::DeleteSecret(_)
             | Error::PatchStatus(_)
             | Error::WaitingForRevocation => true,
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
-                _ => true,
-            },
+            Error::Finalizer(e) => super::reconciler_error(e).is_none_or(Error::is_transient),
         }
     }
 }
@@ -182,13 +174,7 @@ async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    match &result {
-        Ok(_) => {
-            ctx.failures.reset(&key_of(token.as_ref()));
-            timer.finish("ok");
-        }
-        Err(_) => timer.finish("error"),
-    }
+    super::finish_reconcile(&ctx, token.as_ref(), timer, &result);
     result
 }
 
@@ -219,13 +205,7 @@ fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) 
 fn waiting(err: &Error) -> Option<bool> {
     match err {
         Error::WaitingForRevocation => Some(true),
-        Error::Finalizer(e) => match e.as_ref() {
-            kube::runtime::finalizer::Error::CleanupFailed(Error::WaitingForRevocation)
-            | kube::runtime::finalizer::Error::ApplyFailed(Error::WaitingForRevocation) => {
-                Some(true)
-            }
-            _ => None,
-        },
+        Error::Finalizer(e) => super::reconciler_error(e).and_then(waiting),
         _ => None,
     }
 }

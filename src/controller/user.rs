@@ -66,11 +66,7 @@ impl Error {
             Error::PatchStatus(_) | Error::ReadNamespace(_) => "kubernetes",
             Error::Unnamed => "invalid",
             Error::CleanupRetry => "credentials",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "kubernetes",
-            },
+            Error::Finalizer(e) => super::reconciler_error(e).map_or("kubernetes", Error::category),
         }
     }
 
@@ -84,11 +80,7 @@ impl Error {
             | Error::RevokeTokens(e)
             | Error::DeleteIdentity(e) => e.is_transient(),
             Error::PatchStatus(_) | Error::ReadNamespace(_) | Error::CleanupRetry => true,
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
-                _ => true,
-            },
+            Error::Finalizer(e) => super::reconciler_error(e).is_none_or(Error::is_transient),
         }
     }
 }
@@ -172,13 +164,7 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    match &result {
-        Ok(_) => {
-            ctx.failures.reset(&key_of(user.as_ref()));
-            timer.finish("ok");
-        }
-        Err(_) => timer.finish("error"),
-    }
+    super::finish_reconcile(&ctx, user.as_ref(), timer, &result);
     result
 }
 
