@@ -13,7 +13,7 @@ use kube::Client;
 use crate::acs::{ConnectionString, ConnectionStringError};
 use crate::api::{self, CredentialsRef};
 use crate::config::DefaultCredentials;
-use crate::controller::stores::Stores;
+use crate::stores::Stores;
 
 /// Where credentials were found, for conditions and events (never the value).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub struct CredentialsResolver {
 
 /// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
 /// are reused before they are read again.
-const UNWATCHED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const UNWATCHED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct CachedSecret {
@@ -163,6 +163,16 @@ impl CredentialsResolver {
 
     fn exists(&self, namespace: &str, name: &str) -> bool {
         self.secrets.get(namespace, name).is_some()
+    }
+
+    /// The cached metadata of a Secret that may hold credentials, if it exists in a watched
+    /// namespace.
+    pub fn secret_meta(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        self.secrets.get(namespace, name)
     }
 
     async fn namespace_opted_in(
@@ -258,6 +268,53 @@ impl CredentialsResolver {
                 name: name.to_string(),
                 key: key.to_string(),
             }),
+        }
+    }
+
+    /// Forgets what was read of a Secret, so the next resolve reads it again.
+    pub fn invalidate(&self, namespace: &str, name: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// The operator-wide default Secret when no watch covers it (namespaced mode, the
+    /// operator's namespace not watched): `None` when it is watched or not configured.
+    pub fn unwatched_default(&self) -> Option<&DefaultCredentials> {
+        self.default
+            .as_ref()
+            .filter(|d| !self.secrets.covers(&d.namespace))
+    }
+
+    /// Polls the unwatched default Secret's metadata every `period` and sends on `changed`
+    /// when its resourceVersion moves (a key rotation), after dropping the cached value: its
+    /// users and tokens then reconcile within one period instead of never.
+    pub async fn poll_unwatched_default(
+        self,
+        changed: tokio::sync::broadcast::Sender<()>,
+        period: std::time::Duration,
+    ) {
+        let Some(d) = self.unwatched_default().cloned() else {
+            return;
+        };
+        let api = Api::<Secret>::namespaced(self.client.clone(), &d.namespace);
+        let mut last: Option<Option<String>> = None;
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let rv = match api.get_metadata_opt(&d.name).await {
+                Ok(m) => m.and_then(|m| m.metadata.resource_version),
+                Err(e) => {
+                    tracing::debug!(error = %e, "failed to read the default credentials Secret's metadata");
+                    continue;
+                }
+            };
+            if last.as_ref().is_some_and(|l| *l != rv) {
+                tracing::info!(secret = %format!("{}/{}", d.namespace, d.name), "the default credentials changed");
+                self.invalidate(&d.namespace, &d.name);
+                let _ = changed.send(());
+            }
+            last = Some(rv);
         }
     }
 

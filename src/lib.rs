@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod rotation;
 pub mod secret;
 pub mod server;
+pub mod stores;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! Reflector stores over one or several watched namespaces, read as one.
+//! Reflector stores over one or several watched namespaces, read as one. Shared by the
+//! controllers and the credentials resolver, so neither imports the other.
 //!
 //! A reflector store belongs to one watch; watching a list of namespaces (namespaced RBAC)
 //! takes one watch per namespace, so lookups dispatch on the object's namespace.
@@ -82,6 +83,14 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     /// Every cached object.
     pub fn all(&self) -> Vec<Arc<K>> {
         self.scopes.iter().flat_map(|(_, s)| s.state()).collect()
+    }
+
+    /// Every cached object matching `predicate` (run under the store's read lock).
+    pub fn all_where(&self, predicate: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.scopes
+            .iter()
+            .flat_map(|(_, s)| s.state_filter(|o| predicate(o)))
+            .collect()
     }
 
     /// Waits until every store has its initial list.
