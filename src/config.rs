@@ -113,6 +113,22 @@ pub struct RunArgs {
     /// Longest time between two reconciles of a healthy object (a safety resync).
     #[arg(long, env = "RESYNC_PERIOD", default_value = "1h", value_parser = parse_duration)]
     pub resync_period: Duration,
+    /// Longest back-off of a failing object between two attempts (ACS calls).
+    #[arg(long, env = "FAILURE_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub failure_backoff_max: Duration,
+    /// Unscheduled issuances (after drift, revocation, spec change, rotate annotation, key
+    /// change) allowed per token within the window; one more is deferred. Repairs of a
+    /// Secret with its same token are limited the same way.
+    #[arg(long, env = "UNSCHEDULED_ISSUANCE_LIMIT", default_value_t = 3)]
+    pub unscheduled_issuance_limit: u32,
+    /// The guard's window: this long, or the token's lifetime if that is shorter.
+    #[arg(long, env = "UNSCHEDULED_ISSUANCE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub unscheduled_issuance_window: Duration,
+    /// Allow `spec.identityId` (adopting an existing identity) in namespaces that use the
+    /// operator-wide default credentials. Off by default: whoever can create a
+    /// CommunicationUser there could otherwise take over any identity of that resource.
+    #[arg(long, env = "ALLOW_DEFAULT_CREDENTIALS_ADOPTION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_default_credentials_adoption: bool,
 }
 
 /// Parses `90s`, `5m`, `1h`, `250ms` or a plain number of seconds.
@@ -170,6 +186,27 @@ pub struct Config {
     pub leader_election: Option<LeaderElectionConfig>,
     pub identity: String,
     pub resync_period: Duration,
+    pub guards: Guards,
+}
+
+/// Bounds on what a failing or drifting object may cost.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    pub failure_backoff_max: Duration,
+    pub unscheduled_limit: u32,
+    pub unscheduled_window: Duration,
+    pub allow_default_credentials_adoption: bool,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            failure_backoff_max: Duration::from_secs(300),
+            unscheduled_limit: 3,
+            unscheduled_window: Duration::from_secs(600),
+            allow_default_credentials_adoption: false,
+        }
+    }
 }
 
 /// Leader election settings.
@@ -280,6 +317,12 @@ impl Config {
             leader_election,
             identity,
             resync_period: a.resync_period.max(Duration::from_secs(10)),
+            guards: Guards {
+                failure_backoff_max: a.failure_backoff_max.max(Duration::from_secs(1)),
+                unscheduled_limit: a.unscheduled_issuance_limit.max(1),
+                unscheduled_window: a.unscheduled_issuance_window.max(Duration::from_secs(1)),
+                allow_default_credentials_adoption: a.allow_default_credentials_adoption,
+            },
         })
     }
 

@@ -78,15 +78,17 @@ pub fn requeue_after(now: Timestamp, at: Timestamp, floor: Duration, max: Durati
 }
 
 /// Backoff after `failures` consecutive failures: exponential from 1 s with full jitter over
-/// the upper half, capped at 5 minutes, and further capped at a quarter of the remaining
-/// validity of the current token, so retries keep coming while that token still works.
+/// the upper half, capped at `max` (5 minutes by default), and further capped at a quarter
+/// of the remaining validity of the current token, so retries keep coming while that token
+/// still works.
 pub fn failure_backoff(
     failures: u32,
     remaining_validity: Option<Duration>,
+    max: Duration,
     seed: &str,
 ) -> Duration {
     let exp = 2f64.powi(failures.min(16) as i32);
-    let mut cap = 300.0;
+    let mut cap = max.as_secs_f64();
     if let Some(r) = remaining_validity {
         cap = f64::min(cap, (r.as_secs_f64() / 4.0).max(1.0));
     }
@@ -180,11 +182,18 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped_by_the_remaining_validity() {
-        let b1 = failure_backoff(1, None, "x");
-        let b5 = failure_backoff(5, None, "x");
+        let b1 = failure_backoff(1, None, Duration::from_secs(300), "x");
+        let b5 = failure_backoff(5, None, Duration::from_secs(300), "x");
         assert!(b1 < b5);
-        assert!(failure_backoff(30, None, "x") <= Duration::from_secs(300));
-        let capped = failure_backoff(30, Some(Duration::from_secs(40)), "x");
+        assert!(
+            failure_backoff(30, None, Duration::from_secs(300), "x") <= Duration::from_secs(300)
+        );
+        let capped = failure_backoff(
+            30,
+            Some(Duration::from_secs(40)),
+            Duration::from_secs(300),
+            "x",
+        );
         assert!(capped <= Duration::from_secs(10), "{capped:?}");
     }
 }

@@ -29,6 +29,8 @@ pub mod annotations {
     pub const REVISION: &str = "communication.acs.dev/revision";
     pub const EXPIRES_IN_MINUTES: &str = "communication.acs.dev/expires-in-minutes";
     pub const DIGEST: &str = "communication.acs.dev/digest";
+    /// The `spec.secretTemplate` keys last written (`l:<label>`, `a:<annotation>`).
+    pub const TEMPLATE_KEYS: &str = "communication.acs.dev/template-keys";
 }
 
 /// A token as issued, with everything recorded next to it.
@@ -58,11 +60,17 @@ pub enum SecretState {
     Missing,
     /// A Secret this CommunicationToken does not control: never touched.
     Foreign,
-    /// Ours, intact, sealed under the current key.
-    Valid(RecordedToken),
+    /// Ours, with its token and record intact under the current key; `drifted` when anything
+    /// else the operator sets (data keys, labels, annotations, template) differs, which a
+    /// rewrite with the same token repairs.
+    Intact {
+        record: RecordedToken,
+        drifted: bool,
+    },
     /// Ours, sealed under another access key (the key was rotated, which revokes the token).
     KeyChanged(RecordedToken),
-    /// Ours, but its data or records do not match the digest: edited by hand.
+    /// Ours, but its token was changed or lost (or its record cannot be proven): a new token
+    /// must be issued.
     Tampered,
 }
 
@@ -87,9 +95,10 @@ fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// HMAC over every value the operator relies on, keyed with the access key: anyone can read
-/// the digest, but only the key holder can produce one that matches edited data.
-fn digest(
+/// The first seal (before drift repair): an HMAC over the whole data map and the records.
+/// Still accepted when reading, so Secrets written by an older operator read as intact (and
+/// are rewritten with the current seal) instead of as edited.
+fn digest_v1(
     key: &AccessKey,
     data: &BTreeMap<String, ByteString>,
     records: &[(&str, String)],
@@ -111,6 +120,33 @@ fn digest(
     STANDARD.encode(m.finalize().into_bytes())
 }
 
+/// The seal: an HMAC keyed with the access key over the token and everything recorded about
+/// it, and nothing else. Anyone can read it, but only the key holder can make one that
+/// matches an edited token or record; labels, other annotations and extra data keys are not
+/// sealed, so drift there is repaired with the same token instead of a new one.
+fn seal(key: &AccessKey, token: &[u8], r: &RecordedToken) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
+    m.update(b"v2\0");
+    m.update(&(token.len() as u64).to_be_bytes());
+    m.update(token);
+    let fields = [
+        rfc3339(r.expires_on),
+        r.user_id.clone(),
+        scopes_string(&r.scopes),
+    ];
+    for (k, v) in records(r)
+        .into_iter()
+        .chain(["expiresOn", "userId", "scopes"].into_iter().zip(fields))
+    {
+        m.update(k.as_bytes());
+        m.update(b"\0");
+        m.update(&(v.len() as u64).to_be_bytes());
+        m.update(v.as_bytes());
+    }
+    format!("v2:{}", STANDARD.encode(m.finalize().into_bytes()))
+}
+
 fn records(t: &RecordedToken) -> Vec<(&'static str, String)> {
     vec![
         (annotations::ISSUED_AT, rfc3339(t.issued_at)),
@@ -127,13 +163,9 @@ fn records(t: &RecordedToken) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn data_of(issued: &IssuedToken) -> BTreeMap<String, ByteString> {
-    let t = &issued.record;
+fn data_of(token: &[u8], t: &RecordedToken) -> BTreeMap<String, ByteString> {
     BTreeMap::from([
-        (
-            secret_keys::TOKEN.to_string(),
-            ByteString(issued.token.expose().as_bytes().to_vec()),
-        ),
+        (secret_keys::TOKEN.to_string(), ByteString(token.to_vec())),
         (
             secret_keys::EXPIRES_ON.to_string(),
             ByteString(rfc3339(t.expires_on).into_bytes()),
@@ -156,25 +188,48 @@ pub fn owner_reference(owner: &CommunicationToken) -> Option<OwnerReference> {
     Some(r)
 }
 
-/// The full desired Secret for server-side apply.
-pub fn desired_secret(
+/// The labels and annotations the operator sets: its own, the records and seal, and
+/// `spec.secretTemplate`, plus an annotation naming the template's keys so a key later
+/// removed from the template is removed from the Secret too.
+fn desired_metadata(
     owner: &CommunicationToken,
-    t: &IssuedToken,
+    token: &[u8],
+    r: &RecordedToken,
     key: &AccessKey,
-) -> Option<Secret> {
-    let data = data_of(t);
-    let records = records(&t.record);
-    let sealed = digest(key, &data, &records);
+) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>)> {
     let template = owner.spec.secret_template.clone().unwrap_or_default();
+    let template_keys = template
+        .labels
+        .keys()
+        .map(|k| format!("l:{k}"))
+        .chain(template.annotations.keys().map(|k| format!("a:{k}")))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut labels = template.labels;
     labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY.into());
     labels.insert(api::TOKEN_LABEL.into(), owner.metadata.name.clone()?);
     labels.insert(api::USER_LABEL.into(), owner.spec.user_ref.name.clone());
     let mut ann = template.annotations;
-    for (k, v) in records {
+    for (k, v) in records(r) {
         ann.insert(k.to_string(), v);
     }
-    ann.insert(annotations::DIGEST.to_string(), sealed);
+    ann.insert(annotations::DIGEST.to_string(), seal(key, token, r));
+    if template_keys.is_empty() {
+        ann.remove(annotations::TEMPLATE_KEYS);
+    } else {
+        ann.insert(annotations::TEMPLATE_KEYS.to_string(), template_keys);
+    }
+    Some((labels, ann))
+}
+
+/// The full desired Secret, for a create.
+pub fn desired_secret(
+    owner: &CommunicationToken,
+    t: &IssuedToken,
+    key: &AccessKey,
+) -> Option<Secret> {
+    let token = t.token.expose().as_bytes();
+    let (labels, ann) = desired_metadata(owner, token, &t.record, key)?;
     Some(Secret {
         metadata: ObjectMeta {
             name: Some(owner.secret_name()),
@@ -185,9 +240,63 @@ pub fn desired_secret(
             ..ObjectMeta::default()
         },
         type_: Some(api::SECRET_TYPE.to_string()),
-        data: Some(data),
+        data: Some(data_of(token, &t.record)),
         ..Secret::default()
     })
+}
+
+/// `current` rewritten for a replace: exactly the operator's data keys (`token` is the given
+/// one), its labels and annotations restored, template keys no longer in the template
+/// removed, and every other label and annotation (other tools') left alone. The
+/// `resourceVersion` of `current` stays, so the replace fails if the Secret changed since.
+pub fn rewritten_secret(
+    current: &Secret,
+    owner: &CommunicationToken,
+    token: &[u8],
+    r: &RecordedToken,
+    key: &AccessKey,
+) -> Option<Secret> {
+    let (labels, ann) = desired_metadata(owner, token, r, key)?;
+    let mut out = current.clone();
+    let meta = &mut out.metadata;
+    let old_template: Vec<String> = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::TEMPLATE_KEYS))
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut cur_labels = meta.labels.take().unwrap_or_default();
+    let mut cur_ann = meta.annotations.take().unwrap_or_default();
+    for k in &old_template {
+        if let Some(l) = k.strip_prefix("l:") {
+            cur_labels.remove(l);
+        } else if let Some(a) = k.strip_prefix("a:") {
+            cur_ann.remove(a);
+        }
+    }
+    cur_ann.remove(annotations::TEMPLATE_KEYS);
+    cur_labels.extend(labels);
+    cur_ann.extend(ann);
+    meta.labels = Some(cur_labels);
+    meta.annotations = Some(cur_ann);
+    meta.managed_fields = None;
+    let ours = owner_reference(owner)?;
+    let refs = meta.owner_references.get_or_insert_with(Vec::new);
+    if !refs.iter().any(|o| o.uid == ours.uid) {
+        refs.push(ours);
+    }
+    out.data = Some(data_of(token, r));
+    out.string_data = None;
+    Some(out)
+}
+
+/// True when `current` differs from what [`rewritten_secret`] would make of it.
+fn drifted(current: &Secret, rewritten: &Secret) -> bool {
+    current.data != rewritten.data
+        || current.string_data.is_some()
+        || current.metadata.labels != rewritten.metadata.labels
+        || current.metadata.annotations != rewritten.metadata.annotations
+        || current.metadata.owner_references != rewritten.metadata.owner_references
 }
 
 /// True when `secret` is controlled by `owner` (same UID).
@@ -203,11 +312,14 @@ pub fn is_controlled_by(secret: &Secret, owner: &CommunicationToken) -> bool {
         .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// Reads what a Secret in the cluster records, verifying the digest with `key`.
+/// Reads what a Secret in the cluster records, verifying the seal with `key`. `fallback` is
+/// the record kept in the token's status: when the Secret's own record annotations were
+/// edited or removed but the token is intact, the status record still proves it.
 pub fn read_secret(
     secret: Option<&Secret>,
     owner: &CommunicationToken,
     key: &AccessKey,
+    fallback: Option<&RecordedToken>,
 ) -> SecretState {
     let Some(secret) = secret else {
         return SecretState::Missing;
@@ -217,36 +329,47 @@ pub fn read_secret(
     }
     let empty = BTreeMap::new();
     let ann = secret.metadata.annotations.as_ref().unwrap_or(&empty);
-    let Some(recorded) = parse_records(secret, ann) else {
-        return SecretState::Tampered;
-    };
-    let data = secret.data.clone().unwrap_or_default();
-    let rec_values: Vec<(&str, String)> = [
-        annotations::ISSUED_AT,
-        annotations::REVOCATION_EPOCH,
-        annotations::KEY_FINGERPRINT,
-        annotations::REVISION,
-        annotations::EXPIRES_IN_MINUTES,
-    ]
-    .into_iter()
-    .map(|k| (k, ann.get(k).cloned().unwrap_or_default()))
-    .collect();
-    let want = digest(key, &data, &rec_values);
-    let Some(have) = ann.get(annotations::DIGEST) else {
-        return SecretState::Tampered;
-    };
-    // The data must have exactly the four keys with the token present.
-    let shape_ok = data.len() == 4
-        && data
-            .get(secret_keys::TOKEN)
-            .is_some_and(|t| !t.0.is_empty());
-    if shape_ok && constant_time_eq(want.as_bytes(), have.as_bytes()) {
-        return SecretState::Valid(recorded);
+    let parsed = parse_records(secret, ann);
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(secret_keys::TOKEN))
+        .map(|t| t.0.as_slice())
+        .filter(|t| !t.is_empty());
+    let have = ann.get(annotations::DIGEST);
+    if let (Some(token), Some(have)) = (token, have) {
+        for r in parsed.iter().chain(fallback) {
+            let fresh = seal(key, token, r);
+            let legacy = || {
+                let data = secret.data.clone().unwrap_or_default();
+                digest_v1(key, &data, &records(r))
+            };
+            if constant_time_eq(fresh.as_bytes(), have.as_bytes())
+                || (!have.starts_with("v2:")
+                    && constant_time_eq(legacy().as_bytes(), have.as_bytes()))
+            {
+                let drift = rewritten_secret(secret, owner, token, r, key)
+                    .is_none_or(|w| drifted(secret, &w));
+                return SecretState::Intact {
+                    record: r.clone(),
+                    drifted: drift,
+                };
+            }
+        }
     }
-    if recorded.key_fingerprint != key_fingerprint(key) {
-        return SecretState::KeyChanged(recorded);
+    match parsed.or_else(|| fallback.cloned()) {
+        Some(r) if r.key_fingerprint != key_fingerprint(key) => SecretState::KeyChanged(r),
+        _ => SecretState::Tampered,
     }
-    SecretState::Tampered
+}
+
+/// The current token value of a Secret read as intact (for a repair that keeps it).
+pub fn token_of(secret: &Secret) -> Option<&[u8]> {
+    secret
+        .data
+        .as_ref()?
+        .get(secret_keys::TOKEN)
+        .map(|t| t.0.as_slice())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -343,23 +466,25 @@ mod tests {
         assert_eq!(owner_ref.uid, "uid-1");
     }
 
-    #[test]
-    fn a_written_secret_reads_back_as_valid() {
-        let k = key(1);
-        let t = issued(&k);
-        let s = desired_secret(&owner(), &t, &k).unwrap();
-        match read_secret(Some(&s), &owner(), &k) {
-            SecretState::Valid(r) => {
-                assert_eq!(r.revocation_epoch, 2);
-                assert_eq!(r.revision, 3);
-                assert_eq!(r, t.record);
-            }
-            other => panic!("{other:?}"),
+    fn intact(state: SecretState) -> (RecordedToken, bool) {
+        match state {
+            SecretState::Intact { record, drifted } => (record, drifted),
+            other => panic!("expected an intact Secret, got {other:?}"),
         }
     }
 
     #[test]
-    fn edits_to_data_or_records_are_detected() {
+    fn a_written_secret_reads_back_as_intact_without_drift() {
+        let k = key(1);
+        let t = issued(&k);
+        let s = desired_secret(&owner(), &t, &k).unwrap();
+        let (r, drifted) = intact(read_secret(Some(&s), &owner(), &k, None));
+        assert_eq!(r, t.record);
+        assert!(!drifted);
+    }
+
+    #[test]
+    fn an_edited_or_lost_token_is_tampered() {
         let k = key(1);
         let s = desired_secret(&owner(), &issued(&k), &k).unwrap();
         let mut edited = s.clone();
@@ -369,30 +494,101 @@ mod tests {
             .unwrap()
             .insert("token".into(), ByteString(b"forged".to_vec()));
         assert_eq!(
-            read_secret(Some(&edited), &owner(), &k),
+            read_secret(Some(&edited), &owner(), &k, None),
             SecretState::Tampered
         );
-        let mut edited = s.clone();
-        edited
-            .metadata
+        let mut lost = s;
+        lost.data.as_mut().unwrap().remove("token");
+        assert_eq!(
+            read_secret(Some(&lost), &owner(), &k, None),
+            SecretState::Tampered
+        );
+    }
+
+    #[test]
+    fn an_edited_record_is_tampered_unless_the_status_record_proves_the_token() {
+        let k = key(1);
+        let t = issued(&k);
+        let mut s = desired_secret(&owner(), &t, &k).unwrap();
+        s.metadata
             .annotations
             .as_mut()
             .unwrap()
             .insert(annotations::REVOCATION_EPOCH.into(), "9".into());
         assert_eq!(
-            read_secret(Some(&edited), &owner(), &k),
+            read_secret(Some(&s), &owner(), &k, None),
             SecretState::Tampered
         );
-        let mut edited = s;
-        edited
-            .data
+        let (r, drifted) = intact(read_secret(Some(&s), &owner(), &k, Some(&t.record)));
+        assert_eq!(r.revocation_epoch, 2);
+        assert!(drifted);
+    }
+
+    #[test]
+    fn drift_outside_the_token_is_repaired_with_the_same_token() {
+        let k = key(1);
+        let t = issued(&k);
+        let mut s = desired_secret(&owner(), &t, &k).unwrap();
+        s.data
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
+        s.metadata.labels.as_mut().unwrap().remove("team");
+        s.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("other-tool".into(), "keep".into());
+        s.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("other-tool/note".into(), "keep".into());
+        let (r, drifted) = intact(read_secret(Some(&s), &owner(), &k, None));
+        assert!(drifted);
+        let w = rewritten_secret(&s, &owner(), t.token.expose().as_bytes(), &r, &k).unwrap();
+        assert_eq!(w.data.as_ref().unwrap().len(), 4);
+        assert_eq!(token_of(&w), Some(&b"aaa.bbb.ccc"[..]));
+        let labels = w.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["other-tool"], "keep");
         assert_eq!(
-            read_secret(Some(&edited), &owner(), &k),
-            SecretState::Tampered
+            w.metadata.annotations.as_ref().unwrap()["other-tool/note"],
+            "keep"
         );
+        let (_, drifted) = intact(read_secret(Some(&w), &owner(), &k, None));
+        assert!(!drifted, "a rewritten Secret has no drift left");
+    }
+
+    #[test]
+    fn a_template_change_is_drift_and_removed_template_keys_go() {
+        let k = key(1);
+        let t = issued(&k);
+        let s = desired_secret(&owner(), &t, &k).unwrap();
+        let mut changed = owner();
+        changed.spec.secret_template = Some(SecretTemplate {
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::from([("note".into(), "n".into())]),
+        });
+        let (r, drifted) = intact(read_secret(Some(&s), &changed, &k, None));
+        assert!(drifted);
+        let w = rewritten_secret(&s, &changed, b"aaa.bbb.ccc", &r, &k).unwrap();
+        assert!(!w.metadata.labels.as_ref().unwrap().contains_key("team"));
+        assert_eq!(w.metadata.annotations.as_ref().unwrap()["note"], "n");
+    }
+
+    #[test]
+    fn a_secret_sealed_by_the_first_version_reads_as_intact_and_is_resealed() {
+        let k = key(1);
+        let t = issued(&k);
+        let mut s = desired_secret(&owner(), &t, &k).unwrap();
+        let v1 = digest_v1(&k, s.data.as_ref().unwrap(), &records(&t.record));
+        let ann = s.metadata.annotations.as_mut().unwrap();
+        ann.insert(annotations::DIGEST.into(), v1);
+        ann.remove(annotations::TEMPLATE_KEYS);
+        let (r, drifted) = intact(read_secret(Some(&s), &owner(), &k, None));
+        assert_eq!(r, t.record);
+        assert!(drifted);
     }
 
     #[test]
@@ -400,7 +596,7 @@ mod tests {
         let k = key(1);
         let s = desired_secret(&owner(), &issued(&k), &k).unwrap();
         assert!(matches!(
-            read_secret(Some(&s), &owner(), &key(2)),
+            read_secret(Some(&s), &owner(), &key(2), None),
             SecretState::KeyChanged(_)
         ));
     }
@@ -408,10 +604,13 @@ mod tests {
     #[test]
     fn foreign_and_missing_secrets_are_reported() {
         let k = key(1);
-        assert_eq!(read_secret(None, &owner(), &k), SecretState::Missing);
+        assert_eq!(read_secret(None, &owner(), &k, None), SecretState::Missing);
         let mut s = desired_secret(&owner(), &issued(&k), &k).unwrap();
         s.metadata.owner_references = None;
-        assert_eq!(read_secret(Some(&s), &owner(), &k), SecretState::Foreign);
+        assert_eq!(
+            read_secret(Some(&s), &owner(), &k, None),
+            SecretState::Foreign
+        );
     }
 
     #[test]

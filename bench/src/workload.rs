@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use acs_identity_operator::api::{
     self, CommunicationToken, CommunicationTokenSpec, CommunicationUser, CommunicationUserSpec,
-    DeletionPolicy, UserRef,
+    UserRef,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -136,7 +136,7 @@ impl Workload {
             &self.user_name(i),
             CommunicationUserSpec {
                 credentials: None,
-                deletion_policy: DeletionPolicy::default(),
+                deletion_policy: None,
                 identity_id: None,
             },
         )

@@ -237,6 +237,13 @@ impl AcsError {
         }
     }
 
+    /// The request was sent but its answer was lost (the connection broke, or it timed out
+    /// after sending): the service may have processed it. A non-idempotent call (a GA
+    /// identity creation) may then have taken effect.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, AcsError::Transport { .. } | AcsError::Timeout { .. })
+    }
+
     /// The service said the identity does not exist (HTTP 404).
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)

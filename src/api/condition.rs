@@ -36,6 +36,16 @@ pub mod reasons {
     pub const SECRET_REJECTED: &str = "SecretRejected";
     pub const SUSPENDED: &str = "Suspended";
     pub const ISSUE_FAILED: &str = "IssueFailed";
+    /// An unscheduled issuance or repair waits for the per-object guard's window.
+    pub const DEFERRED: &str = "Deferred";
+    /// The Secret was rewritten with its same, still valid token.
+    pub const SECRET_REPAIRED: &str = "SecretRepaired";
+    /// `spec.identityId` names an identity another CommunicationUser already manages.
+    pub const IDENTITY_IN_USE: &str = "IdentityInUse";
+    /// Adoption is refused under the operator-wide default credentials.
+    pub const ADOPTION_NOT_ALLOWED: &str = "AdoptionNotAllowed";
+    /// A GA identity creation failed after the request was sent: it may have been processed.
+    pub const AMBIGUOUS_CREATE: &str = "AmbiguousCreate";
 }
 
 /// Convenience lookups on a condition list.

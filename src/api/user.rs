@@ -54,8 +54,9 @@ pub struct CommunicationUserSpec {
 
     /// What happens to the ACS identity when this resource is deleted: `Delete` removes it
     /// (revoking all of its tokens), `Retain` leaves it in ACS so it can be adopted again.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// When omitted: `Retain` for an adopted identity (`identityId` set), else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 
     /// The id of an existing ACS identity (`8:acs:...`) to manage instead of creating a new one,
     /// for example one kept with `deletionPolicy: Retain`. Immutable once set.
@@ -138,6 +139,14 @@ pub struct RevocationStatus {
     /// The value of the `communication.acs.dev/revoke` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_annotation: Option<String>,
+    /// The epoch a revocation in progress will move to. Written (with the resourceVersion
+    /// read as a precondition) before the revoke call, so two reconciles or a stale cache
+    /// can never revoke twice around a re-issue; tokens do not issue while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+    /// When the revocation in progress was started (or last retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
 }
 
 impl CommunicationUser {
@@ -147,6 +156,27 @@ impl CommunicationUser {
             .as_ref()
             .and_then(|s| s.revocation.as_ref())
             .map_or(0, |r| r.epoch)
+    }
+
+    /// True while a revocation is in progress (started, epoch not yet moved).
+    pub fn revocation_pending(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.revocation.as_ref())
+            .is_some_and(|r| r.pending.is_some_and(|p| p > r.epoch))
+    }
+
+    /// The deletion policy in effect: as set, else `Retain` for an adopted identity (it
+    /// existed before this resource, so deleting it with the resource would surprise) and
+    /// `Delete` for one the operator created.
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec
+            .deletion_policy
+            .unwrap_or(if self.spec.identity_id.is_some() {
+                DeletionPolicy::Retain
+            } else {
+                DeletionPolicy::Delete
+            })
     }
 
     /// The identity id recorded in status, if any.

@@ -1,39 +1,113 @@
-//! Per-object failure counts for `error_policy`: kube-runtime has no per-key backoff, so the
-//! count lives in the Context and is reset by the next success.
+//! Per-object failure state: kube-runtime has no per-key backoff (kube-rs/kube#1916), so the
+//! count lives in the Context, keyed by kind as well as namespace and name.
+//!
+//! The count alone is not enough: a failing object can be woken by many things besides its
+//! requeue (a sibling's status, a credentials Secret, its user), and each wake-up would make
+//! another ACS call. So a failure also records until when the object must wait and the inputs
+//! it failed with; [`Failures::hold`] tells a reconcile to skip its ACS call while that
+//! back-off runs, unless the inputs changed (a new spec, a new key, a new identity), which
+//! deserves one prompt attempt.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Consecutive failures per object key (`namespace/name`).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    count: u32,
+    retry_at: Option<Instant>,
+    inputs: u64,
+}
+
+/// Consecutive failures per object key (`Kind/namespace/name`).
 #[derive(Default)]
-pub struct Failures(Mutex<HashMap<String, u32>>);
+pub struct Failures(Mutex<HashMap<String, Entry>>);
 
 impl Failures {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> Option<T> {
+        self.0.lock().ok().map(|mut m| f(&mut m))
+    }
+
+    /// Before an ACS call: how long the object must still wait, if it failed with these same
+    /// `inputs` and its back-off has not run out. With other inputs the count starts over and
+    /// the call may go ahead.
+    pub fn hold(&self, key: &str, inputs: u64, now: Instant) -> Option<Duration> {
+        self.with(|m| {
+            let e = m.get_mut(key)?;
+            if e.inputs != inputs {
+                *e = Entry {
+                    count: 0,
+                    retry_at: None,
+                    inputs,
+                };
+                return None;
+            }
+            e.retry_at
+                .and_then(|at| at.checked_duration_since(now))
+                .filter(|d| !d.is_zero())
+        })
+        .flatten()
+    }
+
+    /// Records the inputs of an attempt about to be made, so a failure is tied to them.
+    pub fn attempt(&self, key: &str, inputs: u64) {
+        self.with(|m| {
+            let e = m.entry(key.to_string()).or_insert(Entry {
+                count: 0,
+                retry_at: None,
+                inputs,
+            });
+            if e.inputs != inputs {
+                *e = Entry {
+                    count: 0,
+                    retry_at: None,
+                    inputs,
+                };
+            }
+        });
+    }
+
     /// Records a failure and returns the new count.
     pub fn record(&self, key: &str) -> u32 {
-        let Ok(mut m) = self.0.lock() else {
-            return 1;
-        };
-        let n = m.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        self.with(|m| {
+            let e = m.entry(key.to_string()).or_insert(Entry {
+                count: 0,
+                retry_at: None,
+                inputs: 0,
+            });
+            e.count = e.count.saturating_add(1);
+            e.count
+        })
+        .unwrap_or(1)
+    }
+
+    /// Sets when the object may try again (the back-off chosen for its last failure).
+    pub fn retry_at(&self, key: &str, at: Instant) {
+        self.with(|m| {
+            if let Some(e) = m.get_mut(key) {
+                e.retry_at = Some(at);
+            }
+        });
     }
 
     /// The current count.
     pub fn get(&self, key: &str) -> u32 {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(key).copied())
+        self.with(|m| m.get(key).map_or(0, |e| e.count))
             .unwrap_or(0)
     }
 
     /// Forgets the object's failures (after a success or its deletion).
     pub fn reset(&self, key: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(key);
-        }
+        self.with(|m| m.remove(key));
     }
+}
+
+/// A stable hash of the values a failed attempt depended on.
+pub fn inputs_hash(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -43,10 +117,37 @@ mod tests {
     #[test]
     fn counts_accumulate_and_reset() {
         let f = Failures::default();
-        assert_eq!(f.record("a/b"), 1);
-        assert_eq!(f.record("a/b"), 2);
-        assert_eq!(f.get("a/c"), 0);
-        f.reset("a/b");
-        assert_eq!(f.get("a/b"), 0);
+        assert_eq!(f.record("Kind/a/b"), 1);
+        assert_eq!(f.record("Kind/a/b"), 2);
+        assert_eq!(f.get("Kind/a/c"), 0);
+        f.reset("Kind/a/b");
+        assert_eq!(f.get("Kind/a/b"), 0);
+    }
+
+    #[test]
+    fn a_failed_object_is_held_until_its_backoff_runs_out_unless_its_inputs_change() {
+        let f = Failures::default();
+        let t0 = Instant::now();
+        f.attempt("k", 7);
+        assert_eq!(f.hold("k", 7, t0), None, "no failure yet");
+        f.record("k");
+        f.retry_at("k", t0 + Duration::from_secs(10));
+        assert_eq!(
+            f.hold("k", 7, t0 + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(f.hold("k", 7, t0 + Duration::from_secs(10)), None);
+        // Same inputs again: still held at an earlier instant.
+        assert!(f.hold("k", 7, t0 + Duration::from_secs(1)).is_some());
+        // New inputs: one prompt attempt, the count starts over.
+        assert_eq!(f.hold("k", 8, t0 + Duration::from_secs(1)), None);
+        assert_eq!(f.get("k"), 0);
+    }
+
+    #[test]
+    fn kinds_do_not_share_counts() {
+        let f = Failures::default();
+        f.record("CommunicationUser/ns/x");
+        assert_eq!(f.get("CommunicationToken/ns/x"), 0);
     }
 }

@@ -3,8 +3,9 @@
 
 pub mod acs_pool;
 pub mod backoff;
-pub mod stores;
+pub mod guard;
 pub mod token;
+pub mod triggers;
 pub mod user;
 
 use std::future::Future;
@@ -30,7 +31,7 @@ use crate::server::Readiness;
 
 use self::acs_pool::AcsPool;
 use self::backoff::Failures;
-use self::stores::Stores;
+use crate::stores::Stores;
 
 /// A clock, injected so tests can fix time.
 pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
@@ -46,6 +47,11 @@ pub struct Context {
     pub users: Stores<CommunicationUser>,
     pub tokens: Stores<CommunicationToken>,
     pub failures: Failures,
+    /// Bounds unscheduled issuances and repairs per object.
+    pub guard: guard::Guard,
+    /// Signalled when the operator-wide default credentials change (seen by a watch, or by
+    /// polling when no watch covers them): every controller wakes the objects using them.
+    pub default_changed: tokio::sync::broadcast::Sender<()>,
     /// User statuses this process wrote with a new identity, by UID, until the cache shows
     /// them: a reconcile that reads a cache not yet updated by its own write must not create
     /// a second identity (GA creation is not idempotent).
@@ -125,26 +131,57 @@ pub fn reconciler_error<E: std::error::Error + 'static>(
     }
 }
 
-/// Closes a reconcile's metrics and resets the object's failure count after a success.
-pub fn finish_reconcile<K: Resource, T, E>(
-    ctx: &Context,
-    obj: &K,
-    timer: crate::metrics::ReconcileTimer,
-    result: &Result<T, E>,
-) {
-    match result {
-        Ok(_) => {
-            ctx.failures.reset(&key_of(obj));
-            timer.finish("ok");
+/// A stream of the signals sent on `rx` (a lagging receiver still yields once).
+pub fn signals(
+    rx: tokio::sync::broadcast::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
-        Err(_) => timer.finish("error"),
-    }
+    })
 }
 
-/// `namespace/name` of an object, the key of per-object state.
-pub fn key_of<K: Resource>(obj: &K) -> String {
+/// Wake-ups of one controller's objects when the unwatched default credentials change: the
+/// users resolving to them (or, through `map`, their tokens), within `scope`.
+fn default_wakeups<K, F>(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    rx: tokio::sync::broadcast::Receiver<()>,
+    map: F,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+    F: Fn(
+            &Context,
+            Vec<kube::runtime::reflector::ObjectRef<CommunicationUser>>,
+        ) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let ctx = ctx.clone();
+    let scope = scope.clone();
+    signals(rx).flat_map(move |()| {
+        let refs = match ctx.config.default_credentials.as_ref() {
+            Some(_) => map(&ctx, user::users_on_default(&ctx)),
+            None => Vec::new(),
+        };
+        let scope = scope.clone();
+        futures::stream::iter(
+            refs.into_iter()
+                .filter(move |r| scope.is_none() || r.namespace == scope),
+        )
+    })
+}
+
+/// `Kind/namespace/name` of an object, the key of per-object state (a user and a token of
+/// the same name must not share a failure count).
+pub fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
-        "{}/{}",
+        "{}/{}/{}",
+        K::kind(&()),
         obj.meta().namespace.as_deref().unwrap_or_default(),
         obj.meta().name.as_deref().unwrap_or_default()
     )
@@ -379,6 +416,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         users: user_stores.clone(),
         tokens: token_stores.clone(),
         failures: Failures::default(),
+        guard: Default::default(),
+        default_changed: tokio::sync::broadcast::channel(4).0,
         recent_identities: Default::default(),
         clock: Arc::new(jiff::Timestamp::now),
     });
@@ -437,23 +476,45 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         shutdown.clone()
     };
 
+    // The default credentials Secret outside the watched namespaces has no watch: poll it so
+    // a key rotation there still reaches the tokens that use it.
+    let default_changed = ctx.default_changed.clone();
+    let poller = ctx.credentials.unwatched_default().is_some().then(|| {
+        tokio::spawn(
+            ctx.credentials
+                .clone()
+                .poll_unwatched_default(default_changed.clone(), crate::credentials::UNWATCHED_TTL),
+        )
+    });
     let mut controllers = Vec::new();
     for (i, (u, t, c)) in user_ctrl_streams.into_iter().enumerate() {
         let scope = scopes[i].clone();
         if let (Some(u), Some(t), Some(c)) = (u, t, c) {
-            controllers
-                .push(user::controller(ctx.clone(), scope.clone(), u, t, c, stop.clone()).boxed());
+            let wake = default_wakeups(&ctx, &scope, default_changed.subscribe(), |_, users| users);
+            controllers.push(
+                user::controller(ctx.clone(), scope.clone(), u, t, c, wake, stop.clone()).boxed(),
+            );
         }
     }
     for (i, (t, u, c)) in token_ctrl_streams.into_iter().enumerate() {
         let scope = scopes[i].clone();
         if let (Some(t), Some(u), Some(c)) = (t, u, c) {
-            controllers.push(token::controller(ctx.clone(), scope, t, u, c, stop.clone()).boxed());
+            let wake = default_wakeups(
+                &ctx,
+                &scope,
+                default_changed.subscribe(),
+                token::tokens_of_users,
+            );
+            controllers
+                .push(token::controller(ctx.clone(), scope, t, u, c, wake, stop.clone()).boxed());
         }
     }
     let summary = tokio::spawn(token::summarize_forever(ctx.clone()));
     futures::future::join_all(controllers).await;
     summary.abort();
+    if let Some(p) = poller {
+        p.abort();
+    }
     if let Some(e) = elector {
         if let Err(err) = e.release().await {
             warn!(error = %err, "failed to release the lease");

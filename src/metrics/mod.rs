@@ -128,6 +128,14 @@ pub struct Metrics {
     token_next_renewal: Family<NoLabels, GaugeF64>,
     users: Family<StateLabels, GaugeI64>,
     kube_requests: Family<VerbLabels, Counter>,
+    secret_repairs: Counter,
+    deferred: Family<ActionLabels, Counter>,
+    ambiguous_creates: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
 }
 
 impl Default for Metrics {
@@ -253,7 +261,29 @@ impl Metrics {
             kube_requests.clone(),
         );
 
+        let secret_repairs = Counter::default();
+        registry.register(
+            "secret_repairs",
+            "Token Secrets rewritten with their same, still valid token after drift (an edit, an extra key, a template change)",
+            secret_repairs.clone(),
+        );
+        let deferred = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "unscheduled_deferred",
+            "Unscheduled issuances or repairs deferred by the per-object guard, by action (issue, repair)",
+            deferred.clone(),
+        );
+        let ambiguous_creates = Counter::default();
+        registry.register(
+            "ambiguous_identity_creates",
+            "GA identity creations whose outcome is unknown (the request may have been processed, the answer was lost): each may have left one orphan identity in ACS",
+            ambiguous_creates.clone(),
+        );
+
         Self {
+            secret_repairs,
+            deferred,
+            ambiguous_creates,
             registry,
             reconciles,
             reconcile_duration,
@@ -339,6 +369,21 @@ impl Metrics {
         self.token_issuances
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts one Secret repaired with its same token.
+    pub fn secret_repaired(&self) {
+        self.secret_repairs.inc();
+    }
+
+    /// Counts one unscheduled `action` (`issue` or `repair`) deferred by the guard.
+    pub fn unscheduled_deferred(&self, action: &'static str) {
+        self.deferred.get_or_create(&ActionLabels { action }).inc();
+    }
+
+    /// Counts one GA identity creation with an unknown outcome.
+    pub fn ambiguous_create(&self) {
+        self.ambiguous_creates.inc();
     }
 
     /// Counts one revoke call made to ACS.

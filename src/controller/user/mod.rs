@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -15,12 +14,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use tracing::{info, instrument, warn, Span};
 
+mod cleanup;
+mod revoke;
+
+use self::cleanup::cleanup;
+use super::backoff::inputs_hash;
 use super::{apply_status, key_of, Context};
 use crate::acs::{AcsClient, AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
 use crate::api::{
     self, set_condition, CommunicationToken, CommunicationUser, CommunicationUserStatus,
-    ConditionExt, DeletionPolicy, RevocationStatus,
+    ConditionExt, RevocationStatus,
 };
 use crate::credentials::{Credentials, CredentialsError};
 
@@ -49,6 +53,8 @@ pub enum Error {
     Unnamed,
     #[error("credentials for the deletion are missing in a terminating namespace")]
     CleanupRetry,
+    #[error("the user changed since it was read; a revocation waits for a fresh read")]
+    Fenced,
     #[error("finalizer failed")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -66,6 +72,7 @@ impl Error {
             Error::PatchStatus(_) | Error::ReadNamespace(_) => "kubernetes",
             Error::Unnamed => "invalid",
             Error::CleanupRetry => "credentials",
+            Error::Fenced => "conflict",
             Error::Finalizer(e) => super::reconciler_error(e).map_or("kubernetes", Error::category),
         }
     }
@@ -79,7 +86,10 @@ impl Error {
             | Error::GetIdentity(e)
             | Error::RevokeTokens(e)
             | Error::DeleteIdentity(e) => e.is_transient(),
-            Error::PatchStatus(_) | Error::ReadNamespace(_) | Error::CleanupRetry => true,
+            Error::PatchStatus(_)
+            | Error::ReadNamespace(_)
+            | Error::CleanupRetry
+            | Error::Fenced => true,
             Error::Finalizer(e) => super::reconciler_error(e).is_none_or(Error::is_transient),
         }
     }
@@ -92,6 +102,7 @@ pub fn controller(
     users: impl Stream<Item = Arc<CommunicationUser>> + Send + 'static,
     tokens: impl Stream<Item = Arc<CommunicationToken>> + Send + 'static,
     creds: impl Stream<Item = Arc<PartialObjectMeta<Secret>>> + Send + 'static,
+    default_changed: impl Stream<Item = ObjectRef<CommunicationUser>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> + Send {
     let reader: Store<CommunicationUser> = match ctx.users.store_for_scope(scope.as_deref()) {
@@ -100,16 +111,24 @@ pub fn controller(
     };
     let lookup = ctx.clone();
     let cred_lookup = ctx.clone();
-    Controller::for_shared_stream(users, reader)
+    // Only changes a reconcile must act on: its own status writes never wake it.
+    Controller::for_shared_stream(super::triggers::meaningful_changes(users), reader)
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
         )
-        // A token asking for a revocation (its status) wakes its user.
+        // A token asking for a revocation, or finding the identity gone, wakes its user.
         .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
             // Only a revocation request concerns the user: waking it on every token change
             // cost ~13 reconciles per user in a cold start of 5 tokens each, and each extra
             // reconcile may read a cache that lags its own status write.
-            t.status.as_ref().and_then(|s| s.revocation_requested)?;
+            let st = t.status.as_ref()?;
+            let lost = st
+                .conditions
+                .find(types::READY)
+                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND);
+            if st.revocation_requested.is_none() && !lost {
+                return None;
+            }
             t.namespace()
                 .map(|ns| ObjectRef::new(&t.spec.user_ref.name).within(&ns))
         })
@@ -117,8 +136,15 @@ pub fn controller(
         .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
             let ns = s.namespace().unwrap_or_default();
             let name = s.name_any();
+            // The default Secret wakes its users through `default_changed` (the token
+            // controller's mapper sends that signal once for both).
+            if is_default_secret(&cred_lookup, &ns, &name) {
+                return Vec::new();
+            }
             users_using_secret(&cred_lookup, &ns, &name)
         })
+        // The unwatched default credentials changed (polled).
+        .reconcile_on(default_changed)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |r| {
@@ -130,25 +156,59 @@ pub fn controller(
         })
 }
 
-fn users_using_secret(ctx: &Context, ns: &str, name: &str) -> Vec<ObjectRef<CommunicationUser>> {
-    let default = ctx.config.default_credentials.as_ref();
-    let is_default = default.is_some_and(|d| d.namespace == ns && d.name == name);
+/// True when Secret `ns/name` is the operator-wide default credentials.
+pub fn is_default_secret(ctx: &Context, ns: &str, name: &str) -> bool {
+    ctx.config
+        .default_credentials
+        .as_ref()
+        .is_some_and(|d| d.namespace == ns && d.name == name)
+}
+
+/// The users of namespace `ns` whose credentials resolve to its Secret `name`: those naming
+/// it, and those using the namespace's `acs-credentials`. The operator-wide default Secret
+/// is routed by [`users_on_default`] instead (its users live in other namespaces, which
+/// other controllers may serve).
+pub fn users_using_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Vec<ObjectRef<CommunicationUser>> {
     ctx.users
-        .all()
-        .into_iter()
-        .filter(|u| {
-            let uns = u.namespace().unwrap_or_default();
-            is_default
-                || (uns == ns
-                    && u.spec
-                        .credentials
-                        .as_ref()
-                        .map_or(name == api::DEFAULT_CREDENTIALS_SECRET, |c| {
-                            c.secret_name == name
-                        }))
+        .in_namespace_where(ns, |u| match &u.spec.credentials {
+            Some(c) => c.secret_name == name,
+            None => name == api::DEFAULT_CREDENTIALS_SECRET,
         })
+        .iter()
         .map(|u| ObjectRef::from_obj(u.as_ref()))
         .collect()
+}
+
+/// The users that resolve to the operator-wide default credentials: no reference and no
+/// `acs-credentials` of their own namespace.
+pub fn users_on_default(ctx: &Context) -> Vec<ObjectRef<CommunicationUser>> {
+    ctx.users
+        .all_where(|u| {
+            let uns = u.metadata.namespace.as_deref().unwrap_or_default();
+            u.spec.credentials.is_none()
+                && ctx
+                    .credentials
+                    .secret_meta(uns, api::DEFAULT_CREDENTIALS_SECRET)
+                    .is_none()
+        })
+        .iter()
+        .map(|u| ObjectRef::from_obj(u.as_ref()))
+        .collect()
+}
+
+/// The user knows its identity was deleted outside the operator (a revoke or one of its
+/// tokens met `IdentityNotFound`). Sticky: nothing will bring that identity back.
+pub fn identity_lost(user: &CommunicationUser) -> bool {
+    user.status.as_ref().is_some_and(|s| {
+        s.identity_id.is_some()
+            && s.conditions
+                .find(types::READY)
+                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
+    })
 }
 
 #[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER))]
@@ -164,7 +224,7 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    super::finish_reconcile(&ctx, user.as_ref(), timer, &result);
+    timer.finish(if result.is_ok() { "ok" } else { "error" });
     result
 }
 
@@ -172,14 +232,12 @@ fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) ->
     ctx.metrics.reconcile_error(CONTROLLER, err.category());
     let key = key_of(user.as_ref());
     let n = ctx.failures.record(&key);
-    if err.is_transient() {
-        let d = crate::rotation::failure_backoff(n, None, &key);
-        warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, "reconcile failed");
-        Action::requeue(d)
-    } else {
-        warn!(error = %err, cause = %error_chain(err), "reconcile failed; waiting for a change");
-        Action::requeue(Duration::from_secs(300))
-    }
+    // Permanent failures back off too: a fix arrives as a change (spec, credentials), which
+    // the back-off lets through at once.
+    let d = crate::rotation::failure_backoff(n, None, ctx.config.guards.failure_backoff_max, &key);
+    ctx.failures.retry_at(&key, std::time::Instant::now() + d);
+    warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, transient = err.is_transient(), "reconcile failed");
+    Action::requeue(d)
 }
 
 /// The error and its sources, for logs. ACS and credential errors never carry secrets.
@@ -311,6 +369,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     // The status this reconcile wrote last, if any.
     let mut written: Option<CommunicationUserStatus> = None;
     status.observed_generation = user.metadata.generation;
+    let resync = ctx.config.resync_period;
 
     let creds = match ctx
         .credentials
@@ -338,6 +397,33 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         }
     }
 
+    // The identity was deleted outside the operator: known from a revoke or from one of its
+    // tokens. Nothing to call ACS for until the resource is recreated.
+    if let Some(id) = status.identity_id.clone() {
+        let user_name = user.name_any();
+        let reporter = ctx
+            .tokens
+            .in_namespace_where(&ns, |t| {
+                t.spec.user_ref.name == user_name
+                    && t.status.as_ref().is_some_and(|s| {
+                        s.identity_id.as_deref() == Some(id.as_str())
+                            && s.conditions
+                                .find(types::READY)
+                                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
+                    })
+            })
+            .first()
+            .map(|t| t.name_any());
+        if identity_lost(&user) || reporter.is_some() {
+            let by = reporter.map_or(String::new(), |t| {
+                format!(" (found by CommunicationToken {t})")
+            });
+            let msg = format!("identity {id} no longer exists in ACS{by}: it was deleted outside the operator; delete and recreate this CommunicationUser");
+            not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
+            return Ok(Action::requeue(resync));
+        }
+    }
+
     let acs = client_for(&ctx, &creds).await?;
 
     if status.identity_id.is_none() {
@@ -346,6 +432,11 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             status.revocation = Some(RevocationStatus::default());
         }
         if let Some(adopt) = user.spec.identity_id.clone() {
+            if let Some(refusal) = adoption_refused(&ctx, &user, &adopt, &creds) {
+                let (reason, msg) = refusal;
+                not_ready(&ctx, &user, status, reason, msg).await?;
+                return Ok(Action::requeue(resync));
+            }
             if ctx.config.api_mode == ApiMode::Preview {
                 match acs.get_identity(&adopt).await {
                     Ok(_) => {}
@@ -380,6 +471,16 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             )
             .await;
         } else {
+            let key = key_of(user.as_ref());
+            let inputs = inputs_hash((
+                &user.metadata.generation,
+                &creds.connection.endpoint,
+                &crate::secret::key_fingerprint(&creds.connection.access_key),
+            ));
+            if let Some(wait) = ctx.failures.hold(&key, inputs, std::time::Instant::now()) {
+                return Ok(Action::requeue(wait));
+            }
+            ctx.failures.attempt(&key, inputs);
             let external_id = match ctx.config.api_mode {
                 ApiMode::Preview => external_id_for(&user),
                 ApiMode::Ga => None,
@@ -393,6 +494,9 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             {
                 Ok(c) => c,
                 Err(e) => {
+                    if ctx.config.api_mode == ApiMode::Ga && e.is_ambiguous() {
+                        ambiguous_create(&ctx, &user, &e).await;
+                    }
                     acs_failed(&ctx, &user, status, &e, "create identity").await?;
                     return Err(Error::CreateIdentity(e));
                 }
@@ -411,9 +515,11 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 user.metadata.generation,
                 ctx.now(),
             );
-            // Written at once: in GA mode this write is the only record of the identity.
-            write_status(&ctx, &user, &status).await?;
+            // Remembered before the write: if the write fails, the retry must record this
+            // identity, not create a second one (GA creation is not idempotent).
             remember(&ctx, &user, &status);
+            // Written at once: in GA mode this write is the only durable record.
+            write_status(&ctx, &user, &status).await?;
             written = Some(status.clone());
             if created.created {
                 ctx.metrics.identity_created();
@@ -442,78 +548,11 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         return Err(Error::Unnamed);
     };
 
-    // Revocation: coalesce every pending request into one call, then move the epoch.
-    let mut revocation = status.revocation.clone().unwrap_or_default();
-    let annotation = user.annotations().get(api::REVOKE_ANNOTATION).cloned();
-    let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
-    let user_name = user.name_any();
-    let requesters = ctx
-        .tokens
-        .in_namespace_where(&ns, |t| {
-            t.spec.user_ref.name == user_name
-                && t.status
-                    .as_ref()
-                    .and_then(|s| s.revocation_requested)
-                    .is_some_and(|e| e >= revocation.epoch)
-        })
-        .len();
-    if annotation_pending || requesters > 0 {
-        set_condition(
-            &mut status.conditions,
-            types::READY,
-            true,
-            reasons::REVOKING,
-            "revoking all tokens of the identity".to_string(),
-            user.metadata.generation,
-            ctx.now(),
-        );
-        match acs.revoke_tokens(&id).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {
-                let msg = format!("identity {id} no longer exists in ACS");
-                not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
-                return Ok(Action::requeue(Duration::from_secs(300)));
-            }
-            Err(e) => {
-                acs_failed(&ctx, &user, status, &e, "revoke tokens").await?;
-                return Err(Error::RevokeTokens(e));
-            }
-        }
-        revocation.epoch += 1;
-        revocation.last_revocation_time = Some(Time(ctx.now()));
-        if annotation_pending {
-            revocation.handled_annotation = annotation;
-        }
-        ctx.metrics.revocation();
-        let why = match (annotation_pending, requesters) {
-            (true, 0) => "requested by annotation".to_string(),
-            (true, n) => format!("requested by annotation and {n} token(s)"),
-            (false, n) => format!("requested by {n} token(s)"),
-        };
-        info!(identity = %id, epoch = revocation.epoch, %why, "tokens revoked");
-        status.revocation = Some(revocation.clone());
-        set_condition(
-            &mut status.conditions,
-            types::READY,
-            true,
-            reasons::IDENTITY_READY,
-            format!("identity {id} is ready"),
-            user.metadata.generation,
-            ctx.now(),
-        );
-        write_status(&ctx, &user, &status).await?;
-        written = Some(status.clone());
-        ctx.event(
-            user.as_ref(),
-            EventType::Normal,
-            reasons::TOKENS_REVOKED,
-            "RevokeTokens",
-            format!(
-                "revoked all tokens of identity {id} ({why}); epoch is now {}",
-                revocation.epoch
-            ),
-        )
-        .await;
+    match revoke::revoke_if_requested(&ctx, &user, &acs, &creds, &id, &mut status, &written).await?
+    {
+        revoke::Outcome::Nothing => {}
+        revoke::Outcome::Wrote => written = Some(status.clone()),
+        revoke::Outcome::Stop(action) => return Ok(action),
     }
     if status.revocation.is_none() {
         status.revocation = Some(RevocationStatus::default());
@@ -540,104 +579,74 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     if written.as_ref() != Some(&status) {
         write_status(&ctx, &user, &status).await?;
     }
+    ctx.failures.reset(&key_of(user.as_ref()));
     Span::current().record("identity", id.as_str());
-    Ok(Action::requeue(ctx.config.resync_period))
+    Ok(Action::requeue(resync))
 }
 
-/// Attempts made to find credentials for a deletion in a terminating namespace before the
-/// finalizer lets go (the identity is then left in ACS and reported).
-const TERMINATING_NAMESPACE_ATTEMPTS: u32 = 3;
+/// Why adopting `id` is refused, if it is: another CommunicationUser (among the watched
+/// namespaces) manages it and was created first, or the credentials are the operator-wide
+/// default and the operator does not allow adoption under them (whoever can create a
+/// CommunicationUser in an opted-in namespace could otherwise take over any identity of the
+/// shared resource).
+fn adoption_refused(
+    ctx: &Context,
+    user: &CommunicationUser,
+    id: &str,
+    creds: &Credentials,
+) -> Option<(&'static str, String)> {
+    let ns = user.namespace().unwrap_or_default();
+    let mine = (
+        user.metadata.creation_timestamp.clone(),
+        ns.clone(),
+        user.name_any(),
+    );
+    let holder = ctx
+        .users
+        .all_where(|o| {
+            o.metadata.uid != user.metadata.uid
+                && (o.identity_id() == Some(id)
+                    || (o.spec.identity_id.as_deref() == Some(id)
+                        && (
+                            o.metadata.creation_timestamp.clone(),
+                            o.metadata.namespace.clone().unwrap_or_default(),
+                            o.name_any(),
+                        ) < mine))
+        })
+        .into_iter()
+        .next();
+    if let Some(h) = holder {
+        let msg = format!(
+            "identity {id} is already managed by CommunicationUser {}/{}; one identity has one owner",
+            h.namespace().unwrap_or_default(),
+            h.name_any()
+        );
+        return Some((reasons::IDENTITY_IN_USE, msg));
+    }
+    let default = ctx.config.default_credentials.as_ref();
+    let is_default = default
+        .is_some_and(|d| creds.source.namespace == d.namespace && creds.source.secret == d.name)
+        && creds.source.namespace != ns;
+    if is_default && !ctx.config.guards.allow_default_credentials_adoption {
+        let msg = format!("adopting identity {id} under the operator-wide default credentials is not allowed (the operator's --allow-default-credentials-adoption, chart value defaultCredentials.allowAdoption); use credentials of this namespace");
+        return Some((reasons::ADOPTION_NOT_ALLOWED, msg));
+    }
+    None
+}
 
-async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = user.namespace().ok_or(Error::Unnamed)?;
-    let status = current_status(&ctx, &user);
-    if let (Some(uid), Ok(mut recent)) =
-        (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
-    {
-        recent.remove(uid);
-    }
-    let Some(id) = status.identity_id.clone() else {
-        return Ok(Action::await_change());
-    };
-    if user.spec.deletion_policy == DeletionPolicy::Retain {
-        info!(identity = %id, "identity retained");
-        ctx.event(
-            user.as_ref(),
-            EventType::Normal,
-            "IdentityRetained",
-            "DeleteIdentity",
-            format!("kept identity {id} in ACS (deletionPolicy: Retain)"),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    let conn = match ctx
-        .credentials
-        .resolve(&ns, user.spec.credentials.as_ref())
-        .await
-    {
-        Ok(c) => c.connection,
-        Err(e) => {
-            let (secret, key) = match &user.spec.credentials {
-                Some(r) => (r.secret_name.clone(), r.key.clone()),
-                None => (
-                    api::DEFAULT_CREDENTIALS_SECRET.to_string(),
-                    api::DEFAULT_CREDENTIALS_KEY.to_string(),
-                ),
-            };
-            match ctx.credentials.last_known(&ns, &secret, &key) {
-                Some(c) => c,
-                None => {
-                    let terminating = Api::<Namespace>::all(ctx.client.clone())
-                        .get_metadata_opt(&ns)
-                        .await
-                        .map_err(Error::ReadNamespace)?
-                        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
-                    let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
-                    if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
-                        let msg = format!("namespace {ns} is being deleted and its credentials are gone: identity {id} was not deleted from ACS; delete it with the ACS tools if needed");
-                        warn!(identity = %id, "{msg}");
-                        ctx.event(
-                            user.as_ref(),
-                            EventType::Warning,
-                            "IdentityNotDeleted",
-                            "DeleteIdentity",
-                            msg,
-                        )
-                        .await;
-                        return Ok(Action::await_change());
-                    }
-                    let msg = format!("cannot delete identity {id}: {}. Restore the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity", e.message());
-                    let status = user.status.clone().unwrap_or_default();
-                    let _ = not_ready(&ctx, &user, status, e.reason(), msg).await;
-                    if terminating {
-                        // Retried quickly (backoff), so the bound above is reached in seconds.
-                        return Err(Error::CleanupRetry);
-                    }
-                    return Err(Error::Credentials(e));
-                }
-            }
-        }
-    };
-    let acs = ctx.acs.client(&conn).map_err(Error::Client)?;
-    match acs.delete_identity(&id).await {
-        Ok(()) => {
-            ctx.metrics.identity_deleted();
-            info!(identity = %id, "identity deleted");
-            ctx.event(
-                user.as_ref(),
-                EventType::Normal,
-                "IdentityDeleted",
-                "DeleteIdentity",
-                format!("deleted identity {id}"),
-            )
-            .await;
-        }
-        // Already gone (deleted by hand or by an earlier attempt): nothing left to do.
-        Err(e) if e.is_not_found() => info!(identity = %id, "identity already gone"),
-        Err(e) => return Err(Error::DeleteIdentity(e)),
-    }
-    Ok(Action::await_change())
+/// A GA creation whose answer was lost may have created an identity nobody records: count
+/// it and tell the user, so an orphan is never silent.
+async fn ambiguous_create(ctx: &Context, user: &CommunicationUser, e: &AcsError) {
+    ctx.metrics.ambiguous_create();
+    warn!(category = e.category(), "identity creation failed after the request was sent; it may have created an orphan identity");
+    ctx.event(
+        user,
+        EventType::Warning,
+        reasons::AMBIGUOUS_CREATE,
+        "CreateIdentity",
+        format!("the create request was sent but its answer was lost ({}); ACS may have created an identity that is not recorded here and will be orphaned; a new one is created on retry", e.category()),
+    )
+    .await;
 }
 
 #[cfg(test)]

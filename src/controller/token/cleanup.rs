@@ -1,0 +1,97 @@
+//! Deleting a CommunicationToken: revoke its tokens through its user (unless
+//! `revokeOnDelete: false` or the user is going too), then remove its Secret.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+
+use super::{status, Error};
+use crate::api::condition::{reasons, types};
+use crate::api::{CommunicationToken, ConditionExt};
+use crate::controller::Context;
+use crate::secret;
+
+/// Deletes the token's Secret if (and only if) this CommunicationToken controls it.
+pub async fn delete_owned_secret(ctx: &Context, token: &CommunicationToken) -> Result<bool, Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = token.secret_name();
+    let Some(s) = api.get_opt(&name).await.map_err(Error::ReadSecret)? else {
+        return Ok(false);
+    };
+    if !secret::is_controlled_by(&s, token) {
+        return Ok(false);
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: s.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(Error::DeleteSecret(e)),
+    }
+}
+
+pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let user = ctx
+        .users
+        .get(&ns, &token.spec.user_ref.name)
+        .filter(|u| u.metadata.deletion_timestamp.is_none());
+    // Deleting the user deletes the identity, which revokes everything: no separate revoke.
+    if let (true, Some(user)) = (token.spec.revoke_on_delete, user) {
+        let issued_epoch = token.status.as_ref().and_then(|s| s.revocation_epoch);
+        let user_ready = user
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.is_true(types::READY));
+        if let (Some(e), true) = (issued_epoch, user.identity_id().is_some()) {
+            if user.revocation_epoch() <= e {
+                if user_ready {
+                    let mut st = token.status.clone().unwrap_or_default();
+                    if st.revocation_requested != Some(e) {
+                        st.revocation_requested = Some(e);
+                        status::write(&ctx, &token, &st).await?;
+                    }
+                    return Err(Error::WaitingForRevocation);
+                }
+                // A user that cannot revoke (bad credentials, identity gone) must not wedge
+                // the deletion: say so and go on.
+                let msg = format!(
+                    "CommunicationUser {} is not ready; tokens were not revoked",
+                    token.spec.user_ref.name
+                );
+                ctx.event(
+                    token.as_ref(),
+                    EventType::Warning,
+                    "RevocationSkipped",
+                    "RevokeTokens",
+                    msg,
+                )
+                .await;
+            } else {
+                ctx.event(
+                    token.as_ref(),
+                    EventType::Normal,
+                    reasons::TOKENS_REVOKED,
+                    "RevokeTokens",
+                    format!("tokens of {} revoked on deletion", token.spec.user_ref.name),
+                )
+                .await;
+            }
+        }
+    }
+    delete_owned_secret(&ctx, &token).await?;
+    if let Some(uid) = token.metadata.uid.as_deref() {
+        ctx.guard.forget(uid);
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,415 @@
+//! Acting on a plan that writes the Secret: issuing a new token, or repairing the Secret with
+//! its same token. Both go through the per-object guard when unscheduled, and an issuance
+//! also through the failure back-off, so nothing here can loop faster than those allow.
+//!
+//! Secrets are written by create (a new one: fails if someone else created it meanwhile) or
+//! by replace with the `resourceVersion` that was read (an existing one: fails if it changed
+//! since). A replace, unlike server-side apply, also removes what other field managers added
+//! (an extra data key), and never deletes and recreates the Secret, which would leave pods
+//! unable to start while it is missing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use tracing::info;
+
+use super::plan::{renewal_at, IssueReason};
+use super::{status, Error};
+use crate::acs::ConnectionString;
+use crate::api::condition::{reasons, types};
+use crate::api::{self, CommunicationToken, CommunicationTokenStatus, ConditionExt};
+use crate::controller::backoff::inputs_hash;
+use crate::controller::guard::Unscheduled;
+use crate::controller::user::error_chain;
+use crate::controller::{key_of, Context};
+use crate::rotation;
+use crate::secret::{self, IssuedToken, RecordedToken};
+
+/// Everything an issuance or a repair acts on, as observed by the reconcile.
+pub struct Target<'a> {
+    pub token: &'a Arc<CommunicationToken>,
+    /// Status prepared by the reconcile (observed generation, Secret name).
+    pub status: CommunicationTokenStatus,
+    pub identity: &'a str,
+    pub epoch: i64,
+    pub conn: &'a ConnectionString,
+    /// The Secret as read, if it exists (and is ours).
+    pub current: Option<&'a Secret>,
+    /// The revision of the token the Secret holds now, if any.
+    pub previous_revision: i64,
+}
+
+/// The guard's window for this token: the configured window or the token's lifetime, the
+/// shorter.
+fn window(ctx: &Context, token: &CommunicationToken, record: Option<&RecordedToken>) -> Duration {
+    let lifetime = record
+        .and_then(|r| Duration::try_from(r.expires_on.duration_since(r.issued_at)).ok())
+        .unwrap_or(Duration::from_secs(
+            u64::try_from(token.spec.expires_in_minutes).unwrap_or(60) * 60,
+        ));
+    ctx.config.guards.unscheduled_window.min(lifetime)
+}
+
+/// Checks the guard for one more unscheduled `what`; on refusal writes the Deferred condition
+/// (a Warning event and the metric when it is new) and says when to come back.
+async fn guarded(
+    ctx: &Context,
+    t: &Target<'_>,
+    what: Unscheduled,
+    record: Option<&RecordedToken>,
+    why: &str,
+) -> Result<Option<Action>, Error> {
+    let uid = t.token.metadata.uid.clone().unwrap_or_default();
+    let limit = ctx.config.guards.unscheduled_limit;
+    let window = window(ctx, t.token, record);
+    let Err(wait) = ctx.guard.check(&uid, what, limit, window, Instant::now()) else {
+        return Ok(None);
+    };
+    let mut st = t.status.clone();
+    let was = st
+        .conditions
+        .find(types::ISSUING)
+        .is_some_and(|c| c.reason == reasons::DEFERRED);
+    let msg = format!(
+        "{why}: deferred for {}s, {limit} unscheduled {}s already happened within {}s (the guard against loops)",
+        wait.as_secs().max(1),
+        what.as_str(),
+        window.as_secs()
+    );
+    crate::api::set_condition(
+        &mut st.conditions,
+        types::ISSUING,
+        true,
+        reasons::DEFERRED,
+        msg.clone(),
+        t.token.metadata.generation,
+        ctx.now(),
+    );
+    status::write(ctx, t.token, &st).await?;
+    if !was {
+        ctx.metrics.unscheduled_deferred(what.as_str());
+        ctx.event(
+            t.token.as_ref(),
+            EventType::Warning,
+            reasons::DEFERRED,
+            "Guard",
+            msg,
+        )
+        .await;
+    }
+    Ok(Some(Action::requeue(wait + Duration::from_millis(100))))
+}
+
+/// Rewrites the Secret with its same token after drift (extra data keys, edited labels or
+/// annotations, a new `secretTemplate`).
+pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Result<Action, Error> {
+    let Some(current) = t.current else {
+        return Err(Error::Unnamed);
+    };
+    if let Some(a) = guarded(ctx, &t, Unscheduled::Repair, Some(record), "Secret repair").await? {
+        return Ok(a);
+    }
+    let key = &t.conn.access_key;
+    let token_value = secret::token_of(current).unwrap_or_default();
+    let Some(desired) = secret::rewritten_secret(current, t.token, token_value, record, key) else {
+        return Err(Error::Unnamed);
+    };
+    let uid = t.token.metadata.uid.clone().unwrap_or_default();
+    ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
+    let name = t.token.secret_name();
+    match write_secret(ctx, t.token, &name, Some(desired)).await? {
+        Written::Ok => {}
+        Written::Refused(a) => return Ok(a),
+    }
+    ctx.metrics.secret_repaired();
+    let mut st = t.status.clone();
+    status::record(&mut st, record, t.token);
+    st.failed_attempts = 0;
+    let now = ctx.now();
+    let renew = renewal_at(t.token, record);
+    let note = format!("Secret {name} drifted (data keys, labels or annotations): restored with its same token, valid until {}", record.expires_on);
+    status::set_both(
+        &mut st,
+        true,
+        false,
+        reasons::SECRET_REPAIRED,
+        &note,
+        t.token.metadata.generation,
+        now,
+    );
+    status::write(ctx, t.token, &st).await?;
+    info!(secret = %name, "secret repaired with the same token");
+    ctx.event(
+        t.token.as_ref(),
+        EventType::Normal,
+        reasons::SECRET_REPAIRED,
+        "RepairSecret",
+        note,
+    )
+    .await;
+    Ok(requeue_at(ctx, renew))
+}
+
+fn requeue_at(ctx: &Context, renew: jiff::Timestamp) -> Action {
+    Action::requeue(rotation::requeue_after(
+        ctx.now(),
+        renew,
+        Duration::from_secs(1),
+        ctx.config.resync_period,
+    ))
+}
+
+/// Issues a new token into the Secret.
+pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<Action, Error> {
+    let token = t.token;
+    if !reason.is_scheduled() {
+        let why = format!("a new token ({})", reason.as_str());
+        if let Some(a) = guarded(ctx, &t, Unscheduled::Issue, None, &why).await? {
+            return Ok(a);
+        }
+    }
+    let key = &t.conn.access_key;
+    let fingerprint = status::fingerprint(key);
+    // A failure is tied to these inputs: while they stay the same, the back-off holds
+    // whatever wakes the object; a change (new spec, key, identity, epoch) gets one attempt.
+    let object_key = key_of(token.as_ref());
+    let rotate = token.annotations().get(api::ROTATE_ANNOTATION);
+    let inputs = inputs_hash((
+        &token.metadata.generation,
+        &t.identity,
+        &t.epoch,
+        &fingerprint,
+        &rotate,
+    ));
+    if let Some(wait) = ctx.failures.hold(&object_key, inputs, Instant::now()) {
+        return Ok(Action::requeue(wait));
+    }
+    ctx.failures.attempt(&object_key, inputs);
+
+    let acs = ctx.acs.client(t.conn).map_err(Error::Client)?;
+    let now = ctx.now();
+    let gen = token.metadata.generation;
+    let mut st = t.status.clone();
+    let issued = match acs
+        .issue_token(
+            t.identity,
+            &token.spec.scopes,
+            Some(token.spec.expires_in_minutes as u32),
+        )
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            st.failed_attempts = st.failed_attempts.saturating_add(1);
+            let reason_text = if e.is_not_found() {
+                reasons::IDENTITY_NOT_FOUND
+            } else if e.status() == Some(401) {
+                reasons::CREDENTIALS_REJECTED
+            } else {
+                reasons::ISSUE_FAILED
+            };
+            let msg = if e.is_not_found() {
+                format!("identity {} no longer exists in ACS (deleted outside the operator): delete and recreate the CommunicationUser", t.identity)
+            } else {
+                format!(
+                    "failed to issue token ({}): {}",
+                    e.category(),
+                    error_chain(&e)
+                )
+            };
+            let previous = st.conditions.find(types::ISSUING).map(|c| c.reason.clone());
+            crate::api::set_condition(
+                &mut st.conditions,
+                types::ISSUING,
+                true,
+                reason_text,
+                msg.clone(),
+                gen,
+                now,
+            );
+            let still_valid = st.expires_on.as_ref().is_some_and(|x| x.0 > now);
+            if !still_valid || !e.is_transient() {
+                crate::api::set_condition(
+                    &mut st.conditions,
+                    types::READY,
+                    false,
+                    reason_text,
+                    msg.clone(),
+                    gen,
+                    now,
+                );
+            }
+            let _ = status::write(ctx, token, &st).await;
+            if !e.is_transient() && previous.as_deref() != Some(reason_text) {
+                ctx.event(
+                    token.as_ref(),
+                    EventType::Warning,
+                    reason_text,
+                    "IssueToken",
+                    msg,
+                )
+                .await;
+            }
+            return Err(Error::IssueToken(e));
+        }
+    };
+    if !reason.is_scheduled() {
+        let uid = token.metadata.uid.clone().unwrap_or_default();
+        ctx.guard.record(&uid, Unscheduled::Issue, Instant::now());
+    }
+    let expires_on = issued.expires_at().unwrap_or_else(|| {
+        now + jiff::SignedDuration::from_mins(i64::from(token.spec.expires_in_minutes))
+    });
+    // Whole seconds, as the Secret records them, so the next reconcile reads back exactly what
+    // this one wrote to status (no second status write).
+    let whole = |ts: jiff::Timestamp| jiff::Timestamp::from_second(ts.as_second()).unwrap_or(ts);
+    let recorded = RecordedToken {
+        expires_on: whole(expires_on),
+        issued_at: whole(now),
+        user_id: t.identity.to_string(),
+        scopes: token.spec.scopes.clone(),
+        expires_in_minutes: token.spec.expires_in_minutes,
+        revocation_epoch: t.epoch,
+        key_fingerprint: fingerprint,
+        revision: t.previous_revision.max(st.revision) + 1,
+    };
+    let new = IssuedToken {
+        token: issued.token,
+        record: recorded.clone(),
+    };
+    let name = token.secret_name();
+    let desired = match t.current {
+        None => secret::desired_secret(token, &new, key),
+        Some(c) => {
+            secret::rewritten_secret(c, token, new.token.expose().as_bytes(), &recorded, key)
+        }
+    };
+    if desired.is_none() {
+        return Err(Error::Unnamed);
+    }
+    let create = t.current.is_none();
+    match write_secret_as(ctx, token, &name, desired, create, &st).await? {
+        Written::Ok => {}
+        Written::Refused(a) => return Ok(a),
+    }
+    ctx.failures.reset(&object_key);
+    ctx.metrics.token_issued(reason.as_str());
+
+    status::record(&mut st, &recorded, token);
+    st.last_rotation_time = Some(Time(recorded.issued_at));
+    if st.revocation_requested.is_some_and(|e| t.epoch > e) {
+        st.revocation_requested = None;
+    }
+    st.handled_rotate_annotation = token.annotations().get(api::ROTATE_ANNOTATION).cloned();
+    st.failed_attempts = 0;
+    let renew = renewal_at(token, &recorded);
+    let (event_reason, note) = match reason {
+        IssueReason::Initial => (
+            reasons::TOKEN_ISSUED,
+            format!("issued a token for {}, valid until {}", t.identity, recorded.expires_on),
+        ),
+        IssueReason::SecretRestored => (
+            reasons::SECRET_RESTORED,
+            format!("Secret {name} was deleted, or its token edited: restored with a fresh token valid until {}", recorded.expires_on),
+        ),
+        other => (
+            reasons::TOKEN_ROTATED,
+            format!("rotated the token ({}); valid until {}", other.as_str(), recorded.expires_on),
+        ),
+    };
+    crate::api::set_condition(
+        &mut st.conditions,
+        types::READY,
+        true,
+        event_reason,
+        note.clone(),
+        gen,
+        now,
+    );
+    crate::api::set_condition(
+        &mut st.conditions,
+        types::ISSUING,
+        false,
+        event_reason,
+        format!("next renewal at {renew}"),
+        gen,
+        now,
+    );
+    status::write(ctx, token, &st).await?;
+    info!(reason = reason.as_str(), revision = recorded.revision, expires_on = %recorded.expires_on, %renew, "token issued");
+    ctx.event(
+        token.as_ref(),
+        EventType::Normal,
+        event_reason,
+        "IssueToken",
+        note,
+    )
+    .await;
+    Ok(requeue_at(ctx, renew))
+}
+
+enum Written {
+    Ok,
+    /// The apiserver refused the Secret in a way retrying cannot fix; status says why.
+    Refused(Action),
+}
+
+async fn write_secret(
+    ctx: &Context,
+    token: &Arc<CommunicationToken>,
+    name: &str,
+    desired: Option<Secret>,
+) -> Result<Written, Error> {
+    let st = token.status.clone().unwrap_or_default();
+    write_secret_as(ctx, token, name, desired, false, &st).await
+}
+
+/// Creates (`create`) or replaces the Secret.
+async fn write_secret_as(
+    ctx: &Context,
+    token: &Arc<CommunicationToken>,
+    name: &str,
+    desired: Option<Secret>,
+    create: bool,
+    st: &CommunicationTokenStatus,
+) -> Result<Written, Error> {
+    let Some(desired) = desired else {
+        return Err(Error::Unnamed);
+    };
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PostParams {
+        field_manager: Some(api::TOKEN_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    let result = if create {
+        api.create(&pp, &desired).await
+    } else {
+        api.replace(name, &pp, &desired).await
+    };
+    match result {
+        Ok(_) => Ok(Written::Ok),
+        Err(kube::Error::Api(e)) if e.code == 409 && create => {
+            let msg = format!("Secret {name} was created by someone else; it is never taken over: delete it or choose another secretName");
+            status::not_ready(ctx, token, st.clone(), reasons::SECRET_CONFLICT, msg, true).await?;
+            Ok(Written::Refused(Action::requeue(Duration::from_secs(60))))
+        }
+        // The apiserver refuses the Secret itself (a secretTemplate label or annotation it
+        // rejects, or too large): retrying would only burn ACS issues until the spec changes.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 413 => {
+            let msg = format!(
+                "the apiserver rejected Secret {name}: {}; fix spec.secretTemplate",
+                e.message
+            );
+            status::not_ready(ctx, token, st.clone(), reasons::SECRET_REJECTED, msg, true).await?;
+            Ok(Written::Refused(Action::requeue(Duration::from_secs(300))))
+        }
+        Err(e) => Err(Error::ApplySecret(e)),
+    }
+}

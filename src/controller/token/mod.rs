@@ -1,0 +1,462 @@
+//! The CommunicationToken reconciler: keeps a valid token in the Secret, renews it at its
+//! renewal time, asks the user for a revocation when the spec changes, re-issues after any
+//! revocation or key rotation, repairs a drifted Secret with its same token, restores a
+//! deleted one, and cleans up on delete.
+//!
+//! Shaped observe → plan → act: [`apply`] reads the caches, the Secret and the user; the pure
+//! [`plan::decide`] returns the one action; [`issue`] acts on it.
+
+mod cleanup;
+mod issue;
+pub mod plan;
+mod status;
+mod summary;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use tracing::{instrument, warn};
+
+use super::user::error_chain;
+use super::{key_of, Context};
+use crate::acs::AcsError;
+use crate::api::condition::{reasons, types};
+use crate::api::{self, CommunicationToken, CommunicationUser, ConditionExt};
+use crate::credentials::CredentialsError;
+use crate::secret::{self, SecretState};
+
+use self::cleanup::{cleanup, delete_owned_secret};
+use self::issue::Target;
+use self::plan::{Observed, Plan};
+pub use self::summary::summarize_forever;
+
+pub(crate) const CONTROLLER: &str = "communicationtoken";
+
+/// Why a CommunicationToken reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to resolve credentials")]
+    Credentials(#[source] CredentialsError),
+    #[error("failed to create the ACS client")]
+    Client(#[source] AcsError),
+    #[error("failed to issue token")]
+    IssueToken(#[source] AcsError),
+    #[error("failed to read secret")]
+    ReadSecret(#[source] kube::Error),
+    #[error("failed to apply secret")]
+    ApplySecret(#[source] kube::Error),
+    #[error("failed to delete secret")]
+    DeleteSecret(#[source] kube::Error),
+    #[error("failed to patch status")]
+    PatchStatus(#[source] kube::Error),
+    #[error("waiting for the user to revoke tokens")]
+    WaitingForRevocation,
+    #[error("object has no namespace or name")]
+    Unnamed,
+    #[error("finalizer failed")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded label for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Credentials(_) => "credentials",
+            Error::Client(_) => "client",
+            Error::IssueToken(e) => e.category(),
+            Error::ReadSecret(_)
+            | Error::ApplySecret(_)
+            | Error::DeleteSecret(_)
+            | Error::PatchStatus(_) => "kubernetes",
+            Error::WaitingForRevocation => "waiting",
+            Error::Unnamed => "invalid",
+            Error::Finalizer(e) => super::reconciler_error(e).map_or("kubernetes", Error::category),
+        }
+    }
+
+    /// Transient errors retry with exponential backoff; the others requeue slowly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Credentials(e) => e.is_transient(),
+            Error::Client(_) | Error::Unnamed => false,
+            Error::IssueToken(e) => e.is_transient(),
+            Error::ReadSecret(_)
+            | Error::ApplySecret(_)
+            | Error::DeleteSecret(_)
+            | Error::PatchStatus(_)
+            | Error::WaitingForRevocation => true,
+            Error::Finalizer(e) => super::reconciler_error(e).is_none_or(Error::is_transient),
+        }
+    }
+}
+
+/// Builds the CommunicationToken controller for one watched scope.
+pub fn controller(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    tokens: impl Stream<Item = Arc<CommunicationToken>> + Send + 'static,
+    users: impl Stream<Item = Arc<CommunicationUser>> + Send + 'static,
+    creds: impl Stream<Item = Arc<PartialObjectMeta<Secret>>> + Send + 'static,
+    default_changed: impl Stream<Item = ObjectRef<CommunicationToken>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> + Send {
+    let reader: Store<CommunicationToken> = match ctx.tokens.store_for_scope(scope.as_deref()) {
+        Some(s) => s,
+        None => unreachable!("a store exists for every scope"),
+    };
+    let secrets_api: Api<PartialObjectMeta<Secret>> = match &scope {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // Only our Secrets, and only their metadata: a deletion or an edit (new resourceVersion)
+    // wakes the owner, which then reads that one Secret.
+    let owned = watcher(
+        secrets_api,
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            api::MANAGED_BY_LABEL,
+            api::MANAGED_BY
+        )),
+    )
+    .default_backoff()
+    .touched_objects();
+    let by_user = ctx.clone();
+    let by_secret = ctx.clone();
+    // Only changes a reconcile must act on: its own status writes never wake it (see
+    // `triggers`), so a failing object's back-off holds.
+    Controller::for_shared_stream(super::triggers::meaningful_changes(tokens), reader)
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+        )
+        .owns_stream(owned)
+        // A user's epoch moving (or its identity appearing) wakes all of its tokens.
+        .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
+            // A user without an identity (being set up) gives its tokens nothing to do but
+            // write "waiting" again; its identity appearing, or its deletion, wakes them.
+            if u.identity_id().is_none() && u.metadata.deletion_timestamp.is_none() {
+                return Vec::new();
+            }
+            let ns = u.namespace().unwrap_or_default();
+            let name = u.name_any();
+            by_user
+                .tokens
+                .in_namespace_where(&ns, |t| t.spec.user_ref.name == name)
+                .into_iter()
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // New or rotated credentials wake exactly the tokens whose user resolves to them (key
+        // rotation), in every namespace for the operator-wide default; any other Secret of
+        // the namespace wakes none.
+        .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
+            let ns = s.namespace().unwrap_or_default();
+            let name = s.name_any();
+            // The default Secret's users may be served by other controllers (one per watched
+            // namespace): signal them all, users and tokens, through `default_changed`.
+            if super::user::is_default_secret(&by_secret, &ns, &name) {
+                let _ = by_secret.default_changed.send(());
+                return Vec::new();
+            }
+            tokens_of_users(
+                &by_secret,
+                super::user::users_using_secret(&by_secret, &ns, &name),
+            )
+        })
+        // The unwatched default credentials changed (polled).
+        .reconcile_on(default_changed)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "token reconcile trigger error");
+            }
+            futures::future::ready(())
+        })
+}
+
+/// The tokens of these users.
+pub fn tokens_of_users(
+    ctx: &Context,
+    users: Vec<ObjectRef<CommunicationUser>>,
+) -> Vec<ObjectRef<CommunicationToken>> {
+    users
+        .into_iter()
+        .flat_map(|u| {
+            let ns = u.namespace.clone().unwrap_or_default();
+            ctx.tokens
+                .in_namespace_where(&ns, |t| t.spec.user_ref.name == u.name)
+                .into_iter()
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+        })
+        .collect()
+}
+
+#[instrument(skip(token, ctx), fields(namespace = token.namespace().unwrap_or_default(), name = %token.name_any(), controller = CONTROLLER))]
+async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<CommunicationToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, api::TOKEN_FINALIZER, token.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(t) => apply(t, ctx.clone()).await,
+            FinalizerEvent::Cleanup(t) => cleanup(t, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    timer.finish(if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(CONTROLLER, err.category());
+    let key = key_of(token.as_ref());
+    if matches!(waiting(err), Some(true)) {
+        // Not a failure: the user's status change wakes this object; this is a safety net.
+        return Action::requeue(Duration::from_secs(30));
+    }
+    let n = ctx.failures.record(&key);
+    let now = ctx.now();
+    let remaining = token
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_on.as_ref())
+        .and_then(|e| Duration::try_from(e.0.duration_since(now)).ok());
+    // Permanent failures back off too (a fix arrives as a change of spec, key or identity,
+    // which the back-off lets through at once), so no failure costs more than one ACS call
+    // per step up to the cap.
+    let remaining = if err.is_transient() { remaining } else { None };
+    let d =
+        crate::rotation::failure_backoff(n, remaining, ctx.config.guards.failure_backoff_max, &key);
+    ctx.failures.retry_at(&key, std::time::Instant::now() + d);
+    warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, transient = err.is_transient(), "reconcile failed");
+    Action::requeue(d)
+}
+
+fn waiting(err: &Error) -> Option<bool> {
+    match err {
+        Error::WaitingForRevocation => Some(true),
+        Error::Finalizer(e) => super::reconciler_error(e).and_then(waiting),
+        _ => None,
+    }
+}
+
+/// The earlier-created CommunicationToken that already claims the same Secret name, if any.
+fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String> {
+    let ns = token.namespace()?;
+    let mine = token.secret_name();
+    let my_key = (token.metadata.creation_timestamp.clone(), token.name_any());
+    ctx.tokens
+        .in_namespace_where(&ns, |o| {
+            // secret_name() without its allocation: this runs for every token in the namespace.
+            let claims = match &o.spec.secret_name {
+                Some(s) => *s == mine,
+                None => o.metadata.name.as_deref() == Some(mine.as_str()),
+            };
+            claims
+                && o.metadata.uid != token.metadata.uid
+                && o.metadata.deletion_timestamp.is_none()
+        })
+        .into_iter()
+        .filter(|o| (o.metadata.creation_timestamp.clone(), o.name_any()) < my_key)
+        .map(|o| o.name_any())
+        .next()
+}
+
+async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let gen = token.metadata.generation;
+    let mut st = token.status.clone().unwrap_or_default();
+    st.observed_generation = gen;
+    let secret_name = token.secret_name();
+    st.secret_name = Some(secret_name.clone());
+    let resync = ctx.config.resync_period;
+
+    // Observe: the claim on the Secret name, suspension, the user and its identity, the
+    // credentials, the Secret itself.
+    if let Some(other) = earlier_claimant(&ctx, &token) {
+        let msg = format!("Secret {secret_name} is already used by CommunicationToken {other}; choose another secretName");
+        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    if token.spec.suspend {
+        let msg = "issuing and renewing are suspended (spec.suspend)".to_string();
+        status::not_ready(&ctx, &token, st, reasons::SUSPENDED, msg, false).await?;
+        return Ok(Action::requeue(resync));
+    }
+    // A Secret the apiserver rejected for this generation stays rejected until the spec
+    // changes; do not issue (and waste) another token for it.
+    if st
+        .conditions
+        .find(types::READY)
+        .is_some_and(|c| c.reason == reasons::SECRET_REJECTED && c.observed_generation == gen)
+    {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let user_name = &token.spec.user_ref.name;
+    let user = match ctx.users.get(&ns, user_name) {
+        Some(u) if u.metadata.deletion_timestamp.is_none() => u,
+        found => {
+            // The identity is gone or going, and every token of it with it.
+            delete_owned_secret(&ctx, &token).await?;
+            let msg = match found {
+                Some(_) => format!("CommunicationUser {user_name} is being deleted"),
+                None => format!("CommunicationUser {user_name} not found in namespace {ns}"),
+            };
+            status::not_ready(&ctx, &token, st, reasons::USER_NOT_FOUND, msg, true).await?;
+            return Ok(Action::requeue(resync));
+        }
+    };
+    let Some(identity) = user.identity_id().map(str::to_string) else {
+        let msg = format!("waiting for CommunicationUser {user_name} to have an identity");
+        status::not_ready(&ctx, &token, st, reasons::USER_NOT_READY, msg, false).await?;
+        return Ok(Action::requeue(resync));
+    };
+    // The user knows its identity was deleted outside the operator: issuing would only meet
+    // the same 404. Its status changing (a new identity) wakes this token.
+    if super::user::identity_lost(&user) {
+        let msg = format!("the identity {identity} of CommunicationUser {user_name} no longer exists in ACS: delete and recreate the CommunicationUser");
+        status::not_ready(&ctx, &token, st, reasons::IDENTITY_NOT_FOUND, msg, true).await?;
+        return Ok(Action::requeue(resync));
+    }
+    let creds = match ctx
+        .credentials
+        .resolve(&ns, user.spec.credentials.as_ref())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
+        Err(e) => {
+            status::not_ready(&ctx, &token, st, e.reason(), e.message(), true).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    let key = &creds.connection.access_key;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(Error::ReadSecret)?;
+    let from_status = status::recorded(&st);
+    let state = secret::read_secret(current.as_ref(), &token, key, from_status.as_ref());
+    if state == SecretState::Foreign {
+        let msg = format!("Secret {secret_name} exists and is not owned by this CommunicationToken; it is never taken over: delete it or choose another secretName");
+        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let epoch = user.revocation_epoch();
+
+    // Plan.
+    let plan = plan::decide(&Observed {
+        token: &token,
+        state: &state,
+        identity: &identity,
+        epoch,
+        user_revoking: user.revocation_pending(),
+        now: ctx.now(),
+    });
+
+    // Act.
+    let previous_revision = match &state {
+        SecretState::Intact { record, .. } | SecretState::KeyChanged(record) => record.revision,
+        _ => 0,
+    };
+    let target = Target {
+        token: &token,
+        status: st.clone(),
+        identity: &identity,
+        epoch,
+        conn: &creds.connection,
+        current: current.as_ref(),
+        previous_revision,
+    };
+    match plan {
+        Plan::Keep(r) => keep(&ctx, &token, st, &r).await,
+        Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
+        Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
+        Plan::RequestRevocation(e) => {
+            st.revocation_requested = Some(e);
+            let msg = format!("spec changed: waiting for CommunicationUser {user_name} to revoke the tokens issued under epoch {e}");
+            status::set_both(
+                &mut st,
+                false,
+                true,
+                reasons::WAITING_FOR_REVOCATION,
+                &msg,
+                gen,
+                ctx.now(),
+            );
+            status::write(&ctx, &token, &st).await?;
+            // The user's epoch moving wakes this object through the user watch.
+            Ok(Action::requeue(resync))
+        }
+        Plan::WaitForRevocation => Err(Error::WaitingForRevocation),
+    }
+}
+
+/// The Secret holds a good token: record it in status (written only if that changed).
+async fn keep(
+    ctx: &Context,
+    token: &CommunicationToken,
+    mut st: api::CommunicationTokenStatus,
+    r: &secret::RecordedToken,
+) -> Result<Action, Error> {
+    let gen = token.metadata.generation;
+    let now = ctx.now();
+    status::record(&mut st, r, token);
+    if st
+        .revocation_requested
+        .is_some_and(|e| r.revocation_epoch > e)
+    {
+        st.revocation_requested = None;
+    }
+    st.failed_attempts = 0;
+    ctx.failures.reset(&key_of(token));
+    let renew = plan::renewal_at(token, r);
+    // The condition written with the token (TokenIssued, TokenRotated, ...) already says it
+    // is valid; rewriting it would cost a status write per issuance.
+    let current = st.conditions.find(types::READY).is_some_and(|c| {
+        c.status == "True"
+            && c.observed_generation == gen
+            && [
+                reasons::TOKEN_ISSUED,
+                reasons::TOKEN_ROTATED,
+                reasons::SECRET_RESTORED,
+                reasons::SECRET_REPAIRED,
+                reasons::TOKEN_VALID,
+            ]
+            .contains(&c.reason.as_str())
+    }) && st
+        .conditions
+        .find(types::ISSUING)
+        .is_some_and(|c| c.status == "False");
+    if !current {
+        status::set_both(
+            &mut st,
+            true,
+            false,
+            reasons::TOKEN_VALID,
+            &format!(
+                "token valid until {}; next renewal at {renew}",
+                r.expires_on
+            ),
+            gen,
+            now,
+        );
+    }
+    status::write(ctx, token, &st).await?;
+    Ok(Action::requeue(crate::rotation::requeue_after(
+        now,
+        renew,
+        Duration::from_secs(1),
+        ctx.config.resync_period,
+    )))
+}

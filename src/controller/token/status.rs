@@ -1,0 +1,142 @@
+//! The CommunicationToken's status: what the Secret records (never the token), conditions,
+//! and the writes, skipped when nothing changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+
+use super::plan::renewal_at;
+use super::Error;
+use crate::api::condition::types;
+use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
+use crate::controller::{apply_status, Context};
+use crate::secret::{self, RecordedToken};
+
+pub async fn write(
+    ctx: &Context,
+    token: &CommunicationToken,
+    status: &CommunicationTokenStatus,
+) -> Result<(), Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<CommunicationToken> = Api::namespaced(ctx.client.clone(), &ns);
+    apply_status(
+        &api,
+        &token.name_any(),
+        api::TOKEN_MANAGER,
+        token.status.as_ref(),
+        status,
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+/// Sets Ready and Issuing to the same reason and message.
+pub fn set_both(
+    status: &mut CommunicationTokenStatus,
+    ready: bool,
+    issuing: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    set_condition(
+        &mut status.conditions,
+        types::READY,
+        ready,
+        reason,
+        message.to_string(),
+        generation,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        types::ISSUING,
+        issuing,
+        reason,
+        message.to_string(),
+        generation,
+        now,
+    );
+}
+
+/// Ready=False with `reason`; an event when the reason is new (a Warning if `warn_event`).
+pub async fn not_ready(
+    ctx: &Context,
+    token: &CommunicationToken,
+    mut status: CommunicationTokenStatus,
+    reason: &str,
+    message: String,
+    warn_event: bool,
+) -> Result<(), Error> {
+    let previous = status
+        .conditions
+        .find(types::READY)
+        .map(|c| c.reason.clone());
+    set_both(
+        &mut status,
+        false,
+        false,
+        reason,
+        &message,
+        token.metadata.generation,
+        ctx.now(),
+    );
+    write(ctx, token, &status).await?;
+    if previous.as_deref() != Some(reason) {
+        let type_ = if warn_event {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(token, type_, reason, "Reconcile", message).await;
+    }
+    Ok(())
+}
+
+/// Copies what the Secret records into status (status never holds the token).
+pub fn record(
+    status: &mut CommunicationTokenStatus,
+    r: &RecordedToken,
+    token: &CommunicationToken,
+) {
+    status.identity_id = Some(r.user_id.clone());
+    status.expires_on = Some(Time(r.expires_on));
+    // Whole seconds: `Time` serializes without a fraction, so a fractional instant would never
+    // equal what the cache reads back, and every reconcile would rewrite status.
+    let renew = renewal_at(token, r);
+    status.renewal_time = Some(Time(
+        jiff::Timestamp::from_second(renew.as_second()).unwrap_or(renew),
+    ));
+    if status.last_rotation_time.is_none() {
+        status.last_rotation_time = Some(Time(r.issued_at));
+    }
+    status.revision = r.revision;
+    status.revocation_epoch = Some(r.revocation_epoch);
+    status.issued_scopes = r.scopes.clone();
+    status.issued_expires_in_minutes = Some(r.expires_in_minutes);
+    status.key_fingerprint = Some(r.key_fingerprint.clone());
+}
+
+/// The record status keeps of the current token, if complete: it proves an intact token
+/// whose record annotations on the Secret were edited or removed.
+pub fn recorded(status: &CommunicationTokenStatus) -> Option<RecordedToken> {
+    Some(RecordedToken {
+        expires_on: status.expires_on.as_ref()?.0,
+        issued_at: status.last_rotation_time.as_ref()?.0,
+        user_id: status.identity_id.clone()?,
+        scopes: status.issued_scopes.clone(),
+        expires_in_minutes: status.issued_expires_in_minutes?,
+        revocation_epoch: status.revocation_epoch?,
+        key_fingerprint: status.key_fingerprint.clone()?,
+        revision: status.revision,
+    })
+    .filter(|r| !r.scopes.is_empty())
+}
+
+/// The fingerprint of a key, as status and the Secret record it.
+pub fn fingerprint(key: &crate::acs::AccessKey) -> String {
+    secret::key_fingerprint(key)
+}

@@ -1,0 +1,111 @@
+//! Deleting a CommunicationUser: delete its ACS identity (unless `Retain`), also when the
+//! namespace is being torn down and its credentials went first.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use super::{current_status, not_ready, Error};
+use crate::api::{self, CommunicationUser, DeletionPolicy};
+use crate::controller::{key_of, Context};
+
+/// Attempts made to find credentials for a deletion in a terminating namespace before the
+/// finalizer lets go (the identity is then left in ACS and reported).
+const TERMINATING_NAMESPACE_ATTEMPTS: u32 = 3;
+
+pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = user.namespace().ok_or(Error::Unnamed)?;
+    let status = current_status(&ctx, &user);
+    if let (Some(uid), Ok(mut recent)) =
+        (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
+    {
+        recent.remove(uid);
+    }
+    let Some(id) = status.identity_id.clone() else {
+        return Ok(Action::await_change());
+    };
+    if user.deletion_policy() == DeletionPolicy::Retain {
+        info!(identity = %id, "identity retained");
+        ctx.event(
+            user.as_ref(),
+            EventType::Normal,
+            "IdentityRetained",
+            "DeleteIdentity",
+            format!("kept identity {id} in ACS (deletionPolicy: Retain)"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let conn = match ctx
+        .credentials
+        .resolve(&ns, user.spec.credentials.as_ref())
+        .await
+    {
+        Ok(c) => c.connection,
+        Err(e) => {
+            let (secret, key) = match &user.spec.credentials {
+                Some(r) => (r.secret_name.clone(), r.key.clone()),
+                None => (
+                    api::DEFAULT_CREDENTIALS_SECRET.to_string(),
+                    api::DEFAULT_CREDENTIALS_KEY.to_string(),
+                ),
+            };
+            match ctx.credentials.last_known(&ns, &secret, &key) {
+                Some(c) => c,
+                None => {
+                    let terminating = Api::<Namespace>::all(ctx.client.clone())
+                        .get_metadata_opt(&ns)
+                        .await
+                        .map_err(Error::ReadNamespace)?
+                        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+                    let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
+                    if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
+                        let msg = format!("namespace {ns} is being deleted and its credentials are gone: identity {id} was not deleted from ACS; delete it with the ACS tools if needed");
+                        warn!(identity = %id, "{msg}");
+                        ctx.event(
+                            user.as_ref(),
+                            EventType::Warning,
+                            "IdentityNotDeleted",
+                            "DeleteIdentity",
+                            msg,
+                        )
+                        .await;
+                        return Ok(Action::await_change());
+                    }
+                    let msg = format!("cannot delete identity {id}: {}. Restore the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity", e.message());
+                    let status = user.status.clone().unwrap_or_default();
+                    let _ = not_ready(&ctx, &user, status, e.reason(), msg).await;
+                    if terminating {
+                        // Retried quickly (backoff), so the bound above is reached in seconds.
+                        return Err(Error::CleanupRetry);
+                    }
+                    return Err(Error::Credentials(e));
+                }
+            }
+        }
+    };
+    let acs = ctx.acs.client(&conn).map_err(Error::Client)?;
+    match acs.delete_identity(&id).await {
+        Ok(()) => {
+            ctx.metrics.identity_deleted();
+            info!(identity = %id, "identity deleted");
+            ctx.event(
+                user.as_ref(),
+                EventType::Normal,
+                "IdentityDeleted",
+                "DeleteIdentity",
+                format!("deleted identity {id}"),
+            )
+            .await;
+        }
+        // Already gone (deleted by hand or by an earlier attempt): nothing left to do.
+        Err(e) if e.is_not_found() => info!(identity = %id, "identity already gone"),
+        Err(e) => return Err(Error::DeleteIdentity(e)),
+    }
+    Ok(Action::await_change())
+}
