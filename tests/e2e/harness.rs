@@ -115,6 +115,36 @@ impl Acs {
             .to_string()
     }
 
+    /// Requests the emulator answered for `operation` (e.g. `issueAccessToken`), any status.
+    pub async fn calls(&self, operation: &str) -> u64 {
+        let v = self.admin(reqwest::Method::GET, "/stats", None).await;
+        v["operations"][operation]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+    }
+
+    /// Sets the emulator's fault injection (`PUT /_emulator/faults`).
+    pub async fn faults(&self, faults: Value) {
+        self.admin(reqwest::Method::PUT, "/faults", Some(faults))
+            .await;
+    }
+
+    /// Clears fault injection.
+    pub async fn no_faults(&self) {
+        self.admin(reqwest::Method::DELETE, "/faults", None).await;
+    }
+
+    /// An ACS client of the operator's own library, as a tool outside the operator would use.
+    pub fn client(&self) -> acs_identity_operator::acs::AcsClient {
+        let conn = acs_identity_operator::acs::ConnectionString::parse(&self.connection_string())
+            .expect("connection string");
+        let options = acs_identity_operator::acs::ClientOptions {
+            ca_pem: Some(self.emu.ca_pem().as_bytes().to_vec()),
+            ..Default::default()
+        };
+        acs_identity_operator::acs::AcsClient::new(conn, options).expect("ACS client")
+    }
+
     /// Number of revocations the emulator recorded for `id`.
     pub async fn revocations(&self, id: &str) -> u64 {
         self.identity(id)
@@ -224,6 +254,19 @@ impl Operator {
             metrics,
             log_path,
         }
+    }
+
+    /// The value of a counter or gauge sample (`name{labels}` exactly as exposed), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == sample).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
     }
 
     /// Waits for `/readyz` to answer 200.

@@ -5,10 +5,14 @@
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backoff;
 mod chart;
+mod drift;
 mod harness;
 mod leader;
 mod operator_runtime;
+mod ownership;
+mod revocation_fence;
 mod smoke;
 mod support;
 mod token_lifecycle;

@@ -124,7 +124,7 @@ async fn retain_keeps_the_identity_and_adoption_manages_it_again() {
         &env,
         "kept",
         CommunicationUserSpec {
-            deletion_policy: DeletionPolicy::Retain,
+            deletion_policy: Some(DeletionPolicy::Retain),
             ..Default::default()
         },
     )
@@ -147,12 +147,14 @@ async fn retain_keeps_the_identity_and_adoption_manages_it_again() {
         "Retain keeps the identity"
     );
 
-    // Adopt the retained identity under a new resource.
+    // Adopt the retained identity under a new resource (an adopted identity would be
+    // retained by default; this one asks for Delete).
     create_user(
         &env,
         "adopted",
         CommunicationUserSpec {
             identity_id: Some(id.clone()),
+            deletion_policy: Some(DeletionPolicy::Delete),
             ..Default::default()
         },
     )

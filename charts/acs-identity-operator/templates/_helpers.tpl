@@ -104,11 +104,11 @@ The rules the operator needs in every namespace it watches; each verb is justifi
   resources: ["communicationtokens/finalizers"]
   verbs: ["update"]
 # Secrets: metadata-only watches (credentials and token Secrets), reads of one Secret,
-# server-side apply of token Secrets (an apply that creates is also authorized as create),
-# deletion of token Secrets.
+# token Secrets created, then replaced with a resourceVersion precondition (a replace also
+# removes data keys someone else added), deletion of token Secrets.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 # Events on transitions; a repeated event is patched into a series.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
