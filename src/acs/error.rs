@@ -86,6 +86,9 @@ pub enum AcsError {
     /// The call needs a preview api-version (`ApiMode::Preview`); nothing was sent.
     #[error("{operation} needs the preview api-version (ApiMode::Preview)")]
     RequiresPreview { operation: &'static str },
+    /// The mutation gate (`ClientOptions::mutation_gate`) refused; nothing was sent.
+    #[error("{operation} refused without sending it: this replica may not write to acs now (leadership not valid)")]
+    Fenced { operation: &'static str },
 }
 
 fn describe_service(
@@ -171,7 +174,8 @@ impl AcsError {
             | AcsError::InvalidCaCertificate { .. }
             | AcsError::BuildClient { .. }
             | AcsError::BuildRequest { .. }
-            | AcsError::RequiresPreview { .. } => false,
+            | AcsError::RequiresPreview { .. }
+            | AcsError::Fenced { .. } => false,
         }
     }
 
@@ -202,6 +206,7 @@ impl AcsError {
             | AcsError::BuildClient { .. }
             | AcsError::BuildRequest { .. } => "config",
             AcsError::RequiresPreview { .. } => "unsupported",
+            AcsError::Fenced { .. } => "fenced",
         }
     }
 
@@ -399,6 +404,12 @@ mod tests {
             (
                 AcsError::InvalidConnectionString(ConnectionStringError::MissingKey),
                 "config",
+            ),
+            (
+                AcsError::Fenced {
+                    operation: "issue_token",
+                },
+                "fenced",
             ),
         ];
         for (err, want) in cases {

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::acs::{AcsClient, AcsError, ClientOptions, ConnectionString};
+use crate::acs::{AcsClient, AcsError, ClientOptions, ConnectionString, MutationGate};
+use crate::leader::LeaderGate;
 use crate::secret::key_fingerprint;
 
 /// Caches clients by endpoint and key fingerprint.
@@ -39,10 +40,19 @@ impl AcsPool {
     }
 }
 
-/// Client options of the operator: its CA, timeouts, the global request budget and metrics.
+/// The operator's leader gate decides whether the ACS client may send a mutation.
+impl MutationGate for LeaderGate {
+    fn admit(&self, _operation: &'static str) -> bool {
+        LeaderGate::admit(self, "acs")
+    }
+}
+
+/// Client options of the operator: its CA, timeouts, the global request budget, metrics and
+/// the write fence.
 pub fn client_options(
     config: &crate::config::Config,
     metrics: Arc<crate::metrics::Metrics>,
+    gate: LeaderGate,
 ) -> ClientOptions {
     let rate_limiter = config
         .acs_requests_per_second
@@ -53,6 +63,7 @@ pub fn client_options(
         request_timeout: config.acs_request_timeout,
         rate_limiter,
         observer: Some(metrics),
+        mutation_gate: Some(Arc::new(gate)),
         ..ClientOptions::default()
     }
 }

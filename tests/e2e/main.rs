@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chart;
+mod fencing;
 mod harness;
 mod leader;
 mod operator_runtime;
