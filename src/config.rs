@@ -46,11 +46,13 @@ pub struct RunArgs {
     /// Reconciles run at once, per controller.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// Global ACS request budget (requests per second, shared by every reconciler). It keeps
-    /// the operator below the service limits (1,000 token issues per 30 s per resource).
+    /// ACS request budget per ACS resource (requests per second to one endpoint, shared by
+    /// every reconciler and by both keys of the resource, as the service's own limits are).
+    /// It keeps the operator below the service limits (1,000 token issues per 30 s per
+    /// resource), and one busy resource never delays another's requests.
     #[arg(long, env = "ACS_REQUESTS_PER_SECOND", default_value_t = 25.0)]
     pub acs_requests_per_second: f64,
-    /// Burst allowed above the ACS request budget.
+    /// Burst allowed above the ACS request budget (per ACS resource).
     #[arg(long, env = "ACS_REQUEST_BURST", default_value_t = 50)]
     pub acs_request_burst: u32,
     /// ACS api-version mode.

@@ -392,7 +392,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config: config.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        acs: AcsPool::new(acs_options),
+        acs: AcsPool::new(acs_options, acs_pool::budget(&config)),
         credentials: CredentialsResolver::new(
             client.clone(),
             cred_store.clone(),

@@ -5,6 +5,7 @@
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acs_endpoints;
 mod chart;
 mod fencing;
 mod harness;
