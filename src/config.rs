@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// ACS api-version mode.
     #[arg(long, env = "ACS_API_MODE", value_enum, default_value_t = ApiModeArg::Ga)]
     pub acs_api_mode: ApiModeArg,
+    /// Allow `http://` ACS endpoints. Development only (an emulator started with `--http`):
+    /// the signed requests and the issued tokens travel in clear. Without it, a resource whose
+    /// credentials name an `http://` endpoint gets Ready=False and no request is sent.
+    #[arg(long, env = "ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_insecure_http: bool,
     /// Extra CA certificate (PEM) to trust for ACS endpoints, e.g. the emulator's.
     #[arg(long, env = "ACS_CA_CERT")]
     pub acs_ca_cert: Option<PathBuf>,
@@ -166,6 +171,8 @@ pub struct Config {
     pub acs_request_burst: u32,
     pub api_mode: ApiMode,
     pub acs_ca_pem: Option<Vec<u8>>,
+    /// Send ACS requests to `http://` endpoints (development only).
+    pub allow_insecure_http: bool,
     pub acs_request_timeout: Duration,
     pub default_credentials: Option<DefaultCredentials>,
     pub metrics_addr: SocketAddr,
@@ -276,6 +283,7 @@ impl Config {
             acs_request_burst: a.acs_request_burst.max(1),
             api_mode: a.acs_api_mode.into(),
             acs_ca_pem,
+            allow_insecure_http: a.allow_insecure_http,
             acs_request_timeout: a.acs_request_timeout,
             default_credentials,
             metrics_addr: a.metrics_addr,
@@ -327,6 +335,26 @@ mod tests {
         assert_eq!(c.api_mode, ApiMode::Ga);
         assert!(c.leader_election.is_none());
         assert!(c.default_credentials.is_none());
+        assert!(!c.allow_insecure_http, "plain http must be opt-in");
+    }
+
+    #[test]
+    fn plain_http_is_allowed_only_by_the_explicit_flag() {
+        assert!(
+            parse(&["--allow-insecure-http"])
+                .unwrap()
+                .allow_insecure_http
+        );
+        assert!(
+            parse(&["--allow-insecure-http", "true"])
+                .unwrap()
+                .allow_insecure_http
+        );
+        assert!(
+            !parse(&["--allow-insecure-http", "false"])
+                .unwrap()
+                .allow_insecure_http
+        );
     }
 
     #[test]

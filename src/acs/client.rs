@@ -53,6 +53,8 @@ pub struct AcsClient {
     key: AccessKey,
     options: ClientOptions,
     policy: RetryPolicy,
+    /// The endpoint is `http://`.
+    plain_http: bool,
 }
 
 impl fmt::Debug for AcsClient {
@@ -72,8 +74,10 @@ struct Success {
 }
 
 impl AcsClient {
-    /// Builds a client. The endpoint's scheme is used as written (`http://` works for an
-    /// emulator started with `--http`; the Python SDK would force https here).
+    /// Builds a client. The endpoint's scheme is used as written, but an `http://` endpoint
+    /// (an emulator started with `--http`) gets every call refused with
+    /// [`AcsError::InsecureHttp`] unless `options.allow_insecure_http` is set. The refusal is
+    /// per call rather than here, so it reaches the resource's condition like any failed call.
     pub fn new(conn: ConnectionString, options: ClientOptions) -> Result<Self, AcsError> {
         let base = Url::parse(&conn.endpoint).map_err(|e| AcsError::BuildRequest {
             source: Box::new(e),
@@ -111,6 +115,7 @@ impl AcsClient {
             host,
             key: conn.access_key,
             policy: options.retry_policy(),
+            plain_http: base.scheme() == "http",
             options,
         })
     }
@@ -177,6 +182,9 @@ impl AcsClient {
     /// Sends with retries. One client request id covers all attempts so they correlate in
     /// service logs; each attempt is signed afresh because `x-ms-date` must be current.
     async fn send(&self, prepared: &Prepared) -> Result<Success, AcsError> {
+        if self.plain_http && !self.options.allow_insecure_http {
+            return Err(AcsError::InsecureHttp);
+        }
         let url =
             Url::parse(&format!("{}{}", self.endpoint, prepared.path_and_query)).map_err(|e| {
                 AcsError::BuildRequest {
@@ -495,6 +503,36 @@ mod tests {
         // A read is not a mutation: it is attempted (and fails to connect).
         let err = c.get_identity("8:acs:r_u").await.unwrap_err();
         assert_eq!(err.category(), "network", "{err:?}");
+        assert_eq!(attempts(&seen), 1);
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_unless_explicitly_allowed() {
+        let (c, seen) = unreachable("http://127.0.0.1:1", ClientOptions::default());
+        let err = c
+            .issue_token("8:acs:r_u", &[Scope::Chat], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcsError::InsecureHttp), "{err:?}");
+        assert_eq!(err.category(), "insecure_http");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("--allow-insecure-http"), "{err}");
+        assert_eq!(attempts(&seen), 0, "an http request was attempted");
+
+        let allowed = ClientOptions {
+            allow_insecure_http: true,
+            ..ClientOptions::default()
+        };
+        let (c, seen) = unreachable("http://127.0.0.1:1", allowed);
+        let err = c
+            .issue_token("8:acs:r_u", &[Scope::Chat], None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "network", "{err:?}");
+        assert_eq!(attempts(&seen), 1);
+        // https is never affected by the flag.
+        let (c, seen) = unreachable("https://127.0.0.1:1", ClientOptions::default());
+        assert!(c.revoke_tokens("8:acs:r_u").await.is_err());
         assert_eq!(attempts(&seen), 1);
     }
 

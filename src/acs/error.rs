@@ -89,6 +89,10 @@ pub enum AcsError {
     /// The mutation gate (`ClientOptions::mutation_gate`) refused; nothing was sent.
     #[error("{operation} refused without sending it: this replica may not write to acs now (leadership not valid)")]
     Fenced { operation: &'static str },
+    /// The endpoint is `http://` and `ClientOptions::allow_insecure_http` is off; nothing was
+    /// sent.
+    #[error("refused to send to a plain http:// acs endpoint: signed requests and tokens would travel in clear; use https://, or for a development emulator only start the operator with --allow-insecure-http (ALLOW_INSECURE_HTTP=true)")]
+    InsecureHttp,
 }
 
 fn describe_service(
@@ -175,7 +179,8 @@ impl AcsError {
             | AcsError::BuildClient { .. }
             | AcsError::BuildRequest { .. }
             | AcsError::RequiresPreview { .. }
-            | AcsError::Fenced { .. } => false,
+            | AcsError::Fenced { .. }
+            | AcsError::InsecureHttp => false,
         }
     }
 
@@ -207,6 +212,7 @@ impl AcsError {
             | AcsError::BuildRequest { .. } => "config",
             AcsError::RequiresPreview { .. } => "unsupported",
             AcsError::Fenced { .. } => "fenced",
+            AcsError::InsecureHttp => "insecure_http",
         }
     }
 
@@ -411,6 +417,7 @@ mod tests {
                 },
                 "fenced",
             ),
+            (AcsError::InsecureHttp, "insecure_http"),
         ];
         for (err, want) in cases {
             assert_eq!(err.category(), want, "{err:?}");

@@ -69,6 +69,9 @@ pub struct ClientOptions {
     pub observer: Option<Arc<dyn RequestObserver>>,
     /// Consulted before every attempt of a mutating call; `None` admits everything.
     pub mutation_gate: Option<Arc<dyn MutationGate>>,
+    /// Send requests to `http://` endpoints. Off by default: the requests' signatures and the
+    /// tokens in the answers would travel in clear. Only for an emulator on a dev machine.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for ClientOptions {
@@ -87,6 +90,7 @@ impl Default for ClientOptions {
             rate_limiter: None,
             observer: None,
             mutation_gate: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -117,6 +121,7 @@ impl fmt::Debug for ClientOptions {
             .field("rate_limiter", &self.rate_limiter)
             .field("observer", &self.observer.as_ref().map(|_| "set"))
             .field("mutation_gate", &self.mutation_gate.as_ref().map(|_| "set"))
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }
 }

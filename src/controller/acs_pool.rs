@@ -146,8 +146,8 @@ impl MutationGate for LeaderGate {
     }
 }
 
-/// Client options of the operator: its CA, timeouts, metrics and the write fence. The budget
-/// is per endpoint (see [`budget`]).
+/// Client options of the operator: its CA, timeouts, metrics, the write fence and whether
+/// plain-HTTP endpoints are allowed. The budget is per endpoint (see [`budget`]).
 pub fn client_options(
     config: &crate::config::Config,
     metrics: Arc<crate::metrics::Metrics>,
@@ -159,6 +159,7 @@ pub fn client_options(
         request_timeout: config.acs_request_timeout,
         observer: Some(metrics),
         mutation_gate: Some(Arc::new(gate)),
+        allow_insecure_http: config.allow_insecure_http,
         ..ClientOptions::default()
     }
 }
