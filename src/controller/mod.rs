@@ -321,7 +321,8 @@ where
     }
 }
 
-/// Runs the operator until a shutdown signal (or the loss of leadership).
+/// Runs the operator until a shutdown signal (`Ok`) or the loss of leadership
+/// ([`RunError::LeadershipLost`], so the process exits non-zero and restarts with fresh caches).
 pub async fn run(config: Config) -> Result<(), RunError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
