@@ -46,16 +46,23 @@ pub struct RunArgs {
     /// Reconciles run at once, per controller.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// Global ACS request budget (requests per second, shared by every reconciler). It keeps
-    /// the operator below the service limits (1,000 token issues per 30 s per resource).
+    /// ACS request budget per ACS resource (requests per second to one endpoint, shared by
+    /// every reconciler and by both keys of the resource, as the service's own limits are).
+    /// It keeps the operator below the service limits (1,000 token issues per 30 s per
+    /// resource), and one busy resource never delays another's requests.
     #[arg(long, env = "ACS_REQUESTS_PER_SECOND", default_value_t = 25.0)]
     pub acs_requests_per_second: f64,
-    /// Burst allowed above the ACS request budget.
+    /// Burst allowed above the ACS request budget (per ACS resource).
     #[arg(long, env = "ACS_REQUEST_BURST", default_value_t = 50)]
     pub acs_request_burst: u32,
     /// ACS api-version mode.
     #[arg(long, env = "ACS_API_MODE", value_enum, default_value_t = ApiModeArg::Ga)]
     pub acs_api_mode: ApiModeArg,
+    /// Allow `http://` ACS endpoints. Development only (an emulator started with `--http`):
+    /// the signed requests and the issued tokens travel in clear. Without it, a resource whose
+    /// credentials name an `http://` endpoint gets Ready=False and no request is sent.
+    #[arg(long, env = "ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_insecure_http: bool,
     /// Extra CA certificate (PEM) to trust for ACS endpoints, e.g. the emulator's.
     #[arg(long, env = "ACS_CA_CERT")]
     pub acs_ca_cert: Option<PathBuf>,
@@ -180,6 +187,8 @@ pub struct Config {
     pub acs_request_burst: u32,
     pub api_mode: ApiMode,
     pub acs_ca_pem: Option<Vec<u8>>,
+    /// Send ACS requests to `http://` endpoints (development only).
+    pub allow_insecure_http: bool,
     pub acs_request_timeout: Duration,
     pub default_credentials: Option<DefaultCredentials>,
     pub metrics_addr: SocketAddr,
@@ -311,6 +320,7 @@ impl Config {
             acs_request_burst: a.acs_request_burst.max(1),
             api_mode: a.acs_api_mode.into(),
             acs_ca_pem,
+            allow_insecure_http: a.allow_insecure_http,
             acs_request_timeout: a.acs_request_timeout,
             default_credentials,
             metrics_addr: a.metrics_addr,
@@ -368,6 +378,26 @@ mod tests {
         assert_eq!(c.api_mode, ApiMode::Ga);
         assert!(c.leader_election.is_none());
         assert!(c.default_credentials.is_none());
+        assert!(!c.allow_insecure_http, "plain http must be opt-in");
+    }
+
+    #[test]
+    fn plain_http_is_allowed_only_by_the_explicit_flag() {
+        assert!(
+            parse(&["--allow-insecure-http"])
+                .unwrap()
+                .allow_insecure_http
+        );
+        assert!(
+            parse(&["--allow-insecure-http", "true"])
+                .unwrap()
+                .allow_insecure_http
+        );
+        assert!(
+            !parse(&["--allow-insecure-http", "false"])
+                .unwrap()
+                .allow_insecure_http
+        );
     }
 
     #[test]

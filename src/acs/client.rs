@@ -24,7 +24,7 @@ use crate::acs::connection::{AccessKey, ConnectionString};
 use crate::acs::error::{AcsError, DecodeError};
 use crate::acs::hmac;
 use crate::acs::models::{AccessToken, CreateIdentityResponse, Identity, Scope};
-pub use crate::acs::options::{ApiMode, ClientOptions, RequestObserver};
+pub use crate::acs::options::{ApiMode, ClientOptions, MutationGate, RequestObserver};
 pub use crate::acs::request::CreateIdentity;
 use crate::acs::request::{self, Prepared};
 use crate::acs::retry::{self, RetryPolicy};
@@ -53,6 +53,8 @@ pub struct AcsClient {
     key: AccessKey,
     options: ClientOptions,
     policy: RetryPolicy,
+    /// The endpoint is `http://`.
+    plain_http: bool,
 }
 
 impl fmt::Debug for AcsClient {
@@ -72,8 +74,10 @@ struct Success {
 }
 
 impl AcsClient {
-    /// Builds a client. The endpoint's scheme is used as written (`http://` works for an
-    /// emulator started with `--http`; the Python SDK would force https here).
+    /// Builds a client. The endpoint's scheme is used as written, but an `http://` endpoint
+    /// (an emulator started with `--http`) gets every call refused with
+    /// [`AcsError::InsecureHttp`] unless `options.allow_insecure_http` is set. The refusal is
+    /// per call rather than here, so it reaches the resource's condition like any failed call.
     pub fn new(conn: ConnectionString, options: ClientOptions) -> Result<Self, AcsError> {
         let base = Url::parse(&conn.endpoint).map_err(|e| AcsError::BuildRequest {
             source: Box::new(e),
@@ -111,6 +115,7 @@ impl AcsClient {
             host,
             key: conn.access_key,
             policy: options.retry_policy(),
+            plain_http: base.scheme() == "http",
             options,
         })
     }
@@ -177,6 +182,9 @@ impl AcsClient {
     /// Sends with retries. One client request id covers all attempts so they correlate in
     /// service logs; each attempt is signed afresh because `x-ms-date` must be current.
     async fn send(&self, prepared: &Prepared) -> Result<Success, AcsError> {
+        if self.plain_http && !self.options.allow_insecure_http {
+            return Err(AcsError::InsecureHttp);
+        }
         let url =
             Url::parse(&format!("{}{}", self.endpoint, prepared.path_and_query)).map_err(|e| {
                 AcsError::BuildRequest {
@@ -195,6 +203,16 @@ impl AcsClient {
                 attempt += 1;
                 if let Some(limiter) = &self.options.rate_limiter {
                     limiter.acquire().await;
+                }
+                // Checked per attempt and after the limiter's wait, as late as possible: a
+                // retry or a long queue must not carry an old permission past its end.
+                if let Some(gate) = &self.options.mutation_gate {
+                    if prepared.method != http::Method::GET && !gate.admit(prepared.operation) {
+                        tracing::debug!(attempt, "acs mutation fenced");
+                        return Err(AcsError::Fenced {
+                            operation: prepared.operation,
+                        });
+                    }
                 }
                 tracing::trace!(attempt, "sending acs request");
                 let started = Instant::now();
@@ -424,6 +442,98 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.category(), "config");
+    }
+
+    /// Counts attempts (the observer hears every attempt that reached the network stage).
+    #[derive(Default)]
+    struct Attempts(std::sync::atomic::AtomicUsize);
+
+    impl RequestObserver for Attempts {
+        fn observe(&self, _: &'static str, _: &str, _: std::time::Duration) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    struct Refuse;
+
+    impl MutationGate for Refuse {
+        fn admit(&self, _: &'static str) -> bool {
+            false
+        }
+    }
+
+    /// A client of `endpoint` (nothing listens on port 1) that never retries.
+    fn unreachable(
+        endpoint: &str,
+        mut options: ClientOptions,
+    ) -> (AcsClient, std::sync::Arc<Attempts>) {
+        let attempts = std::sync::Arc::new(Attempts::default());
+        options.observer = Some(attempts.clone());
+        options.max_retries = 0;
+        let conn =
+            ConnectionString::parse(&format!("endpoint={endpoint};accesskey=c2VjcmV0")).unwrap();
+        (AcsClient::new(conn, options).unwrap(), attempts)
+    }
+
+    fn attempts(a: &Attempts) -> usize {
+        a.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_closed_mutation_gate_stops_every_mutation_before_the_wire_but_not_reads() {
+        let options = ClientOptions {
+            api_mode: ApiMode::Preview,
+            mutation_gate: Some(std::sync::Arc::new(Refuse)),
+            ..ClientOptions::default()
+        };
+        let (c, seen) = unreachable("https://127.0.0.1:1", options);
+        let results = [
+            c.create_identity(CreateIdentity::default()).await.err(),
+            c.issue_token("8:acs:r_u", &[Scope::Chat], None).await.err(),
+            c.revoke_tokens("8:acs:r_u").await.err(),
+            c.delete_identity("8:acs:r_u").await.err(),
+        ];
+        for err in results {
+            let err = err.expect("refused");
+            assert!(matches!(err, AcsError::Fenced { .. }), "{err:?}");
+            assert_eq!(err.category(), "fenced");
+            assert!(!err.is_transient());
+        }
+        assert_eq!(attempts(&seen), 0, "a fenced mutation was attempted");
+        // A read is not a mutation: it is attempted (and fails to connect).
+        let err = c.get_identity("8:acs:r_u").await.unwrap_err();
+        assert_eq!(err.category(), "network", "{err:?}");
+        assert_eq!(attempts(&seen), 1);
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_unless_explicitly_allowed() {
+        let (c, seen) = unreachable("http://127.0.0.1:1", ClientOptions::default());
+        let err = c
+            .issue_token("8:acs:r_u", &[Scope::Chat], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcsError::InsecureHttp), "{err:?}");
+        assert_eq!(err.category(), "insecure_http");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("--allow-insecure-http"), "{err}");
+        assert_eq!(attempts(&seen), 0, "an http request was attempted");
+
+        let allowed = ClientOptions {
+            allow_insecure_http: true,
+            ..ClientOptions::default()
+        };
+        let (c, seen) = unreachable("http://127.0.0.1:1", allowed);
+        let err = c
+            .issue_token("8:acs:r_u", &[Scope::Chat], None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "network", "{err:?}");
+        assert_eq!(attempts(&seen), 1);
+        // https is never affected by the flag.
+        let (c, seen) = unreachable("https://127.0.0.1:1", ClientOptions::default());
+        assert!(c.revoke_tokens("8:acs:r_u").await.is_err());
+        assert_eq!(attempts(&seen), 1);
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub enum AcsError {
     /// The call needs a preview api-version (`ApiMode::Preview`); nothing was sent.
     #[error("{operation} needs the preview api-version (ApiMode::Preview)")]
     RequiresPreview { operation: &'static str },
+    /// The mutation gate (`ClientOptions::mutation_gate`) refused; nothing was sent.
+    #[error("{operation} refused without sending it: this replica may not write to acs now (leadership not valid)")]
+    Fenced { operation: &'static str },
+    /// The endpoint is `http://` and `ClientOptions::allow_insecure_http` is off; nothing was
+    /// sent.
+    #[error("refused to send to a plain http:// acs endpoint: signed requests and tokens would travel in clear; use https://, or for a development emulator only start the operator with --allow-insecure-http (ALLOW_INSECURE_HTTP=true)")]
+    InsecureHttp,
 }
 
 fn describe_service(
@@ -171,7 +178,9 @@ impl AcsError {
             | AcsError::InvalidCaCertificate { .. }
             | AcsError::BuildClient { .. }
             | AcsError::BuildRequest { .. }
-            | AcsError::RequiresPreview { .. } => false,
+            | AcsError::RequiresPreview { .. }
+            | AcsError::Fenced { .. }
+            | AcsError::InsecureHttp => false,
         }
     }
 
@@ -202,6 +211,8 @@ impl AcsError {
             | AcsError::BuildClient { .. }
             | AcsError::BuildRequest { .. } => "config",
             AcsError::RequiresPreview { .. } => "unsupported",
+            AcsError::Fenced { .. } => "fenced",
+            AcsError::InsecureHttp => "insecure_http",
         }
     }
 
@@ -407,6 +418,13 @@ mod tests {
                 AcsError::InvalidConnectionString(ConnectionStringError::MissingKey),
                 "config",
             ),
+            (
+                AcsError::Fenced {
+                    operation: "issue_token",
+                },
+                "fenced",
+            ),
+            (AcsError::InsecureHttp, "insecure_http"),
         ];
         for (err, want) in cases {
             assert_eq!(err.category(), want, "{err:?}");

@@ -15,6 +15,6 @@ pub use client::{AcsClient, ApiMode, ClientOptions, CreateIdentity, CreatedIdent
 pub use connection::{AccessKey, ConnectionString, ConnectionStringError};
 pub use error::AcsError;
 pub use models::{AccessToken, Identity, Scope, TokenString};
-pub use options::RequestObserver;
+pub use options::{MutationGate, RequestObserver};
 pub use ratelimit::{RateLimitError, RateLimiter};
 pub use retry::{Idempotency, RetryPolicy};

@@ -36,6 +36,14 @@ pub trait RequestObserver: Send + Sync {
     fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration);
 }
 
+/// Asked before every attempt of a mutating call (create, issue, revoke, delete), after any
+/// rate-limiter wait, right before the request is signed and sent. The operator answers from
+/// its leader-election state, so a replica that is no longer sure it leads sends nothing.
+pub trait MutationGate: Send + Sync {
+    /// Whether the mutation `operation` (the client method's name) may be sent now.
+    fn admit(&self, operation: &'static str) -> bool;
+}
+
 /// Options for [`crate::acs::AcsClient`].
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -59,6 +67,11 @@ pub struct ClientOptions {
     /// Shared budget awaited before every attempt; `None` means unlimited.
     pub rate_limiter: Option<RateLimiter>,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Consulted before every attempt of a mutating call; `None` admits everything.
+    pub mutation_gate: Option<Arc<dyn MutationGate>>,
+    /// Send requests to `http://` endpoints. Off by default: the requests' signatures and the
+    /// tokens in the answers would travel in clear. Only for an emulator on a dev machine.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +89,8 @@ impl Default for ClientOptions {
             max_retry_after: retry.max_retry_after,
             rate_limiter: None,
             observer: None,
+            mutation_gate: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -105,6 +120,8 @@ impl fmt::Debug for ClientOptions {
             .field("retry", &self.retry_policy())
             .field("rate_limiter", &self.rate_limiter)
             .field("observer", &self.observer.as_ref().map(|_| "set"))
+            .field("mutation_gate", &self.mutation_gate.as_ref().map(|_| "set"))
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }
 }

@@ -1,5 +1,6 @@
-//! A client-side token bucket shared by every ACS call of the process, so that all reconcilers
-//! together stay inside one request budget (ACS throttles per resource, not per caller).
+//! A client-side token bucket shared by every ACS call to one resource, so that all
+//! reconcilers together stay inside that resource's request budget (ACS throttles per
+//! resource, not per caller; the operator keeps one bucket per endpoint).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,11 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `other` draws on the same bucket (is a clone of this limiter).
+    pub fn shares_bucket(&self, other: &RateLimiter) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn requests_per_second(&self) -> f64 {
         self.inner.rate
     }
@@ -170,6 +176,8 @@ mod tests {
         a.acquire().await;
         assert_eq!(ms(Instant::now() - t0), 1000);
         assert_eq!(b.burst(), 1);
+        assert!(a.shares_bucket(&b));
+        assert!(!a.shares_bucket(&RateLimiter::new(2.0, 1).unwrap()));
         assert_eq!(b.requests_per_second(), 2.0);
     }
 

@@ -1,58 +1,295 @@
-//! One ACS client per set of credentials, shared by every reconcile, all behind one global
-//! request budget.
+//! ACS clients shared by every reconcile, and their request budgets. ACS throttles per
+//! resource, so the budget is kept per endpoint: one tenant's busy resource cannot delay
+//! another's, and both keys of one resource draw on the one budget, as the service counts
+//! them. Clients are kept per endpoint and key, so two keys in use at once (a rotation in
+//! progress, or users on the primary and the secondary key) never rebuild each other's client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::acs::{AcsClient, AcsError, ClientOptions, ConnectionString};
+use crate::acs::{AcsClient, AcsError, ClientOptions, ConnectionString, MutationGate, RateLimiter};
+use crate::leader::LeaderGate;
 use crate::secret::key_fingerprint;
 
-/// Caches clients by endpoint and key fingerprint.
+/// Clients kept per endpoint: the primary and the secondary key. A third key (a rotation that
+/// went further) replaces the least recently used one.
+const KEYS_PER_ENDPOINT: usize = 2;
+
+/// Requests per second and burst of each endpoint's budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// Caches clients by endpoint and key fingerprint, with one rate limiter per endpoint.
 #[derive(Clone)]
 pub struct AcsPool {
     options: ClientOptions,
-    clients: Arc<Mutex<HashMap<(String, String), AcsClient>>>,
+    budget: Option<Budget>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Normalised endpoint → its budget, created on first use and kept: one per ACS resource
+    /// the credentials ever named, a handful of numbers each.
+    limiters: HashMap<String, RateLimiter>,
+    /// Normalised endpoint → (key fingerprint, client, last use), at most `KEYS_PER_ENDPOINT`.
+    clients: HashMap<String, Vec<Cached>>,
+    /// Increases at every lookup; orders the last uses.
+    tick: u64,
+    /// Clients built so far.
+    built: u64,
+}
+
+struct Cached {
+    fingerprint: String,
+    client: AcsClient,
+    used: u64,
 }
 
 impl AcsPool {
-    /// `options` carries the shared rate limiter and metrics observer.
-    pub fn new(options: ClientOptions) -> Self {
+    /// `options` carries the trust, timeouts, metrics observer and mutation gate of every
+    /// client; `budget` (None: unlimited) is applied per endpoint.
+    pub fn new(options: ClientOptions, budget: Option<Budget>) -> Self {
         Self {
             options,
-            clients: Arc::default(),
+            budget,
+            state: Arc::default(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the maps consistent before it can panic (it cannot), so a
+        // poisoned lock still holds usable data.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The client for these credentials, created on first use.
     pub fn client(&self, conn: &ConnectionString) -> Result<AcsClient, AcsError> {
-        let key = (conn.endpoint.clone(), key_fingerprint(&conn.access_key));
-        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(c);
+        let endpoint = endpoint_key(&conn.endpoint);
+        let fingerprint = key_fingerprint(&conn.access_key);
+        let mut state = self.state();
+        state.tick += 1;
+        let tick = state.tick;
+        if let Some(cached) = state
+            .clients
+            .get_mut(&endpoint)
+            .and_then(|keys| keys.iter_mut().find(|c| c.fingerprint == fingerprint))
+        {
+            cached.used = tick;
+            return Ok(cached.client.clone());
         }
-        let client = AcsClient::new(conn.clone(), self.options.clone())?;
-        if let Ok(mut m) = self.clients.lock() {
-            // Old keys are dropped when a key rotates, so the map does not grow without bound.
-            m.retain(|(endpoint, _), _| endpoint != &key.0);
-            m.insert(key, client.clone());
+        let limiter = match state.limiters.get(&endpoint) {
+            Some(l) => Some(l.clone()),
+            None => {
+                let created = self.budget.and_then(|b| {
+                    RateLimiter::new(b.requests_per_second, b.burst)
+                        .map_err(
+                            |e| tracing::warn!(error = %e, "invalid acs request budget; unlimited"),
+                        )
+                        .ok()
+                });
+                if let Some(l) = &created {
+                    state.limiters.insert(endpoint.clone(), l.clone());
+                }
+                created
+            }
+        };
+        let options = ClientOptions {
+            rate_limiter: limiter,
+            ..self.options.clone()
+        };
+        let client = AcsClient::new(conn.clone(), options)?;
+        state.built += 1;
+        let keys = state.clients.entry(endpoint).or_default();
+        if keys.len() >= KEYS_PER_ENDPOINT {
+            if let Some(oldest) = keys
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(i, _)| i)
+            {
+                keys.swap_remove(oldest);
+            }
         }
+        keys.push(Cached {
+            fingerprint,
+            client: client.clone(),
+            used: tick,
+        });
         Ok(client)
     }
 }
 
-/// Client options of the operator: its CA, timeouts, the global request budget and metrics.
+/// The endpoint as the budget is keyed: scheme and host lowercased, a default port and any
+/// trailing `/` dropped, so spellings of one resource share one budget.
+fn endpoint_key(endpoint: &str) -> String {
+    match reqwest::Url::parse(endpoint) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let path = url.path().trim_end_matches('/');
+            format!("{}://{host}{port}{path}", url.scheme())
+        }
+        Err(_) => endpoint.trim_end_matches('/').to_ascii_lowercase(),
+    }
+}
+
+/// The operator's leader gate decides whether the ACS client may send a mutation.
+impl MutationGate for LeaderGate {
+    fn admit(&self, _operation: &'static str) -> bool {
+        LeaderGate::admit(self, "acs")
+    }
+}
+
+/// Client options of the operator: its CA, timeouts, metrics, the write fence and whether
+/// plain-HTTP endpoints are allowed. The budget is per endpoint (see [`budget`]).
 pub fn client_options(
     config: &crate::config::Config,
     metrics: Arc<crate::metrics::Metrics>,
+    gate: LeaderGate,
 ) -> ClientOptions {
-    let rate_limiter = config
-        .acs_requests_per_second
-        .and_then(|rps| crate::acs::RateLimiter::new(rps, config.acs_request_burst).ok());
     ClientOptions {
         api_mode: config.api_mode,
         ca_pem: config.acs_ca_pem.clone(),
         request_timeout: config.acs_request_timeout,
-        rate_limiter,
         observer: Some(metrics),
+        mutation_gate: Some(Arc::new(gate)),
+        allow_insecure_http: config.allow_insecure_http,
         ..ClientOptions::default()
+    }
+}
+
+/// The request budget of each ACS endpoint, from the flags.
+pub fn budget(config: &crate::config::Config) -> Option<Budget> {
+    config.acs_requests_per_second.map(|rps| Budget {
+        requests_per_second: rps,
+        burst: config.acs_request_burst,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_1: &str = "a2V5LW9uZS1rZXktb25lLWtleS1vbmU=";
+    const KEY_2: &str = "a2V5LXR3by1rZXktdHdvLWtleS10d28=";
+    const KEY_3: &str = "a2V5LXRocmVlLWtleS10aHJlZS1rZXk=";
+
+    fn conn(endpoint: &str, key: &str) -> ConnectionString {
+        ConnectionString::parse(&format!("endpoint={endpoint};accesskey={key}")).unwrap()
+    }
+
+    fn pool() -> AcsPool {
+        AcsPool::new(
+            ClientOptions::default(),
+            Some(Budget {
+                requests_per_second: 1.0,
+                burst: 1,
+            }),
+        )
+    }
+
+    fn limiter(pool: &AcsPool, endpoint: &str) -> RateLimiter {
+        pool.state().limiters[&endpoint_key(endpoint)].clone()
+    }
+
+    fn fingerprints(pool: &AcsPool, endpoint: &str) -> Vec<String> {
+        let mut f: Vec<String> = pool.state().clients[&endpoint_key(endpoint)]
+            .iter()
+            .map(|c| c.fingerprint.clone())
+            .collect();
+        f.sort();
+        f
+    }
+
+    #[test]
+    fn spellings_of_one_endpoint_share_one_key() {
+        for e in [
+            "https://res.communication.azure.com",
+            "https://Res.Communication.Azure.com/",
+            "https://res.communication.azure.com:443",
+            "HTTPS://res.communication.azure.com//",
+        ] {
+            assert_eq!(
+                endpoint_key(e),
+                "https://res.communication.azure.com",
+                "{e}"
+            );
+        }
+        assert_eq!(
+            endpoint_key("https://127.0.0.1:8443/"),
+            "https://127.0.0.1:8443"
+        );
+        assert_ne!(
+            endpoint_key("http://127.0.0.1:8443"),
+            endpoint_key("https://127.0.0.1:8443")
+        );
+    }
+
+    #[tokio::test]
+    async fn two_keys_of_one_endpoint_share_one_budget_and_are_both_kept() {
+        let pool = pool();
+        let e = "https://res.communication.azure.com";
+        pool.client(&conn(e, KEY_1)).unwrap();
+        let budget = limiter(&pool, e);
+        pool.client(&conn("https://RES.communication.azure.com/", KEY_2))
+            .unwrap();
+        assert!(
+            limiter(&pool, e).shares_bucket(&budget),
+            "the second key got its own budget"
+        );
+        assert_eq!(fingerprints(&pool, e).len(), 2, "a key evicted the other");
+        // Alternating keys finds both cached: no client is built again.
+        for key in [KEY_1, KEY_2, KEY_1, KEY_2] {
+            pool.client(&conn(e, key)).unwrap();
+        }
+        assert_eq!(pool.state().built, 2);
+        assert_eq!(pool.state().limiters.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_endpoint_has_its_own_budget() {
+        let pool = pool();
+        pool.client(&conn("https://a.communication.azure.com", KEY_1))
+            .unwrap();
+        pool.client(&conn("https://b.communication.azure.com", KEY_1))
+            .unwrap();
+        let a = limiter(&pool, "https://a.communication.azure.com");
+        let b = limiter(&pool, "https://b.communication.azure.com");
+        assert!(!a.shares_bucket(&b));
+        // Exhausting a's budget (burst 1) leaves b's untouched.
+        tokio::time::timeout(std::time::Duration::from_millis(100), async {
+            a.acquire().await;
+            b.acquire().await;
+        })
+        .await
+        .expect("b waited for a's budget");
+    }
+
+    #[tokio::test]
+    async fn a_third_key_replaces_the_least_recently_used_one() {
+        let pool = pool();
+        let e = "https://res.communication.azure.com";
+        pool.client(&conn(e, KEY_1)).unwrap();
+        pool.client(&conn(e, KEY_2)).unwrap();
+        pool.client(&conn(e, KEY_1)).unwrap(); // KEY_2 is now the least recently used
+        pool.client(&conn(e, KEY_3)).unwrap();
+        let fp = |k: &str| key_fingerprint(&conn(e, k).access_key);
+        let mut want = vec![fp(KEY_1), fp(KEY_3)];
+        want.sort();
+        assert_eq!(fingerprints(&pool, e), want);
+    }
+
+    #[tokio::test]
+    async fn without_a_budget_no_limiter_is_created() {
+        let pool = AcsPool::new(ClientOptions::default(), None);
+        pool.client(&conn("https://a.communication.azure.com", KEY_1))
+            .unwrap();
+        assert!(pool.state().limiters.is_empty());
     }
 }

@@ -26,6 +26,8 @@ use tracing::{info, warn};
 use crate::api::{self, CommunicationToken, CommunicationUser};
 use crate::config::Config;
 use crate::credentials::CredentialsResolver;
+use crate::leader::fence::FenceLayer;
+use crate::leader::LeaderGate;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -198,6 +200,10 @@ pub enum RunError {
     Server(#[source] std::io::Error),
     #[error("leader election failed")]
     Leader(#[source] crate::leader::LeaderError),
+    /// Leadership was lost (or could no longer be proven valid) while leading. The process
+    /// exits non-zero so that the pod restarts with fresh caches, like controller-runtime.
+    #[error("leadership lost; stopped every controller")]
+    LeadershipLost,
 }
 
 /// Builds the Kubernetes client from a kubeconfig path and context, or infers it.
@@ -206,15 +212,24 @@ pub async fn kube_client(config: &Config) -> Result<Client, RunError> {
 }
 
 /// Like [`kube_client`], with every request counted by verb in `metrics`
-/// (`acs_identity_operator_kube_requests_total`), so the cost per object is observable.
+/// (`acs_identity_operator_kube_requests_total`), so the cost per object is observable, and
+/// every write fenced by `gate` (except to the election's own Lease). The fence is the outer
+/// layer: a refused write is never sent, so it is not counted.
 pub async fn counted_kube_client(
     config: &Config,
     metrics: Arc<Metrics>,
+    gate: &LeaderGate,
 ) -> Result<Client, RunError> {
     let builder = kube::client::ClientBuilder::try_from(kube_config(config).await?)
         .map_err(RunError::KubeClient)?;
+    let (lease_ns, lease_name) = config
+        .leader_election
+        .as_ref()
+        .map(|le| (le.namespace.as_str(), le.lease_name.as_str()))
+        .unwrap_or_default();
     Ok(builder
         .with_layer(&crate::metrics::kube_requests::layer(metrics))
+        .with_layer(&FenceLayer::new(gate.clone(), lease_ns, lease_name))
         .build())
 }
 
@@ -343,11 +358,19 @@ where
     }
 }
 
-/// Runs the operator until a shutdown signal (or the loss of leadership).
+/// Runs the operator until a shutdown signal (`Ok`) or the loss of leadership
+/// ([`RunError::LeadershipLost`], so the process exits non-zero and restarts with fresh caches).
 pub async fn run(config: Config) -> Result<(), RunError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let client = counted_kube_client(&config, metrics.clone()).await?;
+    // Every write passes this gate: always open without leader election, else valid only
+    // while this replica's leadership is (see `leader::gate`).
+    let gate = if config.leader_election.is_some() {
+        LeaderGate::closed()
+    } else {
+        LeaderGate::always_open()
+    };
+    let client = counted_kube_client(&config, metrics.clone(), &gate).await?;
     let readiness = Readiness::default();
     let shutdown = shutdown_signal();
 
@@ -397,7 +420,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let token_stores = Stores::new(tokens.stores);
     let cred_store: Stores<PartialObjectMeta<Secret>> = Stores::new(creds.stores);
 
-    let acs_options = acs_pool::client_options(&config, metrics.clone());
+    let acs_options = acs_pool::client_options(&config, metrics.clone(), gate.clone());
     let reporter = Reporter {
         controller: api::MANAGED_BY.to_string(),
         instance: Some(config.identity.clone()),
@@ -407,7 +430,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config: config.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        acs: AcsPool::new(acs_options),
+        acs: AcsPool::new(acs_options, acs_pool::budget(&config)),
         credentials: CredentialsResolver::new(
             client.clone(),
             cred_store.clone(),
@@ -442,8 +465,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     // Leader election gates every write: a standby keeps only its caches warm.
     let mut elector = None;
+    let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop: Shutdown = if let Some(le) = &config.leader_election {
-        let e = crate::leader::LeaderElector::new(
+        let e = crate::leader::LeaderElector::with_gate(
             client.clone(),
             crate::leader::LeaseConfig {
                 namespace: le.namespace.clone(),
@@ -453,6 +477,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 renew_deadline: le.renew_deadline,
                 retry_period: le.retry_period,
             },
+            gate.clone(),
         );
         info!(identity = %config.identity, lease = %le.lease_name, "waiting for leadership");
         tokio::select! {
@@ -461,15 +486,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
         info!("acquired leadership");
         let mut lost = e.keep_renewing();
+        // A refused write means the gate saw leadership expire before the renew loop did
+        // (a frozen process that just resumed): stop just the same.
+        let mut refused = gate.refusals();
         elector = Some(e);
         let s = shutdown.clone();
+        let flag = lost_leadership.clone();
         let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             tokio::select! {
-                _ = s => {},
-                _ = lost.wait_for(|leads| !*leads) => {
-                    warn!("leadership lost; stopping");
-                },
+                _ = s => return,
+                _ = lost.wait_for(|leads| !*leads) => {},
+                _ = refused.wait_for(|r| *r) => {},
             }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            warn!("leadership lost; stopping every controller and exiting");
         });
         f.shared()
     } else {
@@ -524,6 +554,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         d.abort();
     }
     readiness.set_ready(false);
+    if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
+        server.abort();
+        return Err(RunError::LeadershipLost);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     info!("stopped");
     Ok(())

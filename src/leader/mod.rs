@@ -13,10 +13,16 @@
 //!   another holder, or when no renewal has succeeded for `renew_deadline`; because
 //!   `renew_deadline < lease_duration`, it stops acting before any other candidate can see the
 //!   Lease as expired.
+//! - Every write of the operator (apiserver and ACS) passes a [`LeaderGate`] first: leadership
+//!   is valid until the renew deadline after the *start* of the last successful acquire or
+//!   renew, on the monotonic clock, so a leader that was frozen past it refuses its very first
+//!   write after resuming, before its renew loop has even noticed (see `gate.rs`).
 //! - `leaseTransitions` counts changes of holder; a graceful release clears `holderIdentity` so
 //!   a successor takes over at its next retry instead of waiting out the lease duration.
 
 mod decision;
+pub mod fence;
+mod gate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,6 +37,7 @@ use tokio::time::Instant;
 
 use decision::Observation;
 pub use decision::{decide, desired_spec, Decision, InvalidConfig, LeaseConfig};
+pub use gate::LeaderGate;
 
 /// Errors of leader election.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +70,7 @@ struct Shared {
     config: LeaseConfig,
     observation: Mutex<Observation>,
     leader: watch::Sender<bool>,
+    gate: LeaderGate,
 }
 
 /// Result of one attempt to acquire or renew.
@@ -132,6 +140,7 @@ impl Shared {
                 observation.observe(lease.spec.as_ref(), Instant::now());
                 observation.renewed_at = Some(started);
                 drop(observation);
+                self.gate.renewed(started, self.config.renew_deadline);
                 if !matches!(decision, Decision::Renew) {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "acquired leadership");
                 }
@@ -165,6 +174,7 @@ impl Shared {
                 Err(_elapsed) => true,
             };
             if lost {
+                self.gate.revoke();
                 tracing::warn!(lease = %self.config.name, "lost leadership");
                 self.leader.send_replace(false);
                 return;
@@ -183,6 +193,12 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// Creates a candidate; nothing is read or written until [`LeaderElector::acquire`].
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
+        Self::with_gate(client, config, LeaderGate::closed())
+    }
+
+    /// Like [`LeaderElector::new`], recording leadership in `gate` (created before the
+    /// client, whose write fence checks it).
+    pub fn with_gate(client: kube::Client, config: LeaseConfig, gate: LeaderGate) -> Self {
         let api = Api::namespaced(client, &config.namespace);
         let (leader, _) = watch::channel(false);
         Self {
@@ -191,6 +207,7 @@ impl LeaderElector {
                 config,
                 observation: Mutex::new(Observation::default()),
                 leader,
+                gate,
             }),
             renewing: Mutex::new(None),
         }
@@ -227,6 +244,11 @@ impl LeaderElector {
         }
     }
 
+    /// The fence every write of this replica passes: valid only while leadership is.
+    pub fn gate(&self) -> LeaderGate {
+        self.shared.gate.clone()
+    }
+
     /// Whether this candidate currently believes it is the leader.
     pub fn is_leader(&self) -> bool {
         *self.shared.leader.borrow()
@@ -256,6 +278,7 @@ impl LeaderElector {
         if let Some(task) = lock(&self.renewing).take() {
             task.abort();
         }
+        self.shared.gate.revoke();
         self.shared.leader.send_replace(false);
     }
 

@@ -78,7 +78,7 @@ async fn a_token_whose_issue_keeps_failing_backs_off_instead_of_looping() {
     ready_user_and_token(&env).await;
 
     // Every issue fails with a 500 from now on; the rotate annotation asks for one.
-    acs.faults(serde_json::json!({"rate500": 1.0, "operations": ["issueAccessToken"]}))
+    acs.set_faults(serde_json::json!({"rate500": 1.0, "operations": ["issueAccessToken"]}))
         .await;
     let base = acs.calls("issueAccessToken").await;
     rotate(&env, "1").await;
@@ -101,7 +101,7 @@ async fn a_token_whose_issue_keeps_failing_backs_off_instead_of_looping() {
     assert!(n >= 2, "the token kept trying ({n} calls)");
 
     // A fix (faults gone) is picked up within the cap, and the token is valid again.
-    acs.no_faults().await;
+    acs.clear_faults().await;
     let t = wait_for(
         &tokens,
         "web",

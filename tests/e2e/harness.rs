@@ -115,26 +115,38 @@ impl Acs {
             .to_string()
     }
 
-    /// Requests the emulator answered for `operation` (e.g. `issueAccessToken`), any status.
-    pub async fn calls(&self, operation: &str) -> u64 {
-        let v = self.admin(reqwest::Method::GET, "/stats", None).await;
-        v["operations"][operation]
-            .as_object()
-            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+    /// The emulator's request counters (`GET /_emulator/stats`).
+    // Not every test binary that includes this file uses each helper.
+    #[allow(dead_code)]
+    pub async fn stats(&self) -> Value {
+        self.admin(reqwest::Method::GET, "/stats", None).await
     }
 
-    /// Sets the emulator's fault injection (`PUT /_emulator/faults`).
-    pub async fn faults(&self, faults: Value) {
+    /// Requests answered for `operation` (e.g. `issueAccessToken`), any status.
+    #[allow(dead_code)]
+    pub async fn calls(&self, operation: &str) -> u64 {
+        let stats = self.stats().await;
+        stats["operations"][operation]
+            .as_object()
+            .map(|by_status| by_status.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Sets the injected faults (`PUT /_emulator/faults`), e.g. `{"latencyMs": 3000}`.
+    #[allow(dead_code)]
+    pub async fn set_faults(&self, faults: Value) {
         self.admin(reqwest::Method::PUT, "/faults", Some(faults))
             .await;
     }
 
-    /// Clears fault injection.
-    pub async fn no_faults(&self) {
+    /// Removes every injected fault.
+    #[allow(dead_code)]
+    pub async fn clear_faults(&self) {
         self.admin(reqwest::Method::DELETE, "/faults", None).await;
     }
 
     /// An ACS client of the operator's own library, as a tool outside the operator would use.
+    #[allow(dead_code)]
     pub fn client(&self) -> acs_identity_operator::acs::AcsClient {
         let conn = acs_identity_operator::acs::ConnectionString::parse(&self.connection_string())
             .expect("connection string");
@@ -334,6 +346,33 @@ impl Operator {
     #[allow(dead_code)]
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the child.
+    #[allow(dead_code)]
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("the operator is running") as i32;
+        // SAFETY: a plain signal to our own child process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself; its exit status, or None if it
+    /// is still running (it is then left running).
+    #[allow(dead_code)]
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether the child is still running.

@@ -5,9 +5,11 @@
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acs_endpoints;
 mod backoff;
 mod chart;
 mod drift;
+mod fencing;
 mod harness;
 mod leader;
 mod operator_runtime;

@@ -175,7 +175,7 @@ async fn a_ga_create_whose_answer_is_lost_is_counted_for_every_orphan() {
     )
     .await;
     // One creation in five is processed, then its connection dropped before the answer.
-    acs.faults(serde_json::json!({"dropAfterRate": 0.2, "operations": ["createIdentity"]}))
+    acs.set_faults(serde_json::json!({"dropAfterRate": 0.2, "operations": ["createIdentity"]}))
         .await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)

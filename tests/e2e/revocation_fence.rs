@@ -47,7 +47,7 @@ async fn concurrent_spec_changes_revoke_once_per_round_and_leave_only_valid_toke
             .unwrap();
     }
     // A slow revoke widens every race window between the revoke and the siblings' issues.
-    acs.faults(serde_json::json!({"latencyMs": 300, "operations": ["revokeAccessTokens"]}))
+    acs.set_faults(serde_json::json!({"latencyMs": 300, "operations": ["revokeAccessTokens"]}))
         .await;
 
     for round in 1..=ROUNDS {

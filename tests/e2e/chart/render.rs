@@ -305,6 +305,15 @@ fn cases() -> Vec<Case> {
                 assert_eq!(env(docs, "ACS_REQUEST_TIMEOUT"), Some("10s"));
                 assert_eq!(env(docs, "CONCURRENCY"), Some("4"));
                 assert_eq!(env(docs, "RESYNC_PERIOD"), Some("30m"));
+                // Plain-HTTP endpoints stay refused unless asked for.
+                assert_eq!(env(docs, "ALLOW_INSECURE_HTTP"), None);
+            }),
+        },
+        Case {
+            name: "plain-HTTP ACS endpoints for a development emulator",
+            values: json!({"acs": {"allowInsecureHttp": true}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(env(docs, "ALLOW_INSECURE_HTTP"), Some("true"));
             }),
         },
         Case {
