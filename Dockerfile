@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
-# The acs-identity-operator image: one binary that runs the operator (`run`, the default), prints
-# the CRDs (`crd`) or runs the ACS Identity emulator (`emulator --listen 0.0.0.0:8443 ...`).
+# The acs-identity-operator image: one binary that runs the operator (`run`, the default) or
+# prints the CRDs (`crd`). Only the operator: the ACS Identity emulator is a separate crate with an
+# image of its own (crates/emulator/Dockerfile), for tests and demos, never in this image.
 #
 #   docker build -t acs-identity-operator:0.1.0 .
-#   docker run --rm acs-identity-operator:0.1.0 emulator --listen 0.0.0.0:8443 --http
+#   docker run --rm acs-identity-operator:0.1.0 crd
 #
 # Stages: `chef` installs cargo-chef; `planner` reduces the workspace to a dependency recipe;
 # `builder` compiles only the dependencies first (a layer that stays cached until Cargo.toml or
@@ -30,7 +31,7 @@ RUN cargo build --release --locked --bin acs-identity-operator \
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="acs-identity-operator" \
-      org.opencontainers.image.description="Kubernetes operator for Azure Communication Services identities and tokens, with an ACS Identity emulator" \
+      org.opencontainers.image.description="Kubernetes operator for Azure Communication Services identities and tokens" \
       org.opencontainers.image.licenses="MIT"
 COPY --from=builder /out/acs-identity-operator /usr/local/bin/acs-identity-operator
 # 65532 is distroless' `nonroot` user; numeric, so runAsNonRoot can verify it.

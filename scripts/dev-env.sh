@@ -68,8 +68,9 @@ up() {
   mkdir -p "$dir"
   say "control-plane binaries (first time: built from the Go module proxy, several minutes)"
   tools/build-bins.sh >/dev/null
-  say "building the operator and the control-plane harness"
-  cargo build --locked --bin acs-identity-operator && cargo build --locked -p acs-testenv --bin acs-testenv
+  say "building the operator, the emulator and the control-plane harness"
+  cargo build --locked --bin acs-identity-operator && cargo build --locked -p acs-emulator --bin acs-emulator \
+    && cargo build --locked -p acs-testenv --bin acs-testenv
 
   say "starting the control plane"
   rm -f "$dir/testenv.env"
@@ -80,11 +81,11 @@ up() {
   source "$dir/testenv.env"
 
   say "starting the ACS emulator"
-  local emu_args=(emulator --listen 127.0.0.1:0 --ca-cert-out "$dir/acs-ca.pem"
+  local emu_args=(--listen 127.0.0.1:0 --ca-cert-out "$dir/acs-ca.pem"
     --connection-string-out "$dir/acs-connection-string" --state-file "$dir/emulator-state.json")
   [ -n "$lifetime" ] && emu_args+=(--token-lifetime-seconds "$lifetime")
   rm -f "$dir/acs-connection-string"
-  "$bin_dir/acs-identity-operator" "${emu_args[@]}" >"$dir/emulator.log" 2>&1 &
+  "$bin_dir/acs-emulator" "${emu_args[@]}" >"$dir/emulator.log" 2>&1 &
   echo $! >"$dir/emulator.pid"
   wait_until "the emulator" 30 grep -q 'acs-emulator listening on' "$dir/emulator.log" || { tail -20 "$dir/emulator.log" >&2; down; exit 1; }
   local endpoint; endpoint=$(sed -n 's/^acs-emulator listening on //p' "$dir/emulator.log" | head -1)

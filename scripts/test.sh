@@ -16,7 +16,8 @@ cd "$root"
 
 export ACS_OPERATOR_CACHE=${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ACS_OPERATOR_CACHE/target}
-export ACS_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/acs-identity-operator"
+# The emulator binary the Python SDK conformance suite runs (built by `cargo build --workspace`).
+export ACS_EMULATOR_BIN="$CARGO_TARGET_DIR/debug/acs-emulator"
 export CARGO_TERM_COLOR=never
 mkdir -p "$ACS_OPERATOR_CACHE"
 

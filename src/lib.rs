@@ -1,6 +1,7 @@
 //! acs-identity-operator: a Kubernetes operator that turns `CommunicationUser` and
 //! `CommunicationToken` resources into Azure Communication Services identities and access
-//! tokens, plus a faithful local emulator of the ACS Identity API for development and tests.
+//! tokens. The local emulator of the ACS Identity API is a crate of its own (`crates/emulator`,
+//! `acs-emulator`) that builds on this library's `acs` module.
 
 pub mod acs;
 pub mod api;
@@ -8,7 +9,6 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
-pub mod emulator;
 pub mod leader;
 pub mod metrics;
 pub mod rotation;

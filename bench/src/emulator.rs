@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use acs_identity_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use acs_emulator::{EmulatorConfig, RunningEmulator};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -44,10 +44,10 @@ impl Emulator {
     /// into `dir`.
     pub async fn start(dir: &Path) -> Result<Emulator, Error> {
         let config = EmulatorConfig {
-            rate_limits: emulator::RateLimits::off(),
+            rate_limits: acs_emulator::RateLimits::off(),
             ..EmulatorConfig::default()
         };
-        let running = emulator::start(config)
+        let running = acs_emulator::start(config)
             .await
             .map_err(Error::StartEmulator)?;
         let ca_file = dir.join("acs-emulator-ca.pem");

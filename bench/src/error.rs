@@ -10,7 +10,7 @@ pub enum Error {
     #[error("failed to start the control plane")]
     StartControlPlane(#[source] acs_testenv::Error),
     #[error("failed to start the ACS emulator")]
-    StartEmulator(#[source] acs_identity_operator::emulator::EmulatorError),
+    StartEmulator(#[source] acs_emulator::EmulatorError),
     #[error("failed to issue the sample token")]
     SampleToken(#[source] acs_identity_operator::acs::AcsError),
     #[error("failed to {action}")]

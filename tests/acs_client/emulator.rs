@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use acs_emulator::{EmulatorConfig, Limit, LimitClass, RateLimits, RunningEmulator};
 use acs_identity_operator::acs::{
     AcsClient, AcsError, ApiMode, ClientOptions, ConnectionString, CreateIdentity, Scope,
-};
-use acs_identity_operator::emulator::{
-    EmulatorConfig, Limit, LimitClass, RateLimits, RunningEmulator,
 };
 use serde_json::{json, Value};
 
@@ -30,9 +28,7 @@ impl Emu {
                 .enable_all()
                 .build()
                 .unwrap();
-            let running = runtime
-                .block_on(acs_identity_operator::emulator::start(config))
-                .unwrap();
+            let running = runtime.block_on(acs_emulator::start(config)).unwrap();
             (runtime, running)
         })
         .join()

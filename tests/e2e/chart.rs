@@ -14,8 +14,8 @@ mod scenario;
 
 use std::collections::BTreeSet;
 
+use acs_emulator::EmulatorConfig;
 use acs_identity_operator::api::CommunicationUser;
-use acs_identity_operator::emulator::EmulatorConfig;
 use acs_testenv::{ControlPlane, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use acs_emulator::{EmulatorConfig, RunningEmulator};
 use acs_identity_operator::api::{
     CommunicationToken, CommunicationTokenSpec, CommunicationUser, CommunicationUserSpec,
 };
-use acs_identity_operator::emulator::{self, EmulatorConfig, RunningEmulator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::Condition;
@@ -35,7 +35,7 @@ impl Acs {
     }
 
     pub async fn start_with(config: EmulatorConfig) -> Acs {
-        let emu = emulator::start(config).await.expect("emulator starts");
+        let emu = acs_emulator::start(config).await.expect("emulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_path = dir.path().join("ca.pem");
         std::fs::write(&ca_path, emu.ca_pem()).expect("write CA");

@@ -2,9 +2,9 @@
 //! restart, revocation on spec change, deletion, self-healing, conflicts, suspend, forced
 //! rotation, key rotation, and no secret in logs, events or status.
 
+use acs_emulator::EmulatorConfig;
 use acs_identity_operator::api::token::Scope;
 use acs_identity_operator::api::{CommunicationToken, CommunicationUser, CommunicationUserSpec};
-use acs_identity_operator::emulator::EmulatorConfig;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

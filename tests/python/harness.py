@@ -30,9 +30,13 @@ EMPTY_BODY_SHA256 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 
 
 def emulator_binary() -> Path:
-    """The emulator binary: $ACS_OPERATOR_BIN, else target/debug/acs-identity-operator."""
-    configured = os.environ.get("ACS_OPERATOR_BIN")
-    path = Path(configured) if configured else Path("target/debug/acs-identity-operator")
+    """The emulator binary: $ACS_EMULATOR_BIN, else $CARGO_TARGET_DIR/debug/acs-emulator
+    (CARGO_TARGET_DIR defaulting to target/); relative paths are taken from the repository root."""
+    configured = os.environ.get("ACS_EMULATOR_BIN")
+    if configured:
+        path = Path(configured)
+    else:
+        path = Path(os.environ.get("CARGO_TARGET_DIR") or "target") / "debug" / "acs-emulator"
     if not path.is_absolute():
         path = REPO_ROOT / path
     return path
@@ -104,8 +108,8 @@ def start_emulator(workdir: Path, extra_args: tuple = ()) -> Emulator:
     binary = emulator_binary()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise RuntimeError(
-            f"emulator binary not found at {binary}: build it with `cargo build` "
-            "(or point ACS_OPERATOR_BIN at it)"
+            f"emulator binary not found at {binary}: build it with `cargo build -p acs-emulator` "
+            "(or point ACS_EMULATOR_BIN at it)"
         )
     primary, secondary = random_access_key(), random_access_key()
     ca_path = workdir / "emulator-ca.pem"
@@ -113,7 +117,6 @@ def start_emulator(workdir: Path, extra_args: tuple = ()) -> Emulator:
     stderr_path = workdir / "emulator.stderr"
     argv = [
         str(binary),
-        "emulator",
         "--listen",
         "127.0.0.1:0",
         "--access-key",

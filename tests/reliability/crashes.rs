@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use acs_identity_operator::emulator::EmulatorConfig;
+use acs_emulator::EmulatorConfig;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 

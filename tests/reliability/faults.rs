@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use acs_identity_operator::emulator::EmulatorConfig;
+use acs_emulator::EmulatorConfig;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

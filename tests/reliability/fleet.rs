@@ -8,8 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use acs_emulator::EmulatorConfig;
 use acs_identity_operator::api::{CommunicationToken, CommunicationUser, CommunicationUserSpec};
-use acs_identity_operator::emulator::EmulatorConfig;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};

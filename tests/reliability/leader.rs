@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use acs_identity_operator::emulator::EmulatorConfig;
+use acs_emulator::EmulatorConfig;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};

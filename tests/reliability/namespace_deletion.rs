@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use acs_identity_operator::emulator::EmulatorConfig;
+use acs_emulator::EmulatorConfig;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams};

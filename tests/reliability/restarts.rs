@@ -1,7 +1,7 @@
 //! Scenario 3: kube-apiserver, then etcd, restart in the middle of a rollout. The same operator
 //! process (same PID, never restarted) must recover its watches and finish the rollout.
 
-use acs_identity_operator::emulator::EmulatorConfig;
+use acs_emulator::EmulatorConfig;
 use acs_testenv::report;
 use tokio::time::Instant;
 

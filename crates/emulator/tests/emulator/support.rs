@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use acs_emulator::{start, EmulatorConfig, RateLimits, RunningEmulator};
 use acs_identity_operator::acs::hmac;
 use acs_identity_operator::acs::AccessKey;
-use acs_identity_operator::emulator::{start, EmulatorConfig, RateLimits, RunningEmulator};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -20,7 +20,7 @@ use super::response::{self, format_instant, ApiError, Resp};
 use super::server::MAX_BODY_BYTES;
 use super::store::{IdentityRecord, Verdict};
 use super::token::{self, TokenError};
-use crate::acs::{AccessKey, ConnectionString};
+use acs_identity_operator::acs::{AccessKey, ConnectionString};
 
 /// Every admin path and the methods it answers.
 const ROUTES: &[(&str, &str)] = &[

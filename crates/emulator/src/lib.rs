@@ -1,9 +1,12 @@
-//! A local ACS Identity emulator (what Azurite is for Storage): the GA and preview Identity
-//! surface, the 2020-07-20-preview2 surface, exact HMAC verification, real error shapes, rate
-//! limits, and an admin API under `/_emulator/` for tests, the demo and the benchmark.
+//! `acs-emulator`: a local ACS Identity emulator (what Azurite is for Storage): the GA and
+//! preview Identity surface, the 2020-07-20-preview2 surface, exact HMAC verification, real error
+//! shapes, rate limits, and an admin API under `/_emulator/` for tests, the demo and the
+//! benchmark. A crate of its own so the operator's binary and image never contain it; it uses
+//! the operator library's pure ACS code (HMAC signing, wire models, keys, scopes), so both sides
+//! sign and parse exactly alike.
 //!
-//! CONTRACT (shared with other modules and tests; keep these names):
-//! - `Args` (clap) for the `emulator` subcommand: `--listen`, `--access-key` (repeatable),
+//! CONTRACT (shared with other crates and tests; keep these names):
+//! - `Args` (clap) for the `acs-emulator` binary: `--listen`, `--access-key` (repeatable),
 //!   `--http`, `--tls-san`, `--ca-cert-out`, `--state-file`, `--connection-string-out`, ...
 //! - `EmulatorConfig` (plain struct, `Default`), built from `Args` or by tests directly.
 //! - `start(EmulatorConfig) -> Result<RunningEmulator, EmulatorError>`: binds, serves in the
@@ -41,7 +44,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::acs::{AccessKey, ConnectionString};
+use acs_identity_operator::acs::{AccessKey, ConnectionString};
 
 pub use cli::{run, Args};
 pub use limits::{Limit, LimitClass, RateLimits};

@@ -13,10 +13,10 @@ use super::response::{self, format_instant, ApiError, Resp};
 use super::routes::{Operation, Routed};
 use super::store::LookupError;
 use super::token::{self, Claims};
-use crate::acs::models::{
+use acs_identity_operator::acs::models::{
     AccessToken, CreateIdentityResponse, Identity, MAX_EXPIRES_IN_MINUTES, MIN_EXPIRES_IN_MINUTES,
 };
-use crate::acs::{Scope, TokenString};
+use acs_identity_operator::acs::{Scope, TokenString};
 
 /// Default token lifetime when the client asks for none (24 h).
 const DEFAULT_EXPIRES_IN_MINUTES: i64 = 1440;

@@ -14,7 +14,7 @@ use super::store::Store;
 use super::tls::Ca;
 use super::token::SigningKey;
 use super::EmulatorConfig;
-use crate::acs::AccessKey;
+use acs_identity_operator::acs::AccessKey;
 
 #[derive(Debug)]
 pub struct Shared {

@@ -19,7 +19,7 @@ use super::store::{IdentityRecord, KeyState, Store};
 use super::tls::Ca;
 use super::token::SigningKey;
 use super::{EmulatorConfig, EmulatorError};
-use crate::acs::AccessKey;
+use acs_identity_operator::acs::AccessKey;
 
 /// How long the writer waits after a change, so bursts of requests become one write (a busy
 /// emulator writes at most a few times a second; shutdown always writes the final state).

@@ -1,5 +1,5 @@
-//! The `emulator` subcommand: its flags, their translation into an [`EmulatorConfig`], and the
-//! foreground run (output files, the start-up banner, waiting for a signal).
+//! The `acs-emulator` command line: its flags, their translation into an [`EmulatorConfig`],
+//! and the foreground run (output files, the start-up banner, waiting for a signal).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::limits::{parse_limit_override, RateLimits};
 use super::{start, EmulatorConfig, EmulatorError};
-use crate::acs::AccessKey;
+use acs_identity_operator::acs::AccessKey;
 
 /// Emulator command-line arguments. `Debug` is written by hand so the keys never print.
 #[derive(clap::Args)]
@@ -234,14 +234,8 @@ mod tests {
         assert!(!c.tls);
         assert_eq!(c.access_keys.len(), 2);
         assert_eq!(c.tls_sans, ["emu.test"]);
-        assert_eq!(
-            c.rate_limits.create,
-            Some(crate::emulator::Limit::new(10, 30.0))
-        );
-        assert_eq!(
-            c.rate_limits.issue,
-            Some(crate::emulator::Limit::new(5, 10.0))
-        );
+        assert_eq!(c.rate_limits.create, Some(crate::Limit::new(10, 30.0)));
+        assert_eq!(c.rate_limits.issue, Some(crate::Limit::new(5, 10.0)));
         assert_eq!(c.token_lifetime_seconds, Some(30));
         assert_eq!(c.clock_skew, Duration::from_secs(60));
     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::auth::KeySlot;
 use super::token::Claims;
-use crate::acs::AccessKey;
+use acs_identity_operator::acs::AccessKey;
 
 /// One identity, kept forever (deleted ones too) so the admin API can list every identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

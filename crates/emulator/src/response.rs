@@ -7,7 +7,7 @@ use http_body_util::Full;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::acs::models::{ErrorBody, ErrorResponse};
+use acs_identity_operator::acs::models::{ErrorBody, ErrorResponse};
 
 /// Every response the emulator sends.
 pub type Resp = Response<Full<Bytes>>;

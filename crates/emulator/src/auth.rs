@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
-use crate::acs::hmac;
-use crate::acs::AccessKey;
+use acs_identity_operator::acs::hmac;
+use acs_identity_operator::acs::AccessKey;
 
 /// Which access key signed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -144,7 +144,7 @@ mod tests {
     fn vectors() -> serde_json::Value {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/acs-hmac-vectors.json"
+            "/../../tests/fixtures/acs-hmac-vectors.json"
         ))
         .unwrap();
         serde_json::from_str(&text).unwrap()
