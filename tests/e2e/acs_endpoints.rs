@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use acs_emulator::EmulatorConfig;
 use acs_identity_operator::api::{
     CommunicationToken, CommunicationUser, CommunicationUserSpec, CredentialsRef,
 };
-use acs_identity_operator::emulator::EmulatorConfig;
 use kube::api::Api;
 
 use crate::harness::*;
