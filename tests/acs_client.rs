@@ -37,9 +37,11 @@ pub fn conn(endpoint: &str, key: &str) -> ConnectionString {
     ConnectionString::parse(&format!("endpoint={endpoint}/;accesskey={key}")).unwrap()
 }
 
-/// Options with millisecond backoffs so retry tests run fast.
+/// Options with millisecond backoffs so retry tests run fast. The fake server speaks plain
+/// HTTP on loopback, which the client refuses unless told otherwise.
 pub fn fast_options() -> ClientOptions {
     ClientOptions {
+        allow_insecure_http: true,
         request_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         max_retries: 3,

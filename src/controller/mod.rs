@@ -3,6 +3,9 @@
 
 pub mod acs_pool;
 pub mod backoff;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub mod fixtures;
 pub mod guard;
 pub mod token;
 pub mod triggers;

@@ -20,6 +20,7 @@ mod support;
 
 mod bad_cases;
 mod bad_input;
+mod broken;
 mod crashes;
 mod faults;
 mod fleet;
@@ -73,6 +74,7 @@ async fn the_operator_keeps_its_invariants_through_faults_crashes_restarts_leade
     scenario(&suite, namespace_deletion::NAME, namespace_deletion::run).await;
     scenario(&suite, leader::NAME, leader::run).await;
     scenario(&suite, bad_input::NAME, bad_input::run).await;
+    scenario(&suite, broken::NAME, broken::run).await;
     scenario(&suite, leaks::NAME, leaks::run).await;
 
     let table = suite.render();

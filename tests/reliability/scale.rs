@@ -28,6 +28,13 @@ pub struct Scale {
     pub namespace_users: usize,
     /// Scenario 5: tokens in the rollout during which the leader is killed.
     pub leader_tokens: usize,
+    /// Scenario 8: healthy tokens renewing next to broken ones (a wrong key), the emulator's
+    /// token lifetime, the operator's back-off cap, and how long the broken ones are watched.
+    pub healthy_tokens: usize,
+    pub broken_tokens: usize,
+    pub broken_token_lifetime: Duration,
+    pub broken_backoff_cap: Duration,
+    pub broken_window: Duration,
 }
 
 impl Scale {
@@ -52,6 +59,11 @@ impl Scale {
             restart_tokens: 40,
             namespace_users: 10,
             leader_tokens: 40,
+            healthy_tokens: 40,
+            broken_tokens: 20,
+            broken_token_lifetime: Duration::from_secs(30),
+            broken_backoff_cap: Duration::from_secs(10),
+            broken_window: Duration::from_secs(90),
         }
     }
 
@@ -67,6 +79,11 @@ impl Scale {
             restart_tokens: 200,
             namespace_users: 50,
             leader_tokens: 200,
+            healthy_tokens: 200,
+            broken_tokens: 100,
+            broken_token_lifetime: Duration::from_secs(60),
+            broken_backoff_cap: Duration::from_secs(300),
+            broken_window: Duration::from_secs(300),
         }
     }
 

@@ -210,3 +210,35 @@ async fn not_ready_after_write(
     stale.status = None;
     not_ready(ctx, &stale, status, reasons::IDENTITY_NOT_FOUND, msg).await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::api::CommunicationUserSpec;
+    use crate::controller::fixtures::status as failure;
+
+    #[tokio::test]
+    async fn a_revocation_decided_on_a_stale_read_is_fenced_off_by_its_resource_version() {
+        let (ctx, mut api) = crate::controller::Context::test();
+        let mut user = CommunicationUser::new("alice", CommunicationUserSpec::default());
+        user.metadata.namespace = Some("ns".into());
+        user.metadata.resource_version = Some("41".into());
+        let status = CommunicationUserStatus::default();
+        let act = tokio::spawn({
+            let user = user.clone();
+            async move { fenced_write(&ctx, &user, &status, Some("41".into())).await }
+        });
+        let sent = api
+            .expect(
+                "PATCH",
+                "/communicationusers/alice/status",
+                409,
+                failure(409, "Conflict"),
+            )
+            .await;
+        assert_eq!(sent["metadata"]["resourceVersion"], "41");
+        assert!(matches!(act.await.unwrap(), Err(Error::Fenced)));
+        api.expect_nothing_more().await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Test fixtures: a Context whose Kubernetes client talks to a scripted, mocked apiserver
+//! (`tower_test`, as in kube-rs/controller-rs `fixtures.rs`), for the error branches of the act
+//! steps that the end-to-end tests cannot reach cheaply. Never the only proof of a behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::Client;
+use serde_json::Value;
+
+use super::{acs_pool::AcsPool, backoff::Failures, Context};
+use crate::config::{Config, Guards};
+use crate::credentials::CredentialsResolver;
+use crate::metrics::Metrics;
+use crate::stores::Stores;
+
+/// The scripted side of the mocked apiserver.
+pub struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
+
+impl Context {
+    /// A Context on a mocked apiserver, with empty caches and default guards.
+    pub fn test() -> (Arc<Context>, ApiServer) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let config = Arc::new(Config {
+            kubeconfig: None,
+            context: None,
+            watch_namespaces: Vec::new(),
+            concurrency: 1,
+            acs_requests_per_second: None,
+            acs_request_burst: 1,
+            api_mode: crate::acs::ApiMode::Ga,
+            acs_ca_pem: None,
+            allow_insecure_http: false,
+            acs_request_timeout: Duration::from_secs(5),
+            default_credentials: None,
+            metrics_addr: ([127, 0, 0, 1], 0).into(),
+            leader_election: None,
+            identity: "test".into(),
+            resync_period: Duration::from_secs(3600),
+            guards: Guards::default(),
+        });
+        let (users, _) = reflector::store();
+        let (tokens, _) = reflector::store();
+        let (creds, _) = reflector::store();
+        let reporter = Reporter {
+            controller: crate::api::MANAGED_BY.to_string(),
+            instance: Some("test".into()),
+        };
+        let ctx = Context {
+            client: client.clone(),
+            config,
+            metrics: Arc::new(Metrics::new()),
+            recorder: Recorder::new(client.clone(), reporter),
+            acs: AcsPool::new(crate::acs::ClientOptions::default(), None),
+            credentials: CredentialsResolver::new(
+                client.clone(),
+                Stores::new(vec![(None, creds)]),
+                None,
+            ),
+            users: Stores::new(vec![(None, users)]),
+            tokens: Stores::new(vec![(None, tokens)]),
+            failures: Failures::default(),
+            guard: Default::default(),
+            default_changed: tokio::sync::broadcast::channel(4).0,
+            recent_identities: Default::default(),
+            clock: Arc::new(jiff::Timestamp::now),
+        };
+        (Arc::new(ctx), ApiServer(handle))
+    }
+}
+
+impl ApiServer {
+    /// Expects the next request to be `method` on a path ending in `path_suffix`, answers it
+    /// with `status` and `body`, and returns the request's body.
+    pub async fn expect(
+        &mut self,
+        method: &str,
+        path_suffix: &str,
+        status: u16,
+        body: Value,
+    ) -> Value {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no {method} …{path_suffix} request came"))
+            .unwrap_or_else(|| panic!("the client went away before {method} …{path_suffix}"));
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        assert!(
+            request.uri().path().ends_with(path_suffix),
+            "expected …{path_suffix}, got {}",
+            request.uri()
+        );
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_default();
+        let sent = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        send.send_response(response);
+        sent
+    }
+
+    /// Asserts that no further request comes within a short while.
+    pub async fn expect_nothing_more(&mut self) {
+        if let Ok(Some((r, _))) =
+            tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await
+        {
+            panic!("unexpected request {} {}", r.method(), r.uri());
+        }
+    }
+}
+
+/// A `metav1.Status` failure body.
+pub fn status(code: u16, reason: &str) -> Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("mocked {reason}"), "reason": reason, "code": code,
+    })
+}
