@@ -421,6 +421,22 @@ pub async fn put_secret(env: &TestEnv, name: &str, key: &str, value: &str) {
     .await;
 }
 
+/// Labels the namespace of `env` to use the operator-wide default credentials.
+#[allow(dead_code)]
+pub async fn opt_in_to_default_credentials(env: &TestEnv) {
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    ns_api
+        .patch(
+            env.ns(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": { "labels": { "communication.acs.dev/default-credentials": "true" } }
+            })),
+        )
+        .await
+        .expect("label the namespace");
+}
+
 /// Creates a CommunicationUser.
 pub async fn create_user(
     env: &TestEnv,

@@ -18,20 +18,6 @@ fn adopt(id: &str) -> CommunicationUserSpec {
     }
 }
 
-async fn opt_in(env: &TestEnv) {
-    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
-    ns_api
-        .patch(
-            env.ns(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": { "labels": { "communication.acs.dev/default-credentials": "true" } }
-            })),
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_identity_recorded_by_another_user_cannot_be_taken_over() {
     let env = TestEnv::new("own-takeover").await;
@@ -116,7 +102,7 @@ async fn adoption_under_the_default_credentials_is_refused_unless_allowed() {
         &acs.connection_string(),
     )
     .await;
-    opt_in(&tenant).await;
+    opt_in_to_default_credentials(&tenant).await;
     let spawn = |allow: bool| {
         let mut args = OperatorArgs::new(&home, &acs)
             .arg("--default-credentials-secret")
@@ -211,6 +197,7 @@ async fn a_ga_create_whose_answer_is_lost_is_counted_for_every_orphan() {
         .metric("acs_identity_operator_ambiguous_identity_creates_total")
         .await as usize;
     assert!(orphans > 0, "the fault injection dropped no answer");
+    eprintln!("figure: {USERS} GA users, {identities} identities, {orphans} orphans, {counted} counted");
     assert_eq!(
         counted, orphans,
         "every orphan is counted ({identities} identities for {USERS} users)"
@@ -242,8 +229,8 @@ async fn rotated_default_key(test: &str, watch_home: bool) {
         &acs.connection_string(),
     )
     .await;
-    opt_in(&a).await;
-    opt_in(&b).await;
+    opt_in_to_default_credentials(&a).await;
+    opt_in_to_default_credentials(&b).await;
     // `b` also has a user on credentials of its own (the resource's other key), which the
     // rotation must not touch.
     let secondary = acs.regenerate("secondary").await;

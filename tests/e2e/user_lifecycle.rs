@@ -346,17 +346,7 @@ async fn default_credentials_apply_only_in_namespaces_that_opt_in() {
     )
     .await;
     // Opt in by label: the user becomes ready.
-    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(other.client.clone());
-    ns_api
-        .patch(
-            other.ns(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": { "labels": { "communication.acs.dev/default-credentials": "true" } }
-            })),
-        )
-        .await
-        .unwrap();
+    opt_in_to_default_credentials(&other).await;
     // A label change does not touch the user; the annotation nudges a reconcile.
     api.patch(
         "u",

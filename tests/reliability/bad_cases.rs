@@ -460,7 +460,9 @@ pub fn condition_cases(i: &Inputs) -> Vec<Case> {
             ],
             "CommunicationToken",
             "c-adopt-missing-t",
-            &["IssueFailed"],
+            // The 404 of the first issue says the identity does not exist: the token (and
+            // its user) report IdentityNotFound and stop calling ACS.
+            &["IdentityNotFound"],
         ),
         condition(
             "adopted identityId of another ACS resource",
