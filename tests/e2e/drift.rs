@@ -113,10 +113,11 @@ async fn drift_is_repaired_with_the_same_token_and_other_tools_metadata_stays() 
     );
     assert_eq!(acs.calls("issueAccessToken").await, issued, "no new token");
     wait_event(&env, |(reason, _, _)| reason == "SecretRepaired").await;
-    assert!(
+    assert_eq!(
         op.metric("acs_identity_operator_secret_repairs_total")
-            .await
-            >= 1.0
+            .await,
+        1.0,
+        "one drift, one repair"
     );
     let tokens: Api<CommunicationToken> = env.api();
     let t = tokens.get("web").await.unwrap();

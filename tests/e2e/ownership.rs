@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use acs_identity_operator::api::{CommunicationToken, CommunicationUser, CommunicationUserSpec};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 
 use crate::harness::*;
 use crate::support::{wait_for, TestEnv};
@@ -197,7 +197,9 @@ async fn a_ga_create_whose_answer_is_lost_is_counted_for_every_orphan() {
         .metric("acs_identity_operator_ambiguous_identity_creates_total")
         .await as usize;
     assert!(orphans > 0, "the fault injection dropped no answer");
-    eprintln!("figure: {USERS} GA users, {identities} identities, {orphans} orphans, {counted} counted");
+    eprintln!(
+        "figure: {USERS} GA users, {identities} identities, {orphans} orphans, {counted} counted"
+    );
     assert_eq!(
         counted, orphans,
         "every orphan is counted ({identities} identities for {USERS} users)"
@@ -297,7 +299,12 @@ async fn rotated_default_key(test: &str, watch_home: bool) {
         wait_for(
             &api,
             "web",
-            Duration::from_secs(45),
+            // Watched: at once (a few seconds on a busy machine); polled: one 30 s period.
+            if watch_home {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(40)
+            },
             "re-issued under the new key",
             |t: Option<&CommunicationToken>| {
                 t.and_then(|t| t.status.as_ref())

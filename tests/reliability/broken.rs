@@ -86,6 +86,7 @@ pub async fn run(suite: SuiteRef) {
     let tokens: Api<CommunicationToken> = healthy.env.api();
     let mut last: HashMap<String, (i64, Option<jiff::Timestamp>)> = HashMap::new();
     let mut late = Vec::new();
+    let mut renewed_tokens = std::collections::HashSet::new();
     let mut after_first_minute: Option<u64> = None;
     let mut ticks = tokio::time::interval(Duration::from_millis(500));
     while broken_at.elapsed() < scale.broken_window {
@@ -106,8 +107,9 @@ pub async fn run(suite: SuiteRef) {
             };
             let name = t.metadata.name.clone().unwrap_or_default();
             let renewal = st.renewal_time.as_ref().map(|r| r.0);
-            let entry = last.entry(name).or_insert((st.revision, renewal));
+            let entry = last.entry(name.clone()).or_insert((st.revision, renewal));
             if st.revision > entry.0 {
+                renewed_tokens.insert(name);
                 if let (Some(prev), Some(issued)) = (entry.1, st.last_rotation_time.as_ref()) {
                     late.push(lateness(prev, issued.0));
                 }
@@ -135,10 +137,10 @@ pub async fn run(suite: SuiteRef) {
     );
     suite.check(
         NAME,
-        "healthy renewals observed in the window",
-        format!("≥ {}", scale.healthy_tokens),
-        late.len(),
-        late.len() >= scale.healthy_tokens,
+        "healthy tokens that renewed in the window / renewals",
+        format!("{} / ≥ {}", scale.healthy_tokens, scale.healthy_tokens),
+        format!("{} / {}", renewed_tokens.len(), late.len()),
+        renewed_tokens.len() == scale.healthy_tokens && late.len() >= scale.healthy_tokens,
     );
     suite.check(
         NAME,

@@ -76,6 +76,10 @@ async fn guarded(
         .conditions
         .find(types::ISSUING)
         .is_some_and(|c| c.reason == reasons::DEFERRED);
+    if was {
+        // Already said; a rewrite would only cost a write per wake-up.
+        return Ok(Some(Action::requeue(wait + Duration::from_millis(100))));
+    }
     let msg = format!(
         "{why}: deferred for {}s, {limit} unscheduled {}s already happened within {}s (the guard against loops)",
         wait.as_secs().max(1),
@@ -92,17 +96,15 @@ async fn guarded(
         ctx.now(),
     );
     status::write(ctx, t.token, &st).await?;
-    if !was {
-        ctx.metrics.unscheduled_deferred(what.as_str());
-        ctx.event(
-            t.token.as_ref(),
-            EventType::Warning,
-            reasons::DEFERRED,
-            "Guard",
-            msg,
-        )
-        .await;
-    }
+    ctx.metrics.unscheduled_deferred(what.as_str());
+    ctx.event(
+        t.token.as_ref(),
+        EventType::Warning,
+        reasons::DEFERRED,
+        "Guard",
+        msg,
+    )
+    .await;
     Ok(Some(Action::requeue(wait + Duration::from_millis(100))))
 }
 
@@ -207,6 +209,11 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         Ok(i) => i,
         Err(e) => {
             st.failed_attempts = st.failed_attempts.saturating_add(1);
+            if e.is_not_found() {
+                // Name the identity that is gone, so its user learns it even from a token
+                // that never held a token of it (its first issuance).
+                st.identity_id = Some(t.identity.to_string());
+            }
             let reason_text = if e.is_not_found() {
                 reasons::IDENTITY_NOT_FOUND
             } else if e.status() == Some(401) {
