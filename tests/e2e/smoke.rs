@@ -97,7 +97,7 @@ async fn grant(env: &TestEnv, user: &str, name: &str, rules: Vec<PolicyRule>) {
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
+            api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
             name: name.into(),
         },
