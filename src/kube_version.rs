@@ -1,12 +1,17 @@
-//! The Kubernetes versions the operator supports, and the pure start-up check that refuses an
-//! API server older than the minimum (`controller::run` asks the server, this module judges).
+//! The Kubernetes versions the operator supports, and the start-up check that refuses an API
+//! server older than the minimum (`controller::run` passes the `/version` call in, so nothing
+//! here holds a client).
 //!
 //! Why 1.32: nothing the operator uses is newer. The CRDs' CEL rules with `messageExpression`
 //! and transition rules (`oldSelf`) are GA since 1.29, server-side apply and `events.k8s.io/v1`
 //! long before; 1.32 is the oldest release still under AKS LTS. The project's compatibility tier
 //! runs the CRDs, every admission case, the user/token lifecycle and the chart on 1.32.
 
+use std::future::Future;
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::version::Info;
+use tracing::{info, warn};
 
 /// The oldest Kubernetes release the operator supports.
 pub const MINIMUM: KubeVersion = KubeVersion {
@@ -96,9 +101,47 @@ pub fn check(info: &Info) -> Result<Verdict, TooOld> {
     }
 }
 
+/// Calls `fetch` (the `/version` request) until the API server answers, retrying transport
+/// errors with back-off (an apiserver outage at start-up is waited out, not a crash), then
+/// refuses a server older than [`MINIMUM`]. A server that answers `/version` with an error, or
+/// with a version that cannot be parsed, cannot be judged and only gets a warning.
+pub async fn wait_and_check<F, Fut>(mut fetch: F) -> Result<(), TooOld>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Info, kube::Error>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let info = loop {
+        match fetch().await {
+            Ok(info) => break info,
+            Err(kube::Error::Api(status)) => {
+                warn!(code = status.code, minimum = %MINIMUM, "the Kubernetes API server refused /version; cannot check it is supported");
+                return Ok(());
+            }
+            Err(error) => {
+                warn!(%error, retry_in = ?delay, "cannot read the Kubernetes API server version");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    match check(&info)? {
+        Verdict::Supported(v) => {
+            info!(version = %info.git_version, supported = %v, "Kubernetes API server")
+        }
+        Verdict::Unknown => warn!(
+            version = %info.git_version,
+            minimum = %MINIMUM,
+            "cannot parse the Kubernetes API server version; continuing"
+        ),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn info(major: &str, minor: &str, git: &str) -> Info {
         Info {
@@ -169,5 +212,46 @@ mod tests {
     #[test]
     fn an_unreadable_version_is_not_refused() {
         assert_eq!(check(&info("", "", "")), Ok(Verdict::Unknown));
+    }
+
+    fn transport_error() -> kube::Error {
+        kube::Error::Service(Box::new(std::io::Error::other("connection refused")))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_server_is_retried_until_it_answers_then_judged() {
+        let calls = AtomicUsize::new(0);
+        let result = wait_and_check(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 3 {
+                    Err(transport_error())
+                } else {
+                    Ok(info("1", "31", "v1.31.4"))
+                }
+            }
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(result.unwrap_err().found, v(1, 31));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_version_request_is_not_a_refusal_of_the_server() {
+        let result = wait_and_check(|| async {
+            Err(kube::Error::Api(
+                kube::core::Status::failure("forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ))
+        })
+        .await;
+        assert_eq!(result, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_supported_server_passes_at_once() {
+        let result = wait_and_check(|| async { Ok(info("1", "32", "v1.32.13")) }).await;
+        assert_eq!(result, Ok(()));
     }
 }

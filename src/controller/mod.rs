@@ -207,8 +207,6 @@ pub enum RunError {
     /// exits non-zero so that the pod restarts with fresh caches, like controller-runtime.
     #[error("leadership lost; stopped every controller")]
     LeadershipLost,
-    #[error("failed to read the Kubernetes API server version")]
-    ServerVersion(#[source] kube::Error),
     /// The message names the found and the minimum version, so it is the whole error.
     #[error(transparent)]
     UnsupportedServer(#[from] crate::kube_version::TooOld),
@@ -379,22 +377,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         LeaderGate::always_open()
     };
     let client = counted_kube_client(&config, metrics.clone(), &gate).await?;
-    // Refuse an unsupported API server before anything runs, rather than failing later on a
-    // field or rule it does not know.
-    let version = client
-        .apiserver_version()
-        .await
-        .map_err(RunError::ServerVersion)?;
-    match crate::kube_version::check(&version)? {
-        crate::kube_version::Verdict::Supported(v) => {
-            info!(version = %version.git_version, supported = %v, "Kubernetes API server")
-        }
-        crate::kube_version::Verdict::Unknown => warn!(
-            version = %version.git_version,
-            minimum = %crate::kube_version::MINIMUM,
-            "cannot read the Kubernetes API server version; continuing"
-        ),
-    }
     let readiness = Readiness::default();
     let shutdown = shutdown_signal();
 
@@ -408,6 +390,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     .map_err(RunError::Server)?;
     info!(address = %bound, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(server);
+
+    // Refuse an unsupported API server before anything else talks to it, rather than failing
+    // later on a rule or field it does not know. /healthz already answers and /readyz stays
+    // false while the server is unreachable: that is an outage to wait out, not a crash.
+    tokio::select! {
+        checked = crate::kube_version::wait_and_check(|| client.apiserver_version()) => checked?,
+        _ = shutdown.clone() => return Ok(()),
+    }
 
     // Caches run on every replica (read-only), so a standby is ready to take over at once.
     let scopes = scopes(&config);
