@@ -4,6 +4,9 @@
 # lint (fmt, clippy, hadolint, checkov), the Rust unit + integration tests on a real control
 # plane (e2e incl. the Helm chart, and the reliability suite at reduced size), the Python SDK
 # conformance suite against the emulator, and a benchmark smoke run. Prints each stage's time.
+# The compatibility tier runs the version-sensitive e2e tests (CRDs Established, every admission
+# case, user and token lifecycle, the chart and its RBAC proof) again on the oldest supported
+# Kubernetes release (1.32), on a control plane built for it (ACS_K8S_VERSION=1.32).
 #
 # Usage: scripts/test.sh            (the README's test command; .ci/run calls it)
 # Env:   ACS_OPERATOR_CACHE         cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
@@ -49,6 +52,14 @@ control_plane_bins() {
   tools/build-bins.sh >/dev/null
 }
 
+# The oldest supported Kubernetes release; see README "Supported Kubernetes versions".
+OLDEST_K8S=1.32
+control_plane_bins_oldest() { tools/build-bins.sh --kubernetes "$OLDEST_K8S" >/dev/null; }
+compat_tests() {
+  ACS_K8S_VERSION=$OLDEST_K8S cargo test --locked --test e2e -- \
+    smoke:: admission:: user_lifecycle:: token_lifecycle:: chart::
+}
+
 python_envs() { scripts/python-env.sh >/dev/null; }
 rust_fmt() { cargo fmt --all -- --check; }
 packaging_lint() { scripts/lint-packaging.sh; }
@@ -59,12 +70,14 @@ python_tests() { tests/python/run.sh; }
 bench_smoke() { scripts/bench.sh --smoke >/dev/null; }
 
 run_stage "control-plane binaries" control_plane_bins
+run_stage "control-plane binaries (Kubernetes $OLDEST_K8S)" control_plane_bins_oldest
 run_stage "python environments" python_envs
 run_stage "cargo fmt --check" rust_fmt
 run_stage "hadolint + checkov" packaging_lint
 run_stage "cargo build" rust_build
 run_stage "cargo clippy -D warnings" rust_clippy
 run_stage "cargo test (unit, e2e, chart, reliability)" rust_tests
+run_stage "e2e compatibility tier on Kubernetes $OLDEST_K8S" compat_tests
 run_stage "python SDK conformance" python_tests
 run_stage "benchmark smoke run" bench_smoke
 summary

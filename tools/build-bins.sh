@@ -3,19 +3,45 @@
 # etcd, helm) from the Go module proxy into the project's versioned cache, skipping any binary
 # that is already there. Release downloads are unreachable here, so modules are the only source.
 #
-# Usage: tools/build-bins.sh [--print-dir]
-#   --print-dir  only print the cache directory and exit.
+# Usage: tools/build-bins.sh [--kubernetes MINOR] [--print-dir]
+#   --kubernetes MINOR  which Kubernetes release to build (default: $ACS_K8S_VERSION, else 1.36):
+#                       1.36 (v1.36.3, the main control plane, module dir tools/k8s-bins) or
+#                       1.32 (v1.32.13, the oldest supported release, tools/k8s-bins-1.32).
+#                       Each goes into its own versioned cache directory.
+#   --print-dir         only print the cache directory and exit.
 set -euo pipefail
 
-K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.14
 HELM_VERSION=v3.21.4
 
+log() { printf '[build-bins] %s\n' "$*" >&2; }
+
+minor=${ACS_K8S_VERSION:-1.36}
+print_dir=false
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kubernetes) minor=${2:?--kubernetes needs a version such as 1.32}; shift 2 ;;
+    --kubernetes=*) minor=${1#--kubernetes=}; shift ;;
+    --print-dir) print_dir=true; shift ;;
+    *) log "unknown argument: $1"; exit 2 ;;
+  esac
+done
+
+# Keep in step with crates/testenv/src/bins.rs (KubernetesVersion).
+case "${minor#v}" in
+  1.36|1.36.3) K8S_VERSION=v1.36.3; K8S_MODULE=k8s-bins ;;
+  1.32|1.32.13) K8S_VERSION=v1.32.13; K8S_MODULE=k8s-bins-1.32 ;;
+  *) log "unsupported Kubernetes version '$minor' (known: 1.36, 1.32)"; exit 2 ;;
+esac
+
 here=$(cd "$(dirname "$0")" && pwd)
 cache_root=${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}
-BIN="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
+dir_of() { echo "$cache_root/k8s-$1-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"; }
+BIN=$(dir_of "$K8S_VERSION")
+# etcd and helm do not depend on the Kubernetes version: another version's copies are reused.
+MAIN_BIN=$(dir_of v1.36.3)
 
-if [ "${1:-}" = "--print-dir" ]; then
+if $print_dir; then
   echo "$BIN"
   exit 0
 fi
@@ -23,21 +49,29 @@ fi
 mkdir -p "$BIN"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-modcacherw -mod=readonly -buildvcs=false"
 
-log() { printf '[build-bins] %s\n' "$*" >&2; }
-
 # A binary counts as present only if it runs and reports the pinned version, so a half-written
 # file from an interrupted build is rebuilt. The output is captured before matching: piping into
 # `grep -q` under pipefail fails at random when grep exits early and the binary dies of SIGPIPE
 # (seen for kubectl 5 times in 30), which would trigger a needless rebuild.
-have() {
-  local name=$1 want=$2 out
-  [ -x "$BIN/$name" ] || return 1
+have() { have_in "$BIN" "$@"; }
+have_in() {
+  local dir=$1 name=$2 want=$3 out
+  [ -x "$dir/$name" ] || return 1
   case "$name" in
-    kubectl) out=$("$BIN/$name" version --client 2>/dev/null) || return 1 ;;
-    helm) out=$("$BIN/$name" version --short 2>/dev/null) || return 1 ;;
-    *) out=$("$BIN/$name" --version 2>/dev/null) || return 1; want=${want#v} ;;
+    kubectl) out=$("$dir/$name" version --client 2>/dev/null) || return 1 ;;
+    helm) out=$("$dir/$name" version --short 2>/dev/null) || return 1 ;;
+    *) out=$("$dir/$name" --version 2>/dev/null) || return 1; want=${want#v} ;;
   esac
   [[ $out == *"$want"* ]]
+}
+
+# Links (else copies) a version-independent binary from the main cache directory, if it is there.
+reuse() {
+  local name=$1 want=$2
+  [ "$BIN" != "$MAIN_BIN" ] && have_in "$MAIN_BIN" "$name" "$want" || return 1
+  ln -f "$MAIN_BIN/$name" "$BIN/$name.tmp" 2>/dev/null || cp "$MAIN_BIN/$name" "$BIN/$name.tmp"
+  mv "$BIN/$name.tmp" "$BIN/$name"
+  log "reusing $name $want from $MAIN_BIN"
 }
 
 build_k8s() {
@@ -48,7 +82,7 @@ build_k8s() {
   done
   log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first time: ~15-25 min on 2 cores)"
   local tmp; tmp=$(mktemp -d "$BIN/.build.XXXXXX")
-  (cd "$here/k8s-bins" && go build -trimpath -ldflags "$ldf" -o "$tmp/" \
+  (cd "$here/$K8S_MODULE" && go build -trimpath -ldflags "$ldf" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl)
@@ -78,8 +112,8 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 { have kube-apiserver "$K8S_VERSION" && have kube-controller-manager "$K8S_VERSION" && have kubectl "$K8S_VERSION"; } || build_k8s
-have etcd "$ETCD_VERSION" || build_etcd
-have helm "$HELM_VERSION" || build_helm
+have etcd "$ETCD_VERSION" || reuse etcd "$ETCD_VERSION" || build_etcd
+have helm "$HELM_VERSION" || reuse helm "$HELM_VERSION" || build_helm
 
 for b in kube-apiserver kube-controller-manager kubectl etcd helm; do
   [ -x "$BIN/$b" ] || { log "missing $BIN/$b after build"; exit 1; }

@@ -207,6 +207,9 @@ pub enum RunError {
     /// exits non-zero so that the pod restarts with fresh caches, like controller-runtime.
     #[error("leadership lost; stopped every controller")]
     LeadershipLost,
+    /// The message names the found and the minimum version, so it is the whole error.
+    #[error(transparent)]
+    UnsupportedServer(#[from] crate::kube_version::TooOld),
 }
 
 /// Builds the Kubernetes client from a kubeconfig path and context, or infers it.
@@ -387,6 +390,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     .map_err(RunError::Server)?;
     info!(address = %bound, "serving /metrics, /healthz and /readyz");
     let server = tokio::spawn(server);
+
+    // Refuse an unsupported API server before anything else talks to it, rather than failing
+    // later on a rule or field it does not know. /healthz already answers and /readyz stays
+    // false while the server is unreachable: that is an outage to wait out, not a crash.
+    tokio::select! {
+        checked = crate::kube_version::wait_and_check(|| client.apiserver_version()) => checked?,
+        _ = shutdown.clone() => return Ok(()),
+    }
 
     // Caches run on every replica (read-only), so a standby is ready to take over at once.
     let scopes = scopes(&config);

@@ -40,7 +40,7 @@ async fn the_chart_passes_helm_lint_strict() {
         "lint",
         "--strict",
         "--kube-version",
-        helm::KUBE_VERSION,
+        helm::kube_version(),
         chart.to_str().unwrap(),
     ]);
     assert!(out.contains("0 chart(s) failed"), "{out}");

@@ -87,7 +87,7 @@ async fn bind_admin(env: &TestEnv, users: &[&str]) {
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
+            api_group: "rbac.authorization.k8s.io".into(),
             kind: "ClusterRole".into(),
             // Bound in the namespace only: everything there, nothing cluster-wide.
             name: "cluster-admin".into(),

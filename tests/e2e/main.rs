@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acs_endpoints;
+mod admission;
 mod backoff;
 mod chart;
 mod drift;

@@ -242,7 +242,7 @@ async fn bind_cluster_admin(stage: &Stage, users: &[&str]) -> String {
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
+            api_group: "rbac.authorization.k8s.io".into(),
             kind: "ClusterRole".into(),
             name: "cluster-admin".into(),
         },

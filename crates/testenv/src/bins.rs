@@ -10,15 +10,17 @@ use std::process::{Command, Stdio};
 
 use crate::error::Error;
 
-/// The pinned Kubernetes version of kube-apiserver, kube-controller-manager and kubectl.
-pub const K8S_VERSION: &str = "v1.36.3";
+/// The main pinned Kubernetes version of kube-apiserver, kube-controller-manager and kubectl
+/// (`crate::release` selects another with `ACS_K8S_VERSION`).
+pub const K8S_VERSION: &str = crate::release::MAIN;
 /// The pinned etcd version.
 pub const ETCD_VERSION: &str = "v3.6.14";
 /// The pinned helm version.
 pub const HELM_VERSION: &str = "v3.21.4";
-/// The Kubernetes minor the crate's k8s-openapi feature (`v1_36`) targets; an older apiserver
-/// would not serve every field the types know.
-const OPENAPI_MINOR: u32 = 36;
+/// The Kubernetes minor the workspace's k8s-openapi feature (`v1_33`, the earliest k8s-openapi
+/// 0.29 offers) targets; an older apiserver does not serve every field the types know (the
+/// operator's compatibility tier runs on 1.32, which is expected to warn here).
+const OPENAPI_MINOR: u32 = 33;
 
 /// Overrides where `tools/build-bins.sh` is found (by default relative to this crate's source).
 pub const BUILD_SCRIPT_ENV: &str = "ACS_TESTENV_BUILD_SCRIPT";
@@ -98,10 +100,11 @@ pub enum Source {
     Cache,
 }
 
-/// The directory `tools/build-bins.sh` builds into, computed the same way as the script:
-/// `${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}/k8s-…/bin`.
+/// The directory `tools/build-bins.sh` builds Kubernetes `release` into, computed the same way
+/// as the script:
+/// `${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-operator}/k8s-<release>-…/bin`.
 /// Empty variables count as unset, as with bash's `:-`.
-pub fn cache_dir(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+pub fn cache_dir(env: &dyn Fn(&str) -> Option<OsString>, release: &str) -> Option<PathBuf> {
     let root = match non_empty(env, "ACS_OPERATOR_CACHE") {
         Some(root) => PathBuf::from(root),
         None => {
@@ -114,7 +117,7 @@ pub fn cache_dir(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     };
     Some(
         root.join(format!(
-            "k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}-helm-{HELM_VERSION}"
+            "k8s-{release}-etcd-{ETCD_VERSION}-helm-{HELM_VERSION}"
         ))
         .join("bin"),
     )
@@ -174,14 +177,16 @@ pub struct Binaries {
 
 impl Binaries {
     /// Resolves every binary from the process environment, running `tools/build-bins.sh` once
-    /// if any is missing. Blocking: a first build takes minutes.
+    /// if any is missing. The cache searched and built is that of the release `ACS_K8S_VERSION`
+    /// selects. Blocking: a first build takes minutes.
     pub fn resolve() -> Result<Binaries, Error> {
         let env = |k: &str| std::env::var_os(k);
-        let cache = cache_dir(&env);
+        let release = crate::release::selected(&env)?;
+        let cache = cache_dir(&env, release);
         if let Some(found) = Self::lookup_all(&env, cache.as_deref())? {
             return Ok(found);
         }
-        let dir = run_build_script()?;
+        let dir = run_build_script(release)?;
         // The script prints the directory it built into; prefer it over our own computation so a
         // disagreement between the two shows up as a clear "still missing" error.
         let built = Self::lookup_all(&env, Some(&dir))?;
@@ -288,12 +293,14 @@ pub fn build_script() -> PathBuf {
     }
 }
 
-/// Runs the build script (its progress goes to our stderr) and returns the directory it printed.
-fn run_build_script() -> Result<PathBuf, Error> {
+/// Runs the build script for `release` (its progress goes to our stderr) and returns the
+/// directory it printed.
+fn run_build_script(release: &str) -> Result<PathBuf, Error> {
     let script = build_script();
-    tracing::info!(script = %script.display(), "control-plane binaries missing; building them (first time: ~15-25 min)");
+    tracing::info!(script = %script.display(), %release, "control-plane binaries missing; building them (first time: ~15-25 min)");
     let out = Command::new("bash")
         .arg(&script)
+        .args(["--kubernetes", release])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -311,7 +318,7 @@ fn run_build_script() -> Result<PathBuf, Error> {
     let dir = printed.lines().last().unwrap_or("").trim();
     if dir.is_empty() {
         let env = |k: &str| std::env::var_os(k);
-        return cache_dir(&env).ok_or(Error::NoCacheDir);
+        return cache_dir(&env, release).ok_or(Error::NoCacheDir);
     }
     Ok(PathBuf::from(dir))
 }
@@ -428,7 +435,7 @@ mod tests {
         let suffix = "k8s-v1.36.3-etcd-v3.6.14-helm-v3.21.4/bin";
         let env = env_of(&[("HOME", Path::new("/home/u"))]);
         assert_eq!(
-            cache_dir(&env).unwrap(),
+            cache_dir(&env, K8S_VERSION).unwrap(),
             Path::new("/home/u/.cache/acs-identity-operator").join(suffix)
         );
         let env = env_of(&[
@@ -436,7 +443,7 @@ mod tests {
             ("XDG_CACHE_HOME", Path::new("/xdg")),
         ]);
         assert_eq!(
-            cache_dir(&env).unwrap(),
+            cache_dir(&env, K8S_VERSION).unwrap(),
             Path::new("/xdg/acs-identity-operator").join(suffix)
         );
         let env = env_of(&[
@@ -444,7 +451,14 @@ mod tests {
             ("XDG_CACHE_HOME", Path::new("/xdg")),
             ("ACS_OPERATOR_CACHE", Path::new("/c")),
         ]);
-        assert_eq!(cache_dir(&env).unwrap(), Path::new("/c").join(suffix));
+        assert_eq!(
+            cache_dir(&env, K8S_VERSION).unwrap(),
+            Path::new("/c").join(suffix)
+        );
+        assert_eq!(
+            cache_dir(&env, crate::release::OLDEST).unwrap(),
+            Path::new("/c").join("k8s-v1.32.13-etcd-v3.6.14-helm-v3.21.4/bin")
+        );
     }
 
     #[test]
@@ -454,7 +468,7 @@ mod tests {
             ("ACS_OPERATOR_CACHE", Path::new("")),
             ("TEST_ASSET_KUBECTL", Path::new("")),
         ]);
-        assert!(cache_dir(&env)
+        assert!(cache_dir(&env, K8S_VERSION)
             .unwrap()
             .starts_with("/home/u/.cache/acs-identity-operator"));
         let tmp = tempfile::tempdir().unwrap();
@@ -466,17 +480,20 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_dir_agrees_with_the_build_script() {
-        let out = Command::new("bash")
-            .arg(build_script())
-            .arg("--print-dir")
-            .env("ACS_OPERATOR_CACHE", "/tmp/acs-cache-probe")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let printed = String::from_utf8(out.stdout).unwrap();
-        let env = env_of(&[("ACS_OPERATOR_CACHE", Path::new("/tmp/acs-cache-probe"))]);
-        assert_eq!(Path::new(printed.trim()), cache_dir(&env).unwrap());
+    fn the_cache_dir_agrees_with_the_build_script_for_every_release() {
+        for release in crate::release::ALL {
+            let out = Command::new("bash")
+                .arg(build_script())
+                .args(["--kubernetes", release, "--print-dir"])
+                .env("ACS_OPERATOR_CACHE", "/tmp/acs-cache-probe")
+                .env_remove(crate::release::VERSION_ENV)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{release}");
+            let printed = String::from_utf8(out.stdout).unwrap();
+            let env = env_of(&[("ACS_OPERATOR_CACHE", Path::new("/tmp/acs-cache-probe"))]);
+            assert_eq!(Path::new(printed.trim()), cache_dir(&env, release).unwrap());
+        }
     }
 
     #[test]

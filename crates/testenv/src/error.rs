@@ -19,6 +19,10 @@ pub enum Error {
     )]
     NoCacheDir,
 
+    /// `ACS_K8S_VERSION` names no release the harness knows.
+    #[error("ACS_K8S_VERSION={value:?} names no known Kubernetes release (known: {known})")]
+    UnknownK8sVersion { value: String, known: String },
+
     /// The build script could not be run at all.
     #[error("failed to run the control-plane build script {script}")]
     RunBuildScript {

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `TEST_ASSET_KUBE_APISERVER`, `TEST_ASSET_ETCD`, … | use this file for one binary (envtest naming) |
 //! | `KUBEBUILDER_ASSETS` | directory searched before the project cache |
+//! | `ACS_K8S_VERSION` | Kubernetes release: `1.36` (default, `v1.36.3`) or `1.32` (`v1.32.13`, the oldest supported); selects the cache dir and what is built |
 //! | `ACS_OPERATOR_CACHE` | cache root (default `${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator`) |
 //! | `ACS_TESTENV_BUILD_SCRIPT` | build script to run when binaries are missing (default `tools/build-bins.sh`) |
 //! | `KUBEBUILDER_CONTROLPLANE_START_TIMEOUT` / `..._STOP_TIMEOUT` | Go durations; defaults 60s / 20s |
@@ -36,6 +37,7 @@ pub mod namespace;
 pub mod options;
 pub mod process;
 pub mod readiness;
+pub mod release;
 pub mod shared;
 pub mod workdir;
 

@@ -8,8 +8,13 @@ use std::process::{Command, Output, Stdio};
 use acs_testenv::{Binary, ControlPlane};
 use serde_json::Value;
 
-/// The Kubernetes version the chart is rendered for offline (the apiserver's).
-pub const KUBE_VERSION: &str = "1.36.3";
+/// The Kubernetes version the chart is rendered for offline: the apiserver's, so the compatibility
+/// tier (`ACS_K8S_VERSION=1.32`) also checks the chart's `kubeVersion` admits the oldest release.
+pub fn kube_version() -> &'static str {
+    acs_testenv::release::selected_from_env()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim_start_matches('v')
+}
 
 /// The chart directory.
 pub fn chart_dir() -> PathBuf {
@@ -94,7 +99,7 @@ impl Tools {
             "--namespace",
             namespace,
             "--kube-version",
-            KUBE_VERSION,
+            kube_version(),
             "--values",
             path_str(&file),
         ]);
