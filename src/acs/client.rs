@@ -120,6 +120,15 @@ impl AcsClient {
         })
     }
 
+    /// The same client (connections, budget, gate and observer shared) without retries of its
+    /// own: for a caller that already backs off between attempts (an object that is failing),
+    /// so that one attempt costs exactly one request.
+    pub fn without_retries(&self) -> AcsClient {
+        let mut c = self.clone();
+        c.policy.max_retries = 0;
+        c
+    }
+
     /// The endpoint without a trailing `/`, e.g. `https://res.communication.azure.com`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint

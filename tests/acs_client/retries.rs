@@ -112,6 +112,15 @@ async fn idempotent_calls_are_retried_after_500_a_dropped_connection_and_a_timeo
 }
 
 #[tokio::test]
+async fn a_client_without_retries_makes_exactly_one_request_per_call() {
+    let server = FakeServer::start(|_, _| Reply::status(500)).await;
+    let c = client_for(&server, fast_options()).without_retries();
+    let err = c.issue_token(ID, &[Scope::Voip], None).await.unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test]
 async fn retries_stop_after_max_retries_with_the_last_error() {
     let server = FakeServer::start(|_, _| Reply::status(503)).await;
     let c = client_for(

@@ -195,6 +195,12 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     ctx.failures.attempt(&object_key, inputs);
 
     let acs = ctx.acs.client(t.conn).map_err(Error::Client)?;
+    // An object already failing backs off between attempts itself: one request per step.
+    let acs = if ctx.failures.get(&object_key) > 0 {
+        acs.without_retries()
+    } else {
+        acs
+    };
     let now = ctx.now();
     let gen = token.metadata.generation;
     let mut st = t.status.clone();

@@ -425,6 +425,12 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     }
 
     let acs = client_for(&ctx, &creds).await?;
+    // A user already failing backs off between attempts itself: one request per step.
+    let acs = if ctx.failures.get(&key_of(user.as_ref())) > 0 {
+        acs.without_retries()
+    } else {
+        acs
+    };
 
     if status.identity_id.is_none() {
         // Part of the first write, so that write is also the last one of a new user.
