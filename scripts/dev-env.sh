@@ -3,7 +3,9 @@
 # kube-controller-manager on 127.0.0.1), the ACS emulator and the operator, all as background
 # processes of this machine. Writes target/dev-env/env, a shell file to `source` for kubectl.
 #
-# Usage: scripts/dev-env.sh up [--token-lifetime-seconds N]   start everything (builds what is missing)
+# Usage: scripts/dev-env.sh up [--kubernetes MINOR] [--token-lifetime-seconds N]
+#                                                             start everything (builds what is missing);
+#                                                             --kubernetes: 1.36 (default) or 1.32
 #        scripts/dev-env.sh down                              stop everything it started
 #        scripts/dev-env.sh status                            show what runs
 set -euo pipefail
@@ -58,6 +60,10 @@ up() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --token-lifetime-seconds) lifetime=$2; shift 2 ;;
+      # Pinned flag: the Kubernetes release of the control plane (tools/build-bins.sh and
+      # acs-testenv read ACS_K8S_VERSION).
+      --kubernetes) export ACS_K8S_VERSION=${2:?--kubernetes needs a minor version such as 1.32}; shift 2 ;;
+      --kubernetes=*) export ACS_K8S_VERSION=${1#--kubernetes=}; shift ;;
       *) say "unknown argument $1"; exit 2 ;;
     esac
   done
@@ -123,5 +129,5 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up [--token-lifetime-seconds N] | down | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--kubernetes MINOR] [--token-lifetime-seconds N] | down | status" >&2; exit 2 ;;
 esac
