@@ -4,7 +4,7 @@
 //! The count alone is not enough: a failing object can be woken by many things besides its
 //! requeue (a sibling's status, a credentials Secret, its user), and each wake-up would make
 //! another ACS call. So a failure also records until when the object must wait and the inputs
-//! it failed with; [`Failures::hold`] tells a reconcile to skip its ACS call while that
+//! it failed with; [`Failures::try_attempt`] tells a reconcile to skip its ACS call while that
 //! back-off runs, unless the inputs changed (a new spec, a new key, a new identity), which
 //! deserves one prompt attempt.
 
@@ -28,12 +28,17 @@ impl Failures {
         self.0.lock().ok().map(|mut m| f(&mut m))
     }
 
-    /// Before an ACS call: how long the object must still wait, if it failed with these same
-    /// `inputs` and its back-off has not run out. With other inputs the count starts over and
-    /// the call may go ahead.
-    pub fn hold(&self, key: &str, inputs: u64, now: Instant) -> Option<Duration> {
+    /// Before an ACS call: `Some(wait)` while the object failed with these same `inputs` and
+    /// its back-off has not run out (no call now); otherwise `None`, and the attempt is tied
+    /// to `inputs`. Other inputs than the last failure's start the count over: one prompt
+    /// attempt.
+    pub fn try_attempt(&self, key: &str, inputs: u64, now: Instant) -> Option<Duration> {
         self.with(|m| {
-            let e = m.get_mut(key)?;
+            let e = m.entry(key.to_string()).or_insert(Entry {
+                count: 0,
+                retry_at: None,
+                inputs,
+            });
             if e.inputs != inputs {
                 *e = Entry {
                     count: 0,
@@ -47,24 +52,6 @@ impl Failures {
                 .filter(|d| !d.is_zero())
         })
         .flatten()
-    }
-
-    /// Records the inputs of an attempt about to be made, so a failure is tied to them.
-    pub fn attempt(&self, key: &str, inputs: u64) {
-        self.with(|m| {
-            let e = m.entry(key.to_string()).or_insert(Entry {
-                count: 0,
-                retry_at: None,
-                inputs,
-            });
-            if e.inputs != inputs {
-                *e = Entry {
-                    count: 0,
-                    retry_at: None,
-                    inputs,
-                };
-            }
-        });
     }
 
     /// Records a failure and returns the new count.
@@ -128,19 +115,18 @@ mod tests {
     fn a_failed_object_is_held_until_its_backoff_runs_out_unless_its_inputs_change() {
         let f = Failures::default();
         let t0 = Instant::now();
-        f.attempt("k", 7);
-        assert_eq!(f.hold("k", 7, t0), None, "no failure yet");
+        assert_eq!(f.try_attempt("k", 7, t0), None, "no failure yet");
         f.record("k");
         f.retry_at("k", t0 + Duration::from_secs(10));
         assert_eq!(
-            f.hold("k", 7, t0 + Duration::from_secs(4)),
+            f.try_attempt("k", 7, t0 + Duration::from_secs(4)),
             Some(Duration::from_secs(6))
         );
-        assert_eq!(f.hold("k", 7, t0 + Duration::from_secs(10)), None);
+        assert_eq!(f.try_attempt("k", 7, t0 + Duration::from_secs(10)), None);
         // Same inputs again: still held at an earlier instant.
-        assert!(f.hold("k", 7, t0 + Duration::from_secs(1)).is_some());
+        assert!(f.try_attempt("k", 7, t0 + Duration::from_secs(1)).is_some());
         // New inputs: one prompt attempt, the count starts over.
-        assert_eq!(f.hold("k", 8, t0 + Duration::from_secs(1)), None);
+        assert_eq!(f.try_attempt("k", 8, t0 + Duration::from_secs(1)), None);
         assert_eq!(f.get("k"), 0);
     }
 

@@ -70,6 +70,22 @@ impl Context {
         (self.clock)()
     }
 
+    /// The ACS client for `conn`, for the object with failure key `key`: an object that is
+    /// already failing backs off between its attempts itself, so its client makes no retries
+    /// of its own and each attempt is one request.
+    pub fn acs_client(
+        &self,
+        conn: &crate::acs::ConnectionString,
+        key: &str,
+    ) -> Result<crate::acs::AcsClient, crate::acs::AcsError> {
+        let client = self.acs.client(conn)?;
+        Ok(if self.failures.get(key) > 0 {
+            client.without_retries()
+        } else {
+            client
+        })
+    }
+
     /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,

@@ -125,7 +125,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
     ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
     let name = t.token.secret_name();
-    match write_secret(ctx, t.token, &name, Some(desired)).await? {
+    match write_secret(ctx, t.token, &name, &desired, false, &t.status).await? {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -177,7 +177,7 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         }
     }
     let key = &t.conn.access_key;
-    let fingerprint = status::fingerprint(key);
+    let fingerprint = secret::key_fingerprint(key);
     // A failure is tied to these inputs: while they stay the same, the back-off holds
     // whatever wakes the object; a change (new spec, key, identity, epoch) gets one attempt.
     let object_key = key_of(token.as_ref());
@@ -189,18 +189,14 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         &fingerprint,
         &rotate,
     ));
-    if let Some(wait) = ctx.failures.hold(&object_key, inputs, Instant::now()) {
+    if let Some(wait) = ctx
+        .failures
+        .try_attempt(&object_key, inputs, Instant::now())
+    {
         return Ok(Action::requeue(wait));
     }
-    ctx.failures.attempt(&object_key, inputs);
 
-    let acs = ctx.acs.client(t.conn).map_err(Error::Client)?;
-    // An object already failing backs off between attempts itself: one request per step.
-    let acs = if ctx.failures.get(&object_key) > 0 {
-        acs.without_retries()
-    } else {
-        acs
-    };
+    let acs = ctx.acs_client(t.conn, &object_key).map_err(Error::Client)?;
     let now = ctx.now();
     let gen = token.metadata.generation;
     let mut st = t.status.clone();
@@ -303,11 +299,11 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
             secret::rewritten_secret(c, token, new.token.expose().as_bytes(), &recorded, key)
         }
     };
-    if desired.is_none() {
+    let Some(desired) = desired else {
         return Err(Error::Unnamed);
-    }
+    };
     let create = t.current.is_none();
-    match write_secret_as(ctx, token, &name, desired, create, &st).await? {
+    match write_secret(ctx, token, &name, &desired, create, &st).await? {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -373,28 +369,16 @@ enum Written {
     Refused(Action),
 }
 
+/// Creates (`create`) or replaces the Secret; a refusal is written to status `st` (the one
+/// this reconcile prepared).
 async fn write_secret(
     ctx: &Context,
     token: &Arc<CommunicationToken>,
     name: &str,
-    desired: Option<Secret>,
-) -> Result<Written, Error> {
-    let st = token.status.clone().unwrap_or_default();
-    write_secret_as(ctx, token, name, desired, false, &st).await
-}
-
-/// Creates (`create`) or replaces the Secret.
-async fn write_secret_as(
-    ctx: &Context,
-    token: &Arc<CommunicationToken>,
-    name: &str,
-    desired: Option<Secret>,
+    desired: &Secret,
     create: bool,
     st: &CommunicationTokenStatus,
 ) -> Result<Written, Error> {
-    let Some(desired) = desired else {
-        return Err(Error::Unnamed);
-    };
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let pp = PostParams {
@@ -402,9 +386,9 @@ async fn write_secret_as(
         ..PostParams::default()
     };
     let result = if create {
-        api.create(&pp, &desired).await
+        api.create(&pp, desired).await
     } else {
-        api.replace(name, &pp, &desired).await
+        api.replace(name, &pp, desired).await
     };
     match result {
         Ok(_) => Ok(Written::Ok),
@@ -474,16 +458,22 @@ mod tests {
         serde_json::to_value(token().as_ref()).unwrap()
     }
 
+    /// Starts the Secret write (`create` or replace) against the scripted apiserver.
+    fn spawn_write(
+        ctx: &Arc<Context>,
+        create: bool,
+    ) -> tokio::task::JoinHandle<Result<Written, Error>> {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let st = CommunicationTokenStatus::default();
+            write_secret(&ctx, &token(), "web", &secret().unwrap(), create, &st).await
+        })
+    }
+
     #[tokio::test]
     async fn a_secret_created_by_someone_else_meanwhile_is_a_conflict_written_once() {
         let (ctx, mut api) = Context::test();
-        let t = token();
-        let st = CommunicationTokenStatus::default();
-        let act = tokio::spawn({
-            let ctx = ctx.clone();
-            let t = t.clone();
-            async move { write_secret_as(&ctx, &t, "web", secret(), true, &st).await }
-        });
+        let act = spawn_write(&ctx, true);
         api.expect(
             "POST",
             "/api/v1/namespaces/ns/secrets",
@@ -513,13 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_replace_that_lost_its_precondition_fails_without_writing_anything_else() {
         let (ctx, mut api) = Context::test();
-        let t = token();
-        let st = CommunicationTokenStatus::default();
-        let act = tokio::spawn({
-            let ctx = ctx.clone();
-            let t = t.clone();
-            async move { write_secret_as(&ctx, &t, "web", secret(), false, &st).await }
-        });
+        let act = spawn_write(&ctx, false);
         let sent = api
             .expect(
                 "PUT",
@@ -540,13 +524,7 @@ mod tests {
     #[tokio::test]
     async fn a_secret_the_apiserver_rejects_is_reported_and_not_retried_soon() {
         let (ctx, mut api) = Context::test();
-        let t = token();
-        let st = CommunicationTokenStatus::default();
-        let act = tokio::spawn({
-            let ctx = ctx.clone();
-            let t = t.clone();
-            async move { write_secret_as(&ctx, &t, "web", secret(), false, &st).await }
-        });
+        let act = spawn_write(&ctx, false);
         api.expect("PUT", "/secrets/web", 422, failure(422, "Invalid"))
             .await;
         let written = api

@@ -11,7 +11,7 @@ use super::Error;
 use crate::api::condition::types;
 use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
 use crate::controller::{apply_status, Context};
-use crate::secret::{self, RecordedToken};
+use crate::secret::RecordedToken;
 
 pub async fn write(
     ctx: &Context,
@@ -134,9 +134,4 @@ pub fn recorded(status: &CommunicationTokenStatus) -> Option<RecordedToken> {
         revision: status.revision,
     })
     .filter(|r| !r.scopes.is_empty())
-}
-
-/// The fingerprint of a key, as status and the Secret record it.
-pub fn fingerprint(key: &crate::acs::AccessKey) -> String {
-    secret::key_fingerprint(key)
 }

@@ -20,7 +20,7 @@ mod revoke;
 use self::cleanup::cleanup;
 use super::backoff::inputs_hash;
 use super::{apply_status, key_of, Context};
-use crate::acs::{AcsClient, AcsError, ApiMode, CreateIdentity};
+use crate::acs::{AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
 use crate::api::{
     self, set_condition, CommunicationToken, CommunicationUser, CommunicationUserStatus,
@@ -359,10 +359,6 @@ pub fn external_id_for(user: &CommunicationUser) -> Option<String> {
     user.metadata.uid.as_ref().map(|uid| format!("k8s-{uid}"))
 }
 
-async fn client_for(ctx: &Context, creds: &Credentials) -> Result<AcsClient, Error> {
-    ctx.acs.client(&creds.connection).map_err(Error::Client)
-}
-
 async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let mut status = current_status(&ctx, &user);
@@ -424,13 +420,9 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         }
     }
 
-    let acs = client_for(&ctx, &creds).await?;
-    // A user already failing backs off between attempts itself: one request per step.
-    let acs = if ctx.failures.get(&key_of(user.as_ref())) > 0 {
-        acs.without_retries()
-    } else {
-        acs
-    };
+    let acs = ctx
+        .acs_client(&creds.connection, &key_of(user.as_ref()))
+        .map_err(Error::Client)?;
 
     if status.identity_id.is_none() {
         // Part of the first write, so that write is also the last one of a new user.
@@ -483,10 +475,12 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 &creds.connection.endpoint,
                 &crate::secret::key_fingerprint(&creds.connection.access_key),
             ));
-            if let Some(wait) = ctx.failures.hold(&key, inputs, std::time::Instant::now()) {
+            if let Some(wait) = ctx
+                .failures
+                .try_attempt(&key, inputs, std::time::Instant::now())
+            {
                 return Ok(Action::requeue(wait));
             }
-            ctx.failures.attempt(&key, inputs);
             let external_id = match ctx.config.api_mode {
                 ApiMode::Preview => external_id_for(&user),
                 ApiMode::Ga => None,

@@ -75,10 +75,9 @@ pub async fn revoke_if_requested(
         &crate::secret::key_fingerprint(&creds.connection.access_key),
         &annotation,
     ));
-    if let Some(wait) = ctx.failures.hold(&key, inputs, Instant::now()) {
+    if let Some(wait) = ctx.failures.try_attempt(&key, inputs, Instant::now()) {
         return Ok(Outcome::Stop(Action::requeue(wait)));
     }
-    ctx.failures.attempt(&key, inputs);
 
     // Fence: record the revocation as pending, on the resourceVersion this decision was read
     // at. This write also tells the tokens to hold their issuance.
