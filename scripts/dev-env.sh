@@ -3,9 +3,14 @@
 # kube-controller-manager on 127.0.0.1), the ACS emulator and the operator, all as background
 # processes of this machine. Writes target/dev-env/env, a shell file to `source` for kubectl.
 #
-# Usage: scripts/dev-env.sh up [--kubernetes MINOR] [--token-lifetime-seconds N]
+# With --node, the control plane gets a real node (scripts/node.sh: kubelet, kube-scheduler,
+# containerd, runc; needs root) and the operator runs in-cluster from its own image, installed by
+# the chart; the emulator then listens on the node's bridge address so pods reach it too.
+#
+# Usage: scripts/dev-env.sh up [--kubernetes MINOR] [--node] [--token-lifetime-seconds N]
 #                                                             start everything (builds what is missing);
-#                                                             --kubernetes: 1.36 (default) or 1.32
+#                                                             --kubernetes: 1.37 (default) or 1.32
+#                                                             --node: a real node (1.37 only)
 #        scripts/dev-env.sh down                              stop everything it started
 #        scripts/dev-env.sh status                            show what runs
 set -euo pipefail
@@ -49,17 +54,80 @@ stop_pid() {
 down() {
   # Reverse order: the operator first, so it does not log errors about a vanished apiserver.
   stop_pid "$dir/operator.pid"
+  if [ -d "$dir/node" ]; then
+    scripts/node.sh down --dir "$dir/node" >/dev/null 2>&1 || true
+    rm -rf "$dir/node"
+  fi
   stop_pid "$dir/emulator.pid"
   stop_pid "$dir/testenv.pid"
   rm -f "$dir/env"
   say "stopped"
 }
 
+# The emulator, in the background; prints its endpoint. Args: listen address, extra flags.
+start_emulator() {
+  local listen=$1; shift
+  local emu_args=(--listen "$listen" --ca-cert-out "$dir/acs-ca.pem"
+    --connection-string-out "$dir/acs-connection-string" --state-file "$dir/emulator-state.json" "$@")
+  [ -n "$lifetime" ] && emu_args+=(--token-lifetime-seconds "$lifetime")
+  rm -f "$dir/acs-connection-string"
+  "$bin_dir/acs-emulator" "${emu_args[@]}" >"$dir/emulator.log" 2>&1 &
+  echo $! >"$dir/emulator.pid"
+  wait_until "the emulator" 30 grep -q 'acs-emulator listening on' "$dir/emulator.log" || { tail -20 "$dir/emulator.log" >&2; down; exit 1; }
+  sed -n 's/^acs-emulator listening on //p' "$dir/emulator.log" | head -1
+}
+
+# --node: the node (with its own control plane), the emulator on the bridge, the operator from
+# its image through the chart.
+up_node() {
+  say "building the operator, the emulator and the control-plane harness"
+  cargo build --locked --bin acs-identity-operator && cargo build --locked -p acs-emulator --bin acs-emulator \
+    && cargo build --locked -p acs-testenv --bin acs-testenv
+  say "starting the node (control plane, containerd, kube-scheduler, kubelet)"
+  scripts/node.sh up --dir "$dir/node" || { down; exit 1; }
+  # shellcheck disable=SC1091
+  source "$dir/node/env"
+
+  say "starting the ACS emulator on the pod bridge ($ACS_NODE_BRIDGE_IP)"
+  # Pods reach it at the bridge address, and so do host tools: that peer is not loopback.
+  local endpoint; endpoint=$(start_emulator "$ACS_NODE_BRIDGE_IP:0" --admin-allow-remote)
+
+  say "installing the operator with its chart (image $ACS_OPERATOR_IMAGE)"
+  local k=("$KUBECTL" --kubeconfig "$KUBECONFIG")
+  "${k[@]}" create namespace acs-system --dry-run=client -o yaml | "${k[@]}" apply -f - >/dev/null
+  "${k[@]}" -n acs-system create configmap acs-emulator-ca --from-file=ca.crt="$dir/acs-ca.pem" \
+    --dry-run=client -o yaml | "${k[@]}" apply -f - >/dev/null
+  local api_port=${ACS_TESTENV_API_URL##*:}
+  HELM_CACHE_HOME="$dir/helm" HELM_CONFIG_HOME="$dir/helm" HELM_DATA_HOME="$dir/helm" \
+    "$HELM" upgrade --install acs charts/acs-identity-operator --namespace acs-system --kubeconfig "$KUBECONFIG" \
+    --set image.repository="${ACS_OPERATOR_IMAGE%:*}" --set image.tag="${ACS_OPERATOR_IMAGE##*:}" \
+    --set image.pullPolicy=Never --set acs.caBundle.configMap=acs-emulator-ca \
+    --set-json "extraEnv=[{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"$ACS_NODE_BRIDGE_IP\"},{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"$api_port\"}]" \
+    --wait --timeout 180s >/dev/null || { down; exit 1; }
+  local pod_ip
+  pod_ip=$("${k[@]}" -n acs-system get pods -l app.kubernetes.io/instance=acs -o jsonpath='{.items[0].status.podIP}')
+
+  {
+    cat "$dir/node/env"
+    printf "export ACS_CONNECTION_STRING='%s'\n" "$(cat "$dir/acs-connection-string")"
+    printf "export ACS_ENDPOINT='%s'\n" "$endpoint"
+    printf "export ACS_CA_CERT='%s'\n" "$dir/acs-ca.pem"
+    printf "export ACS_EMULATOR_ADMIN_URL='%s'\n" "$endpoint/_emulator"
+    # The operator pod's address on the bridge (it changes if the pod is replaced).
+    printf "export OPERATOR_METRICS_URL='%s'\n" "http://$pod_ip:8080/metrics"
+    printf "export PATH='%s':\"\$PATH\"\n" "$ACS_TESTENV_BIN_DIR"
+  } >"$dir/env"
+  say "ready: source $dir/env   (operator: kubectl -n acs-system logs deploy/acs-acs-identity-operator; stop with scripts/dev-env.sh down)"
+}
+
 up() {
-  local lifetime=""
+  lifetime=""
+  local node=false
   while [ $# -gt 0 ]; do
     case "$1" in
       --token-lifetime-seconds) lifetime=$2; shift 2 ;;
+      # Pinned flag: a real node, and the operator in-cluster from its image.
+      --node) node=true; shift ;;
       # Pinned flag: the Kubernetes release of the control plane (tools/build-bins.sh and
       # acs-testenv read ACS_K8S_VERSION).
       --kubernetes) export ACS_K8S_VERSION=${2:?--kubernetes needs a minor version such as 1.32}; shift 2 ;;
@@ -74,6 +142,10 @@ up() {
   mkdir -p "$dir"
   say "control-plane binaries (first time: built from the Go module proxy, several minutes)"
   tools/build-bins.sh >/dev/null
+  if $node; then
+    up_node
+    return
+  fi
   say "building the operator, the emulator and the control-plane harness"
   cargo build --locked --bin acs-identity-operator && cargo build --locked -p acs-emulator --bin acs-emulator \
     && cargo build --locked -p acs-testenv --bin acs-testenv
@@ -87,14 +159,7 @@ up() {
   source "$dir/testenv.env"
 
   say "starting the ACS emulator"
-  local emu_args=(--listen 127.0.0.1:0 --ca-cert-out "$dir/acs-ca.pem"
-    --connection-string-out "$dir/acs-connection-string" --state-file "$dir/emulator-state.json")
-  [ -n "$lifetime" ] && emu_args+=(--token-lifetime-seconds "$lifetime")
-  rm -f "$dir/acs-connection-string"
-  "$bin_dir/acs-emulator" "${emu_args[@]}" >"$dir/emulator.log" 2>&1 &
-  echo $! >"$dir/emulator.pid"
-  wait_until "the emulator" 30 grep -q 'acs-emulator listening on' "$dir/emulator.log" || { tail -20 "$dir/emulator.log" >&2; down; exit 1; }
-  local endpoint; endpoint=$(sed -n 's/^acs-emulator listening on //p' "$dir/emulator.log" | head -1)
+  local endpoint; endpoint=$(start_emulator 127.0.0.1:0)
 
   say "starting the operator"
   local port; port=$(free_port)
@@ -116,6 +181,7 @@ up() {
 }
 
 status() {
+  [ -d "$dir/node" ] && scripts/node.sh status --dir "$dir/node"
   for p in testenv emulator operator; do
     if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
       echo "$p: running (pid $(cat "$dir/$p.pid"))"
@@ -129,5 +195,5 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up [--kubernetes MINOR] [--token-lifetime-seconds N] | down | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--kubernetes MINOR] [--node] [--token-lifetime-seconds N] | down | status" >&2; exit 2 ;;
 esac

@@ -72,7 +72,7 @@ log "hadolint: no findings"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 render() {
-  "$helm" template acs "$chart" --namespace acs-system --kube-version 1.36.3 "$@"
+  "$helm" template acs "$chart" --namespace acs-system --kube-version 1.37.2 "$@"
 }
 mkdir -p "$work/rendered"
 render > "$work/rendered/default.yaml"

@@ -7,6 +7,10 @@
 # The compatibility tier runs the version-sensitive e2e tests (CRDs Established, every admission
 # case, user and token lifecycle, the chart and its RBAC proof) again on the oldest supported
 # Kubernetes release (1.32), on a control plane built for it (ACS_K8S_VERSION=1.32).
+# The node tier runs the operator's own image, installed by its chart, on a real node (kubelet,
+# kube-scheduler, containerd, runc) of the newest release (1.37), with pods reading its tokens:
+# scripts/node.sh starts the node (installing the Debian packages it needs) and stops it, also on
+# failure or Ctrl-C. It needs root, as CI has; without it the stage fails and says why.
 #
 # Usage: scripts/test.sh            (the README's test command; .ci/run calls it)
 # Env:   ACS_OPERATOR_CACHE         cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
@@ -65,18 +69,34 @@ rust_fmt() { cargo fmt --all -- --check; }
 packaging_lint() { scripts/lint-packaging.sh; }
 rust_clippy() { cargo clippy --workspace --all-targets --locked -- -D warnings; }
 rust_build() { cargo build --workspace --all-targets --locked; }
-rust_tests() { cargo test --workspace --locked --no-fail-fast; }
+# The node tier's tests (node_tier::) need the node: the next stage runs them.
+rust_tests() { cargo test --workspace --locked --no-fail-fast -- --skip node_tier::; }
+node_packages() { tools/node/deps.sh; }
+node_down() { scripts/node.sh down --dir "$root/target/node" >/dev/null 2>&1 || true; }
+node_tier() {
+  trap node_down EXIT
+  trap 'exit 130' INT TERM
+  scripts/node.sh up --dir "$root/target/node" || return 1
+  local rc=0
+  # shellcheck disable=SC1091
+  (source "$root/target/node/env" && cargo test --locked --test node -- --test-threads=1 --nocapture) || rc=$?
+  node_down
+  trap - EXIT INT TERM
+  return "$rc"
+}
 python_tests() { tests/python/run.sh; }
 bench_smoke() { scripts/bench.sh --smoke >/dev/null; }
 
 run_stage "control-plane binaries" control_plane_bins
 run_stage "control-plane binaries (Kubernetes $OLDEST_K8S)" control_plane_bins_oldest
+run_stage "node packages (Debian)" node_packages
 run_stage "python environments" python_envs
 run_stage "cargo fmt --check" rust_fmt
 run_stage "hadolint + checkov" packaging_lint
 run_stage "cargo build" rust_build
 run_stage "cargo clippy -D warnings" rust_clippy
 run_stage "cargo test (unit, e2e, chart, reliability)" rust_tests
+run_stage "node tier on Kubernetes 1.37 (kubelet, Helm)" node_tier
 run_stage "e2e compatibility tier on Kubernetes $OLDEST_K8S" compat_tests
 run_stage "python SDK conformance" python_tests
 run_stage "benchmark smoke run" bench_smoke

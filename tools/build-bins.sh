@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the pinned control-plane binaries (kube-apiserver, kube-controller-manager, kubectl,
-# etcd, helm) from the Go module proxy into the project's versioned cache, skipping any binary
-# that is already there. Release downloads are unreachable here, so modules are the only source.
+# Builds the pinned Kubernetes binaries (kube-apiserver, kube-controller-manager, kubectl, and for
+# the main release the node's kubelet and kube-scheduler; etcd, helm) from the Go module proxy
+# into the project's versioned cache, skipping any binary that is already there. Release
+# downloads are unreachable here, so modules are the only source.
 #
 # Usage: tools/build-bins.sh [--kubernetes MINOR] [--print-dir]
 #   --kubernetes MINOR  which Kubernetes release to build (default: $ACS_K8S_VERSION, else 1.36):
-#                       1.36 (v1.36.3, the main control plane, module dir tools/k8s-bins) or
-#                       1.32 (v1.32.13, the oldest supported release, tools/k8s-bins-1.32).
+#                       1.37 (v1.37.2, the newest supported release: the whole suite, the node,
+#                       the demo; module dir tools/k8s-bins) or 1.32 (v1.32.13, the oldest
+#                       supported release, control plane only, tools/k8s-bins-1.32).
 #                       Each goes into its own versioned cache directory.
 #   --print-dir         only print the cache directory and exit.
 set -euo pipefail
@@ -16,7 +18,7 @@ HELM_VERSION=v3.21.4
 
 log() { printf '[build-bins] %s\n' "$*" >&2; }
 
-minor=${ACS_K8S_VERSION:-1.36}
+minor=${ACS_K8S_VERSION:-1.37}
 print_dir=false
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,9 +31,9 @@ done
 
 # Keep in step with crates/testenv/src/bins.rs (KubernetesVersion).
 case "${minor#v}" in
-  1.36|1.36.3) K8S_VERSION=v1.36.3; K8S_MODULE=k8s-bins ;;
-  1.32|1.32.13) K8S_VERSION=v1.32.13; K8S_MODULE=k8s-bins-1.32 ;;
-  *) log "unsupported Kubernetes version '$minor' (known: 1.36, 1.32)"; exit 2 ;;
+  1.37|1.37.2) K8S_VERSION=v1.37.2; K8S_MODULE=k8s-bins; NODE_BINS=(kubelet kube-scheduler) ;;
+  1.32|1.32.13) K8S_VERSION=v1.32.13; K8S_MODULE=k8s-bins-1.32; NODE_BINS=() ;;
+  *) log "unsupported Kubernetes version '$minor' (known: 1.37, 1.32)"; exit 2 ;;
 esac
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +41,7 @@ cache_root=${ACS_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/acs-identity-op
 dir_of() { echo "$cache_root/k8s-$1-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"; }
 BIN=$(dir_of "$K8S_VERSION")
 # etcd and helm do not depend on the Kubernetes version: another version's copies are reused.
-MAIN_BIN=$(dir_of v1.36.3)
+MAIN_BIN=$(dir_of v1.37.2)
 
 if $print_dir; then
   echo "$BIN"
@@ -80,12 +82,12 @@ build_k8s() {
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldf="$ldf -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first time: ~15-25 min on 2 cores)"
+  local cmds=(kube-apiserver kube-controller-manager kubectl "${NODE_BINS[@]}")
+  log "building ${cmds[*]} $K8S_VERSION (first time: ~10-20 min on 2 cores)"
   local tmp; tmp=$(mktemp -d "$BIN/.build.XXXXXX")
+  # One `go build` for all of them: shared packages compile once.
   (cd "$here/$K8S_MODULE" && go build -trimpath -ldflags "$ldf" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+    "${cmds[@]/#/k8s.io/kubernetes/cmd/}")
   mv "$tmp"/* "$BIN/" && rmdir "$tmp"
 }
 
@@ -111,11 +113,17 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-{ have kube-apiserver "$K8S_VERSION" && have kube-controller-manager "$K8S_VERSION" && have kubectl "$K8S_VERSION"; } || build_k8s
+have_k8s() {
+  local b
+  for b in kube-apiserver kube-controller-manager kubectl "${NODE_BINS[@]}"; do
+    have "$b" "$K8S_VERSION" || return 1
+  done
+}
+have_k8s || build_k8s
 have etcd "$ETCD_VERSION" || reuse etcd "$ETCD_VERSION" || build_etcd
 have helm "$HELM_VERSION" || reuse helm "$HELM_VERSION" || build_helm
 
-for b in kube-apiserver kube-controller-manager kubectl etcd helm; do
+for b in kube-apiserver kube-controller-manager kubectl "${NODE_BINS[@]}" etcd helm; do
   [ -x "$BIN/$b" ] || { log "missing $BIN/$b after build"; exit 1; }
 done
 log "binaries ready in $BIN"

@@ -242,7 +242,7 @@ async fn a_secret_owned_by_a_configmap_is_garbage_collected_after_the_configmap_
     );
 }
 
-/// The release `ACS_K8S_VERSION` selects: v1.36.3 by default, v1.32.13 in the compatibility tier.
+/// The release `ACS_K8S_VERSION` selects: v1.37.2 by default, v1.32.13 in the compatibility tier.
 #[tokio::test]
 async fn the_apiserver_reports_the_selected_kubernetes_release() {
     let env = TestEnv::new("smoke-version").await;

@@ -243,7 +243,7 @@ impl Binaries {
             .unwrap_or_else(|| Path::new("."))
     }
 
-    /// Runs `kube-apiserver --version` and returns its version string (e.g. `v1.36.3`), logging
+    /// Runs `kube-apiserver --version` and returns its version string (e.g. `v1.37.2`), logging
     /// it and warning when the server is older than the Kubernetes version the types target.
     pub fn apiserver_version(&self) -> Result<String, Error> {
         let path = self.path(Binary::KubeApiserver);
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn the_cache_dir_matches_the_build_script_layout() {
-        let suffix = "k8s-v1.36.3-etcd-v3.6.14-helm-v3.21.4/bin";
+        let suffix = "k8s-v1.37.2-etcd-v3.6.14-helm-v3.21.4/bin";
         let env = env_of(&[("HOME", Path::new("/home/u"))]);
         assert_eq!(
             cache_dir(&env, K8S_VERSION).unwrap(),
@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn minor_versions_parse_from_apiserver_versions() {
-        assert_eq!(minor_of("v1.36.3"), Some(36));
+        assert_eq!(minor_of("v1.37.2"), Some(37));
         assert_eq!(minor_of("v0.0.0-master+$Format:%H$"), Some(0));
         assert_eq!(minor_of("unknown"), None);
     }

@@ -2,6 +2,8 @@
 //! apiserver's serving certificate (SANs 127.0.0.1 and localhost, because rustls checks IP SANs
 //! when the URL is an IP) and the admin client certificate (CN=admin, O=system:masters), plus the
 //! ServiceAccount token signing key pair. One CA for serving and clients keeps it simple.
+//! A control plane with a node also gets the kubelet's client and serving certificates and the
+//! apiserver's client certificate for the kubelet (logs, exec), signed by the same CA.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,6 +34,58 @@ pub struct Pki {
     pub sa_key: PathBuf,
     /// The ServiceAccount token verification key (public).
     pub sa_pub: PathBuf,
+    /// The node's certificates, when the control plane serves a node.
+    pub node: Option<NodePki>,
+}
+
+/// Certificates of a node: the kubelet's client certificate (`system:node:<name>` in
+/// `system:nodes`, which the Node authorizer and NodeRestriction recognise), its serving
+/// certificate (IP SANs of the node's addresses), and the apiserver's client certificate for
+/// calling the kubelet.
+#[derive(Clone, Debug)]
+pub struct NodePki {
+    /// The kubelet's client certificate.
+    pub kubelet_client_cert: PathBuf,
+    /// The kubelet's client key.
+    pub kubelet_client_key: PathBuf,
+    /// The kubelet's serving certificate.
+    pub kubelet_serving_cert: PathBuf,
+    /// The kubelet's serving key.
+    pub kubelet_serving_key: PathBuf,
+    /// The apiserver's client certificate towards the kubelet (`system:masters`).
+    pub apiserver_kubelet_client_cert: PathBuf,
+    /// The apiserver's client key towards the kubelet.
+    pub apiserver_kubelet_client_key: PathBuf,
+}
+
+/// What the PKI is generated for.
+#[derive(Clone, Debug, Default)]
+pub struct PkiSpec<'a> {
+    /// IP addresses the apiserver serves on besides 127.0.0.1.
+    pub extra_ips: &'a [IpAddr],
+    /// The node's name and the addresses its kubelet serves on, when there is a node.
+    pub node: Option<(&'a str, &'a [IpAddr])>,
+}
+
+fn sign(
+    what: &'static str,
+    params: CertificateParams,
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<(rcgen::Certificate, KeyPair), Error> {
+    let key = key_pair(what)?;
+    let cert = params
+        .signed_by(&key, ca, ca_key)
+        .map_err(|source| Error::Certificate { what, source })?;
+    Ok((cert, key))
+}
+
+fn client_params(common_name: &str, organization: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(common_name, Some(organization));
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p
 }
 
 fn key_pair(what: &'static str) -> Result<KeyPair, Error> {
@@ -65,8 +119,14 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
 }
 
 impl Pki {
-    /// Generates every certificate and key into `dir` (which must exist).
+    /// Generates every certificate and key into `dir` (which must exist), for a control plane
+    /// on 127.0.0.1 without a node.
     pub fn generate(dir: &Path) -> Result<Pki, Error> {
+        Self::generate_for(dir, &PkiSpec::default())
+    }
+
+    /// Generates every certificate and key into `dir` (which must exist).
+    pub fn generate_for(dir: &Path, spec: &PkiSpec<'_>) -> Result<Pki, Error> {
         let ca_key = key_pair("the CA key")?;
         let mut ca_params = CertificateParams::default();
         ca_params.distinguished_name = name("acs-testenv-ca", None);
@@ -86,17 +146,30 @@ impl Pki {
         let serving_key = key_pair("the serving key")?;
         let mut serving = CertificateParams::default();
         serving.distinguished_name = name("localhost", None);
+        let dns = |n: &str| {
+            n.to_string()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|source| Error::Certificate {
+                    what: "the serving certificate",
+                    source,
+                })
+        };
         serving.subject_alt_names = vec![
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::DnsName(
-                "localhost"
-                    .try_into()
-                    .map_err(|source| Error::Certificate {
-                        what: "the serving certificate",
-                        source,
-                    })?,
-            ),
+            dns("localhost")?,
         ];
+        serving
+            .subject_alt_names
+            .extend(spec.extra_ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        if spec.node.is_some() {
+            // What pods use for the API: the `kubernetes` Service's name and ClusterIP (the first
+            // address of --service-cluster-ip-range).
+            serving.subject_alt_names.extend([
+                SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+                dns("kubernetes.default.svc")?,
+            ]);
+        }
         serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving
@@ -121,6 +194,11 @@ impl Pki {
 
         let sa = key_pair("the ServiceAccount signing key")?;
 
+        let node = match spec.node {
+            None => None,
+            Some((node_name, ips)) => Some(node_certs(dir, node_name, ips, &ca, &ca_key)?),
+        };
+
         let pki = Pki {
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
@@ -129,6 +207,7 @@ impl Pki {
             admin_key: dir.join("admin.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
+            node,
         };
         write(&pki.ca_cert, &ca.pem(), false)?;
         write(&pki.serving_cert, &serving_cert.pem(), false)?;
@@ -139,6 +218,54 @@ impl Pki {
         write(&pki.sa_pub, &sa.public_key_pem(), false)?;
         Ok(pki)
     }
+}
+
+fn node_certs(
+    dir: &Path,
+    node_name: &str,
+    ips: &[IpAddr],
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<NodePki, Error> {
+    let node = NodePki {
+        kubelet_client_cert: dir.join("kubelet-client.crt"),
+        kubelet_client_key: dir.join("kubelet-client.key"),
+        kubelet_serving_cert: dir.join("kubelet-serving.crt"),
+        kubelet_serving_key: dir.join("kubelet-serving.key"),
+        apiserver_kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        apiserver_kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
+    };
+    let (cert, key) = sign(
+        "the kubelet client certificate",
+        client_params(&format!("system:node:{node_name}"), "system:nodes"),
+        ca,
+        ca_key,
+    )?;
+    write(&node.kubelet_client_cert, &cert.pem(), false)?;
+    write(&node.kubelet_client_key, &key.serialize_pem(), true)?;
+
+    let mut serving = CertificateParams::default();
+    serving.distinguished_name = name(node_name, None);
+    serving.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+    serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let (cert, key) = sign("the kubelet serving certificate", serving, ca, ca_key)?;
+    write(&node.kubelet_serving_cert, &cert.pem(), false)?;
+    write(&node.kubelet_serving_key, &key.serialize_pem(), true)?;
+
+    let (cert, key) = sign(
+        "the apiserver's kubelet client certificate",
+        client_params("kube-apiserver-kubelet-client", "system:masters"),
+        ca,
+        ca_key,
+    )?;
+    write(&node.apiserver_kubelet_client_cert, &cert.pem(), false)?;
+    write(
+        &node.apiserver_kubelet_client_key,
+        &key.serialize_pem(),
+        true,
+    )?;
+    Ok(node)
 }
 
 #[cfg(test)]
@@ -162,5 +289,27 @@ mod tests {
         }
         let public = std::fs::read_to_string(&pki.sa_pub).unwrap();
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(pki.node.is_none());
+    }
+
+    #[test]
+    fn a_node_pki_adds_the_kubelet_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let bridge = [IpAddr::V4(Ipv4Addr::new(10, 244, 77, 1))];
+        let spec = PkiSpec {
+            extra_ips: &bridge,
+            node: Some(("127.0.0.1", &ips)),
+        };
+        let pki = Pki::generate_for(tmp.path(), &spec).unwrap();
+        let node = pki.node.expect("node certificates");
+        for cert in [
+            &node.kubelet_client_cert,
+            &node.kubelet_serving_cert,
+            &node.apiserver_kubelet_client_cert,
+        ] {
+            let text = std::fs::read_to_string(cert).unwrap();
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{cert:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! kube-apiserver and kube-controller-manager built from it. Pure, so the flags are unit-tested;
 //! restarts rebuild the same command lines, keeping ports, certificates and data.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use crate::certs::Pki;
@@ -27,6 +28,11 @@ pub const EXTRA_ADMISSION_PLUGINS: &str = "NodeRestriction,OwnerReferencesPermis
 /// deletion, default ServiceAccounts and their token Secrets. Pods never run (no kubelet), so
 /// workload controllers would only add noise.
 pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
+
+/// The controllers added when a node runs pods: the `kube-root-ca.crt` ConfigMap every projected
+/// ServiceAccount token volume needs, the workload controllers (Deployments, StatefulSets,
+/// DaemonSets), and node lifecycle, which lifts the not-ready taint the kubelet registers with.
+pub const NODE_CONTROLLERS: &str = "root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,node-lifecycle-controller";
 
 /// Component names, used for log files and messages.
 pub const ETCD: &str = "etcd";
@@ -56,6 +62,19 @@ pub struct Layout {
     pub audit_policy: PathBuf,
     /// The audit log (JSON lines).
     pub audit_log: PathBuf,
+    /// The address kube-apiserver binds to and advertises.
+    pub bind_address: IpAddr,
+    /// The node's name and kubelet kubeconfig, when a node is served.
+    pub node: Option<NodeLayout>,
+}
+
+/// What a node's kubelet needs from the control plane.
+#[derive(Clone, Debug)]
+pub struct NodeLayout {
+    /// The node's name (its kubelet's `--hostname-override`).
+    pub name: String,
+    /// The kubelet's kubeconfig (its client certificate).
+    pub kubelet_kubeconfig: PathBuf,
 }
 
 impl Layout {
@@ -77,12 +96,17 @@ impl Layout {
             kubeconfig: work_dir.join("admin.kubeconfig"),
             audit_policy: work_dir.join("audit-policy.yaml"),
             audit_log: work_dir.join("audit.log"),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            node: None,
         }
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<bind address>:<port>`.
     pub fn api_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        match self.bind_address {
+            IpAddr::V6(ip) => format!("https://[{ip}]:{}", self.apiserver_port),
+            IpAddr::V4(ip) => format!("https://{ip}:{}", self.apiserver_port),
+        }
     }
 
     /// `http://127.0.0.1:<port>` of etcd's client endpoint.
@@ -129,14 +153,22 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
     let pki = &l.pki;
     let mut args = vec![
         flag("etcd-servers", l.etcd_url()),
-        flag("bind-address", "127.0.0.1"),
+        flag("bind-address", l.bind_address),
+        flag("advertise-address", l.bind_address),
         flag("secure-port", l.apiserver_port),
         // Without an explicit cert dir kube-apiserver would write into /var/run/kubernetes.
         flag("cert-dir", l.work_dir.join("pki").display()),
         flag("tls-cert-file", pki.serving_cert.display()),
         flag("tls-private-key-file", pki.serving_key.display()),
         flag("client-ca-file", pki.ca_cert.display()),
-        flag("authorization-mode", "RBAC"),
+        flag(
+            "authorization-mode",
+            if l.node.is_some() {
+                "Node,RBAC"
+            } else {
+                "RBAC"
+            },
+        ),
         flag("enable-admission-plugins", EXTRA_ADMISSION_PLUGINS),
         flag("service-account-issuer", format!("{}/", l.api_url())),
         flag("service-account-key-file", pki.sa_pub.display()),
@@ -153,6 +185,21 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
         // operator under test), which made each stop or restart take a minute (measured).
         flag("shutdown-watch-termination-grace-period", "2s"),
     ];
+    if let Some(node) = &pki.node {
+        // logs and exec go to the kubelet by its InternalIP, with a certificate it trusts.
+        args.extend([
+            flag(
+                "kubelet-client-certificate",
+                node.apiserver_kubelet_client_cert.display(),
+            ),
+            flag(
+                "kubelet-client-key",
+                node.apiserver_kubelet_client_key.display(),
+            ),
+            flag("kubelet-certificate-authority", pki.ca_cert.display()),
+            flag("kubelet-preferred-address-types", "InternalIP"),
+        ]);
+    }
     args.extend(extra.iter().cloned());
     args
 }
@@ -160,9 +207,13 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
 /// kube-controller-manager's flags: only the controllers in [`CONTROLLERS`], no serving port
 /// (avoids clashes on 10257 between parallel runs), no leader election, admin credentials.
 pub fn controller_manager_args(l: &Layout) -> Vec<String> {
+    let controllers = match l.node {
+        Some(_) => format!("{CONTROLLERS},{NODE_CONTROLLERS}"),
+        None => CONTROLLERS.to_string(),
+    };
     vec![
         flag("kubeconfig", l.kubeconfig.display()),
-        flag("controllers", CONTROLLERS),
+        flag("controllers", controllers),
         flag("secure-port", 0),
         flag("leader-elect", false),
         flag("use-service-account-credentials", false),
@@ -188,6 +239,7 @@ mod tests {
             admin_key: p("admin.key"),
             sa_key: p("sa.key"),
             sa_pub: p("sa.pub"),
+            node: None,
         };
         Layout::new(dir, pki, 2379, 2380, 6443)
     }
@@ -226,6 +278,40 @@ mod tests {
         assert!(args.contains(&"--listen-peer-urls=http://127.0.0.1:2380".to_string()));
         assert!(args.contains(&"--unsafe-no-fsync=true".to_string()));
         assert!(args.contains(&"--data-dir=/w/etcd".to_string()));
+    }
+
+    #[test]
+    fn a_control_plane_with_a_node_authorizes_nodes_calls_its_kubelet_and_runs_workloads() {
+        let mut l = layout();
+        assert!(!controller_manager_args(&l)
+            .iter()
+            .any(|a| a.contains("deployment-controller")));
+        l.bind_address = IpAddr::V4(Ipv4Addr::new(10, 244, 77, 1));
+        l.pki.node = Some(crate::certs::NodePki {
+            kubelet_client_cert: "/w/pki/kc.crt".into(),
+            kubelet_client_key: "/w/pki/kc.key".into(),
+            kubelet_serving_cert: "/w/pki/ks.crt".into(),
+            kubelet_serving_key: "/w/pki/ks.key".into(),
+            apiserver_kubelet_client_cert: "/w/pki/akc.crt".into(),
+            apiserver_kubelet_client_key: "/w/pki/akc.key".into(),
+        });
+        l.node = Some(NodeLayout {
+            name: "127.0.0.1".into(),
+            kubelet_kubeconfig: "/w/kubelet.kubeconfig".into(),
+        });
+        let args = apiserver_args(&l, &[]);
+        for want in [
+            "--authorization-mode=Node,RBAC",
+            "--bind-address=10.244.77.1",
+            "--advertise-address=10.244.77.1",
+            "--service-account-issuer=https://10.244.77.1:6443/",
+            "--kubelet-client-certificate=/w/pki/akc.crt",
+            "--kubelet-preferred-address-types=InternalIP",
+        ] {
+            assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
+        }
+        let kcm = controller_manager_args(&l);
+        assert!(kcm.contains(&format!("--controllers={CONTROLLERS},{NODE_CONTROLLERS}")));
     }
 
     #[test]

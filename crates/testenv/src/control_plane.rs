@@ -3,6 +3,7 @@
 //! (with readiness under one deadline, retried on a port clash), accessors, client construction,
 //! CRD installation, restarts that keep ports, certificates and data, and an ordered stop.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -13,8 +14,8 @@ use kube::Client;
 use tokio::time::Instant;
 
 use crate::bins::{Binaries, Binary};
-use crate::certs::Pki;
-use crate::components::{self, Layout, APISERVER, CONTROLLER_MANAGER, ETCD};
+use crate::certs::{Pki, PkiSpec};
+use crate::components::{self, Layout, NodeLayout, APISERVER, CONTROLLER_MANAGER, ETCD};
 use crate::error::Error;
 use crate::kubeconfig::{self, Identity};
 use crate::options::Options;
@@ -210,7 +211,7 @@ impl ControlPlane {
         )
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<bind address>:<port>`.
     pub fn api_url(&self) -> String {
         self.layout.api_url()
     }
@@ -223,6 +224,11 @@ impl ControlPlane {
     /// The apiserver's audit log (JSON lines, level Metadata).
     pub fn audit_log_path(&self) -> &Path {
         &self.layout.audit_log
+    }
+
+    /// The node this control plane serves (its name and the kubelet's kubeconfig), if any.
+    pub fn node(&self) -> Option<&NodeLayout> {
+        self.layout.node.as_ref()
     }
 
     /// The work directory (logs, certificates, etcd data, kubeconfig, audit log).
@@ -260,7 +266,7 @@ impl ControlPlane {
         self.bins.dir()
     }
 
-    /// What `kube-apiserver --version` printed, e.g. `v1.36.3`.
+    /// What `kube-apiserver --version` printed, e.g. `v1.37.2`.
     pub fn apiserver_version(&self) -> &str {
         &self.version
     }
@@ -447,9 +453,33 @@ async fn boot(
         path: pki_dir.clone(),
         source,
     })?;
-    let pki = Pki::generate(&pki_dir)?;
+    let loopback = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let extra_ips: Vec<IpAddr> = Some(options.bind_address)
+        .filter(|ip| !ip.is_loopback())
+        .into_iter()
+        .collect();
+    let spec = PkiSpec {
+        extra_ips: &extra_ips,
+        // The kubelet serves on loopback: apiserver -> kubelet (logs, exec) stays on this machine.
+        node: options.node_name.as_deref().map(|n| (n, &loopback[..])),
+    };
+    let pki = Pki::generate_for(&pki_dir, &spec)?;
     let [etcd_port, etcd_peer_port, apiserver_port] = free_ports()?;
-    let layout = Layout::new(work_dir, pki, etcd_port, etcd_peer_port, apiserver_port);
+    let mut layout = Layout::new(work_dir, pki, etcd_port, etcd_peer_port, apiserver_port);
+    layout.bind_address = options.bind_address;
+    if let Some(name) = &options.node_name {
+        let node = NodeLayout {
+            name: name.clone(),
+            kubelet_kubeconfig: work_dir.join("kubelet.kubeconfig"),
+        };
+        kubeconfig::write(
+            &node.kubelet_kubeconfig,
+            &layout.api_url(),
+            &layout.pki,
+            &Identity::Kubelet,
+        )?;
+        layout.node = Some(node);
+    }
     std::fs::write(&layout.audit_policy, components::AUDIT_POLICY).map_err(|source| {
         Error::Write {
             path: layout.audit_policy.clone(),

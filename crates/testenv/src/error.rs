@@ -53,6 +53,10 @@ pub enum Error {
     #[error("{var}={value:?} is not a duration like \"90s\" or \"1m30s\"")]
     BadDuration { var: &'static str, value: String },
 
+    /// `ACS_TESTENV_BIND_ADDRESS` does not hold an IP address.
+    #[error("ACS_TESTENV_BIND_ADDRESS={value:?} is not an IP address")]
+    BadBindAddress { value: String },
+
     /// Creating or cleaning a directory failed.
     #[error("failed to prepare directory {path}")]
     Dir {

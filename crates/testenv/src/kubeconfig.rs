@@ -21,6 +21,8 @@ pub enum Identity<'a> {
         user: &'a str,
         groups: &'a [&'a str],
     },
+    /// The node's kubelet client certificate (a control plane with a node only).
+    Kubelet,
 }
 
 /// The namespace a ServiceAccount user name (`system:serviceaccount:<ns>:<name>`) lives in.
@@ -44,6 +46,16 @@ pub fn render(
     let mut context = json!({ "cluster": "local", "user": "user" });
     let context_name = match identity {
         Identity::Admin => "admin",
+        Identity::Kubelet => {
+            let node = pki.node.as_ref().ok_or_else(|| {
+                <serde_yaml::Error as serde::de::Error>::custom("no node certificates")
+            })?;
+            user = json!({
+                "client-certificate": node.kubelet_client_cert,
+                "client-key": node.kubelet_client_key,
+            });
+            "kubelet"
+        }
         Identity::Impersonating { user: who, groups } => {
             user["as"] = json!(who);
             if !groups.is_empty() {
@@ -117,7 +129,26 @@ mod tests {
             admin_key: p("admin.key"),
             sa_key: p("sa.key"),
             sa_pub: p("sa.pub"),
+            node: None,
         }
+    }
+
+    #[test]
+    fn the_kubelet_kubeconfig_uses_the_node_certificate() {
+        let mut pki = pki();
+        assert!(render("https://10.244.77.1:6443", &pki, &Identity::Kubelet).is_err());
+        pki.node = Some(crate::certs::NodePki {
+            kubelet_client_cert: PathBuf::from("/pki/kubelet-client.crt"),
+            kubelet_client_key: PathBuf::from("/pki/kubelet-client.key"),
+            kubelet_serving_cert: PathBuf::from("/pki/kubelet-serving.crt"),
+            kubelet_serving_key: PathBuf::from("/pki/kubelet-serving.key"),
+            apiserver_kubelet_client_cert: PathBuf::from("/pki/a.crt"),
+            apiserver_kubelet_client_key: PathBuf::from("/pki/a.key"),
+        });
+        let text = render("https://10.244.77.1:6443", &pki, &Identity::Kubelet).unwrap();
+        assert!(text.contains("/pki/kubelet-client.crt"), "{text}");
+        assert!(!text.contains("admin"), "{text}");
+        assert!(text.contains("https://10.244.77.1:6443"), "{text}");
     }
 
     #[test]

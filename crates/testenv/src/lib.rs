@@ -10,12 +10,14 @@
 //! |---|---|
 //! | `TEST_ASSET_KUBE_APISERVER`, `TEST_ASSET_ETCD`, … | use this file for one binary (envtest naming) |
 //! | `KUBEBUILDER_ASSETS` | directory searched before the project cache |
-//! | `ACS_K8S_VERSION` | Kubernetes release: `1.36` (default, `v1.36.3`) or `1.32` (`v1.32.13`, the oldest supported); selects the cache dir and what is built |
+//! | `ACS_K8S_VERSION` | Kubernetes release: `1.37` (default, `v1.37.2`) or `1.32` (`v1.32.13`, the oldest supported); selects the cache dir and what is built |
 //! | `ACS_OPERATOR_CACHE` | cache root (default `${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator`) |
 //! | `ACS_TESTENV_BUILD_SCRIPT` | build script to run when binaries are missing (default `tools/build-bins.sh`) |
 //! | `KUBEBUILDER_CONTROLPLANE_START_TIMEOUT` / `..._STOP_TIMEOUT` | Go durations; defaults 60s / 20s |
 //! | `ACS_TESTENV_KEEP_WORK_DIR=1` | keep logs, audit log and certificates after stopping |
 //! | `ACS_TESTENV_APISERVER_ARGS` | extra kube-apiserver flags, whitespace-separated |
+//! | `ACS_TESTENV_BIND_ADDRESS` | address kube-apiserver binds to and advertises (default 127.0.0.1) |
+//! | `ACS_TESTENV_NODE_NAME` | serve a node of this name: Node authorization, kubelet certificates and kubeconfig, workload controllers (`scripts/node.sh` starts the kubelet) |
 //! | `ACS_TESTENV_CRDS_DIR` | CRDs installed into the shared control plane (default the workspace's `crds/`) |
 //!
 //! ```no_run

@@ -147,7 +147,17 @@ fn env_text(cp: &ControlPlane) -> String {
         ("KUBECTL", path(cp.binary(Binary::Kubectl))),
         ("HELM", path(cp.binary(Binary::Helm))),
     ];
+    let node = cp.node().map(|n| {
+        [
+            ("ACS_TESTENV_NODE_NAME", n.name.clone()),
+            (
+                "ACS_TESTENV_KUBELET_KUBECONFIG",
+                path(&n.kubelet_kubeconfig),
+            ),
+        ]
+    });
     vars.iter()
+        .chain(node.iter().flatten())
         .map(|(k, v)| format!("export {k}={}\n", quote(v)))
         .collect()
 }

@@ -1,6 +1,7 @@
 //! How a control plane is started: work directory, deadlines, CRDs to install first, and the
 //! environment variables (envtest's where they exist) that override the defaults.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,12 @@ pub const STOP_TIMEOUT_ENV: &str = "KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT";
 pub const KEEP_WORK_DIR_ENV: &str = "ACS_TESTENV_KEEP_WORK_DIR";
 /// Extra kube-apiserver flags, separated by whitespace (e.g. `--v=4` while debugging).
 pub const APISERVER_ARGS_ENV: &str = "ACS_TESTENV_APISERVER_ARGS";
+/// The address kube-apiserver binds to (default 127.0.0.1), e.g. the node's bridge address so
+/// pods reach it.
+pub const BIND_ADDRESS_ENV: &str = "ACS_TESTENV_BIND_ADDRESS";
+/// The name of the node the control plane serves (a kubelet started by `scripts/node.sh`); unset:
+/// no node.
+pub const NODE_NAME_ENV: &str = "ACS_TESTENV_NODE_NAME";
 
 /// Start options. `Options::from_env()` is what tests and the `acs-testenv` binary use.
 #[derive(Clone, Debug)]
@@ -35,6 +42,12 @@ pub struct Options {
     pub controller_manager: bool,
     /// Extra kube-apiserver flags, appended after the harness's own.
     pub extra_apiserver_args: Vec<String>,
+    /// The address kube-apiserver binds to and advertises (etcd stays on 127.0.0.1).
+    pub bind_address: IpAddr,
+    /// Serve a node of this name (its kubelet reaching the apiserver on `bind_address`): Node
+    /// authorization, the kubelet's certificates and kubeconfig, and the controllers that pods
+    /// and workloads need.
+    pub node_name: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +60,8 @@ impl Default for Options {
             crd_dirs: Vec::new(),
             controller_manager: true,
             extra_apiserver_args: Vec::new(),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            node_name: None,
         }
     }
 }
@@ -54,7 +69,7 @@ impl Default for Options {
 impl Options {
     /// Defaults overridden by `KUBEBUILDER_CONTROLPLANE_START_TIMEOUT`,
     /// `KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT`, `ACS_TESTENV_KEEP_WORK_DIR` and
-    /// `ACS_TESTENV_APISERVER_ARGS`.
+    /// `ACS_TESTENV_APISERVER_ARGS`, `ACS_TESTENV_BIND_ADDRESS` and `ACS_TESTENV_NODE_NAME`.
     pub fn from_env() -> Result<Options, Error> {
         let mut options = Options::default();
         if let Some(d) = duration_env(START_TIMEOUT_ENV)? {
@@ -69,6 +84,16 @@ impl Options {
         if let Ok(args) = std::env::var(APISERVER_ARGS_ENV) {
             options.extra_apiserver_args = args.split_whitespace().map(str::to_string).collect();
         }
+        if let Ok(value) = std::env::var(BIND_ADDRESS_ENV) {
+            if !value.trim().is_empty() {
+                options.bind_address = value.trim().parse().map_err(|_| Error::BadBindAddress {
+                    value: value.clone(),
+                })?;
+            }
+        }
+        options.node_name = std::env::var(NODE_NAME_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty());
         Ok(options)
     }
 

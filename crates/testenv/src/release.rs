@@ -7,12 +7,12 @@ use std::ffi::OsString;
 
 use crate::error::Error;
 
-/// Selects the Kubernetes release (`1.36`, `1.32`, or the full `v1.32.13`); unset means the
+/// Selects the Kubernetes release (`1.37`, `1.32`, or the full `v1.32.13`); unset means the
 /// main release.
 pub const VERSION_ENV: &str = "ACS_K8S_VERSION";
 
 /// The release the whole suite, the demo and the benchmark run on.
-pub const MAIN: &str = "v1.36.3";
+pub const MAIN: &str = "v1.37.2";
 /// The oldest supported release: the compatibility tier runs on it.
 pub const OLDEST: &str = "v1.32.13";
 /// Every release the harness can build and run.
@@ -71,20 +71,20 @@ mod tests {
         for v in ["1.32", "v1.32", "1.32.13", "v1.32.13", " 1.32 "] {
             assert_eq!(selected(&env(Some(v))).unwrap(), OLDEST, "{v}");
         }
-        assert_eq!(selected(&env(Some("1.36"))).unwrap(), MAIN);
+        assert_eq!(selected(&env(Some("1.37"))).unwrap(), MAIN);
     }
 
     #[test]
     fn an_unknown_or_partial_version_is_an_error_naming_the_known_ones() {
         for v in ["1.31", "1.3", "1", "1.32.12", "latest"] {
             let err = selected(&env(Some(v))).unwrap_err();
-            assert!(err.to_string().contains("v1.36.3, v1.32.13"), "{v}: {err}");
+            assert!(err.to_string().contains("v1.37.2, v1.32.13"), "{v}: {err}");
         }
     }
 
     #[test]
     fn minors_are_what_version_reports() {
-        assert_eq!(minor(MAIN), "36");
+        assert_eq!(minor(MAIN), "37");
         assert_eq!(minor(OLDEST), "32");
     }
 }
