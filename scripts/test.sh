@@ -59,8 +59,11 @@ control_plane_bins() {
 # The oldest supported Kubernetes release; see README "Supported Kubernetes versions".
 OLDEST_K8S=1.32
 control_plane_bins_oldest() { tools/build-bins.sh --kubernetes "$OLDEST_K8S" >/dev/null; }
+# Each test tier has a time budget (GNU timeout), so a hang fails its stage instead of CI's
+# whole 90 minutes; the budgets are about three times the measured durations. --foreground keeps
+# Ctrl-C reaching the tests from a terminal.
 compat_tests() {
-  ACS_K8S_VERSION=$OLDEST_K8S cargo test --locked --test e2e -- \
+  ACS_K8S_VERSION=$OLDEST_K8S timeout --foreground 10m cargo test --locked --test e2e -- \
     smoke:: admission:: user_lifecycle:: token_lifecycle:: chart::
 }
 
@@ -70,7 +73,7 @@ packaging_lint() { scripts/lint-packaging.sh; }
 rust_clippy() { cargo clippy --workspace --all-targets --locked -- -D warnings; }
 rust_build() { cargo build --workspace --all-targets --locked; }
 # The node tier's tests (node_tier::) need the node: the next stage runs them.
-rust_tests() { cargo test --workspace --locked --no-fail-fast -- --skip node_tier::; }
+rust_tests() { timeout --foreground 30m cargo test --workspace --locked --no-fail-fast -- --skip node_tier::; }
 node_packages() { tools/node/deps.sh; }
 node_down() { scripts/node.sh down --dir "$root/target/node" >/dev/null 2>&1 || true; }
 node_tier() {
@@ -79,12 +82,12 @@ node_tier() {
   scripts/node.sh up --dir "$root/target/node" || return 1
   local rc=0
   # shellcheck disable=SC1091
-  (source "$root/target/node/env" && cargo test --locked --test node -- --test-threads=1 --nocapture) || rc=$?
+  (source "$root/target/node/env" && timeout --foreground 10m cargo test --locked --test node -- --test-threads=1 --nocapture) || rc=$?
   node_down
   trap - EXIT INT TERM
   return "$rc"
 }
-python_tests() { tests/python/run.sh; }
+python_tests() { timeout --foreground 5m tests/python/run.sh; }
 bench_smoke() { scripts/bench.sh --smoke >/dev/null; }
 
 run_stage "control-plane binaries" control_plane_bins

@@ -154,7 +154,6 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
     let mut args = vec![
         flag("etcd-servers", l.etcd_url()),
         flag("bind-address", l.bind_address),
-        flag("advertise-address", l.bind_address),
         flag("secure-port", l.apiserver_port),
         // Without an explicit cert dir kube-apiserver would write into /var/run/kubernetes.
         flag("cert-dir", l.work_dir.join("pki").display()),
@@ -185,6 +184,11 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
         // operator under test), which made each stop or restart take a minute (measured).
         flag("shutdown-watch-termination-grace-period", "2s"),
     ];
+    // The address the `kubernetes` Service's endpoints name, for pods. kube-apiserver refuses a
+    // loopback one, and picks the host's own address when the flag is absent.
+    if !l.bind_address.is_loopback() {
+        args.push(flag("advertise-address", l.bind_address));
+    }
     if let Some(node) = &pki.node {
         // logs and exec go to the kubelet by its InternalIP, with a certificate it trusts.
         args.extend([
@@ -268,6 +272,8 @@ mod tests {
                 .any(|a| a.starts_with("--disable-admission-plugins")),
             "no default admission plugin may be disabled"
         );
+        // kube-apiserver exits at start-up on a loopback advertise address.
+        assert!(!args.iter().any(|a| a.starts_with("--advertise-address")));
         assert_eq!(args.last().map(String::as_str), Some("--v=2"));
     }
 
