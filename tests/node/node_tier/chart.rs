@@ -67,7 +67,13 @@ fn operator_writes() -> Vec<(String, String, String, String)> {
 async fn the_chart_runs_the_operator_as_a_pod_that_reconciles_with_its_own_service_account() {
     let _node = exclusive().await;
     let acs = Acs::start().await;
+    uninstall();
+    let started = std::time::Instant::now();
     install(acs, default_tag(), &["--set", "replicas=1"]);
+    println!(
+        "helm install --wait: the operator pod Ready {:.1} s after the install started",
+        started.elapsed().as_secs_f64()
+    );
 
     let pods = operator_pods().await;
     assert_eq!(pods.len(), 1, "{}", describe_pods());
