@@ -325,14 +325,15 @@ fn get(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     Ok(response::json(StatusCode::OK, &identity))
 }
 
-/// The emulator cannot check Entra tokens, so after the body checks every exchange is the
-/// service's answer to an invalid token.
+/// The emulator cannot check Teams users' Entra tokens, so after the body checks every exchange
+/// is the service's answer to an invalid token. An empty `token` is such a token, not a missing
+/// one: the service answers it 401 too.
 fn exchange(body: &[u8]) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
     for (name, target) in [("token", "Token"), ("appId", "AppId"), ("userId", "UserId")] {
         let present = field(map.as_ref(), name)
             .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty());
+            .is_some_and(|s| name == "token" || !s.is_empty());
         if !present {
             return Err(ApiError::validation(
                 target,
