@@ -169,12 +169,24 @@ impl OidcFetcher {
             .content_length()
             .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
         {
+            tracing::debug!(%url, "oidc document too large");
             return None;
         }
-        let bytes = resp.bytes().await.ok()?;
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return None;
+        let bytes = match resp.bytes().await {
+            Ok(b) if b.len() <= MAX_DOCUMENT_BYTES => b,
+            Ok(_) => {
+                tracing::debug!(%url, "oidc document too large");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "oidc document unreadable");
+                return None;
+            }
+        };
+        let parsed = serde_json::from_slice(&bytes);
+        if let Err(e) = &parsed {
+            tracing::debug!(%url, error = %e, "oidc document is not the expected JSON");
         }
-        serde_json::from_slice(&bytes).ok()
+        parsed.ok()
     }
 }
