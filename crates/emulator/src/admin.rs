@@ -1,6 +1,7 @@
 //! The admin API under `/_emulator/` (no HMAC; loopback peers only unless allowed): identity
 //! listing, token validation as a downstream service judges it, stats, fault injection, key
-//! regeneration, runtime configuration and health. Documented in `docs/emulator.md`.
+//! regeneration, runtime configuration and health; `/_emulator/entra/...` goes to the Entra
+//! stand-in's admin routes (`entra::admin`). Documented in `docs/emulator.md`.
 
 use std::net::SocketAddr;
 
@@ -58,6 +59,9 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -
         Ok(c) => c.to_bytes(),
         Err(_) => return bad_request("The request body could not be read or is too large."),
     };
+    if let Some(rest) = path.strip_prefix("/entra/") {
+        return super::entra::admin::handle(shared, &method, rest, &body);
+    }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return response::error(
             StatusCode::NOT_FOUND,
@@ -117,6 +121,9 @@ fn health(shared: &Shared) -> Resp {
             "resourceId": shared.resource_id,
             "tokenKeyId": shared.signing_key.kid(),
             "identities": count,
+            "entraTenantId": shared.entra.tenant_id,
+            "entraAuthority": shared.entra.authority,
+            "entraKeyId": shared.entra.existing_key().map(|k| k.kid()),
         }),
     )
 }
@@ -252,18 +259,24 @@ fn config(shared: &Shared) -> Resp {
             "tokenLifetimeSeconds": shared.token_lifetime_override(),
             "rateLimits": shared.limiter.limits(),
             "clockSkewSeconds": shared.clock_skew.as_secs(),
+            "entraTokenLifetimeSeconds": shared.entra.token_lifetime_seconds(),
         }),
     )
 }
 
 /// Applies `tokenLifetimeSeconds` (null clears), `rateLimits` (`"default"`, `"off"`, or an
-/// object whose present classes replace the current ones, null meaning unlimited) and
-/// `rateLimitScale` (applied last).
+/// object whose present classes replace the current ones, null meaning unlimited),
+/// `rateLimitScale` (applied last) and `entraTokenLifetimeSeconds`.
 fn put_config(shared: &Shared, body: &[u8]) -> Resp {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
         return bad_request("The body must be a JSON object.");
     };
-    let known = ["tokenLifetimeSeconds", "rateLimits", "rateLimitScale"];
+    let known = [
+        "tokenLifetimeSeconds",
+        "rateLimits",
+        "rateLimitScale",
+        "entraTokenLifetimeSeconds",
+    ];
     if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
         return bad_request(&format!("Unknown configuration field {k:?}."));
     }
@@ -273,6 +286,13 @@ fn put_config(shared: &Shared, body: &[u8]) -> Resp {
         Some(v) => match v.as_u64().filter(|n| *n >= 1) {
             Some(n) => Some(n),
             None => return bad_request("tokenLifetimeSeconds must be a positive integer or null."),
+        },
+    };
+    let entra_lifetime = match map.get("entraTokenLifetimeSeconds") {
+        None => shared.entra.token_lifetime_seconds(),
+        Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+            Some(n) => n,
+            None => return bad_request("entraTokenLifetimeSeconds must be a positive integer."),
         },
     };
     let mut limits = shared.limiter.limits();
@@ -312,6 +332,7 @@ fn put_config(shared: &Shared, body: &[u8]) -> Resp {
         return bad_request(&msg);
     }
     shared.set_token_lifetime_override(lifetime);
+    shared.entra.set_token_lifetime_seconds(entra_lifetime);
     shared.limiter.set_limits(limits);
     config(shared)
 }

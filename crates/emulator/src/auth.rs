@@ -2,7 +2,8 @@
 //! names come from `SignedHeaders`, the path is the raw request-target, `host` is the Host
 //! header as received, the body hash must match the exact body bytes, and the signed date must
 //! be inside the clock-skew window. Every failure is the same 401 `Denied` to the client; the
-//! reason only goes to debug logs (never the header or signature themselves).
+//! reason only goes to debug logs (never the header or signature themselves). Requests with a
+//! bearer token go to the Entra gate instead (`entra::bearer`); `presented` tells them apart.
 
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +41,61 @@ impl KeySlot {
             "secondary" => Some(KeySlot::Secondary),
             _ => None,
         }
+    }
+}
+
+/// Who a request acts as: an access key (HMAC) or an Entra principal (bearer token). Tokens
+/// it mints record it, so a key regeneration revokes only the tokens minted under that key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Key(KeySlot),
+    Entra,
+}
+
+impl Caller {
+    /// The `emuKeySlot` claim: `primary`, `secondary` or `entra`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Caller::Key(slot) => slot.as_str(),
+            Caller::Entra => ENTRA_SLOT,
+        }
+    }
+}
+
+/// The `emuKeySlot` of tokens minted for an Entra principal.
+pub const ENTRA_SLOT: &str = "entra";
+
+/// The credential scheme a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// HMAC, or nothing usable (HMAC verification then says why).
+    Hmac,
+    /// `Authorization: Bearer <token>` and no HMAC header.
+    Bearer(&'a str),
+    /// Two `Authorization` headers, or a bearer token with `x-ms-content-sha256`: the SDKs never
+    /// send both schemes, so this is refused as an authentication failure.
+    Mixed,
+}
+
+/// Which scheme the request's headers present.
+pub fn presented(headers: &HeaderMap) -> Presented<'_> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Presented::Mixed;
+    }
+    let Some(value) = first.and_then(|v| v.to_str().ok()) else {
+        return Presented::Hmac;
+    };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            if headers.contains_key("x-ms-content-sha256") {
+                Presented::Mixed
+            } else {
+                Presented::Bearer(token.trim())
+            }
+        }
+        _ => Presented::Hmac,
     }
 }
 
@@ -273,6 +329,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bearer_hmac_and_mixed_schemes_are_told_apart() {
+        assert_eq!(presented(&headers(&[])), Presented::Hmac);
+        assert_eq!(
+            presented(&headers(&[(
+                "authorization",
+                "HMAC-SHA256 SignedHeaders=x&Signature=y"
+            )])),
+            Presented::Hmac
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "bearer abc")])),
+            Presented::Bearer("abc")
+        );
+        assert_eq!(
+            presented(&headers(&[
+                ("authorization", "Bearer abc"),
+                (
+                    "x-ms-content-sha256",
+                    "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+                )
+            ])),
+            Presented::Mixed
+        );
+        assert_eq!(
+            presented(&headers(&[
+                ("authorization", "Bearer abc"),
+                ("authorization", "HMAC-SHA256 SignedHeaders=x&Signature=y")
+            ])),
+            Presented::Mixed
+        );
     }
 
     #[test]

@@ -61,6 +61,18 @@ pub struct Args {
     /// Answer the admin API (`/_emulator/`) for non-loopback peers too.
     #[arg(long)]
     pub admin_allow_remote: bool,
+    /// Serve the Entra stand-in under this host name too (e.g. `login.microsoftonline.com`, or
+    /// `HOST:PORT` when clients reach it on another port): added to the certificate and named
+    /// as the authority in its discovery documents and tokens.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub entra_host: Option<String>,
+    /// Extra CA certificate (PEM file; repeatable) to trust when fetching a federated
+    /// credential issuer's OpenID configuration and keys, e.g. the Kubernetes apiserver's CA.
+    #[arg(long = "oidc-ca-cert", value_name = "FILE")]
+    pub oidc_ca_certs: Vec<PathBuf>,
+    /// Lifetime of the Entra stand-in's access tokens.
+    #[arg(long, value_name = "N", default_value_t = crate::entra::DEFAULT_TOKEN_LIFETIME_SECONDS)]
+    pub entra_token_lifetime_seconds: u64,
 }
 
 impl std::fmt::Debug for Args {
@@ -77,6 +89,8 @@ impl std::fmt::Debug for Args {
             .field("resource_id", &self.resource_id)
             .field("rate_limits", &self.rate_limits)
             .field("token_lifetime_seconds", &self.token_lifetime_seconds)
+            .field("entra_host", &self.entra_host)
+            .field("oidc_ca_certs", &self.oidc_ca_certs)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +129,18 @@ impl Args {
                 parse_limit_override(spec).map_err(EmulatorError::InvalidConfig)?;
             rate_limits.set(class, Some(limit));
         }
+        let oidc_ca_pems = self
+            .oidc_ca_certs
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|e| {
+                    EmulatorError::InvalidConfig(format!(
+                        "--oidc-ca-cert {} is not readable: {e}",
+                        path.display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(EmulatorConfig {
             listen: self.listen,
             access_keys,
@@ -126,6 +152,9 @@ impl Args {
             token_lifetime_seconds: self.token_lifetime_seconds,
             clock_skew: Duration::from_secs(self.clock_skew_seconds),
             admin_allow_remote: self.admin_allow_remote,
+            entra_host: self.entra_host.clone(),
+            oidc_ca_pems,
+            entra_token_lifetime_seconds: self.entra_token_lifetime_seconds,
         })
     }
 }
@@ -153,6 +182,8 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         emulator.secondary_connection_string()
     );
     println!("admin api: {}/", emulator.admin_url());
+    println!("entra authority: {}", emulator.entra_authority());
+    println!("entra tenant id: {}", emulator.entra_tenant_id());
     if let Some(path) = &args.ca_cert_out {
         println!("ca certificate: {}", path.display());
     }
@@ -228,6 +259,10 @@ mod tests {
             "30",
             "--clock-skew-seconds",
             "60",
+            "--entra-host",
+            "login.microsoftonline.com",
+            "--entra-token-lifetime-seconds",
+            "5",
         ]);
         assert!(!format!("{args:?}").contains(key));
         let c = args.to_config().unwrap();
@@ -238,6 +273,8 @@ mod tests {
         assert_eq!(c.rate_limits.issue, Some(crate::Limit::new(5, 10.0)));
         assert_eq!(c.token_lifetime_seconds, Some(30));
         assert_eq!(c.clock_skew, Duration::from_secs(60));
+        assert_eq!(c.entra_host.as_deref(), Some("login.microsoftonline.com"));
+        assert_eq!(c.entra_token_lifetime_seconds, 5);
     }
 
     #[test]
@@ -259,5 +296,9 @@ mod tests {
         assert!(!err.to_string().contains("secret"));
         assert!(parse(&["--rate-limit", "issue=0/1"]).to_config().is_err());
         assert!(parse(&["--rate-limit-scale", "0"]).to_config().is_err());
+        assert_eq!(c.entra_token_lifetime_seconds, 3600);
+        assert!(parse(&["--oidc-ca-cert", "/nonexistent/ca.pem"])
+            .to_config()
+            .is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::entra::Entra;
 use super::faults::FaultInjector;
 use super::limits::RateLimiter;
 use super::persist::{Loaded, Persister};
@@ -31,10 +32,11 @@ pub struct Shared {
     token_lifetime: RwLock<Option<u64>>,
     pub clock_skew: Duration,
     pub admin_allow_remote: bool,
+    pub entra: Entra,
 }
 
 impl Shared {
-    pub fn new(config: &EmulatorConfig, loaded: Loaded, endpoint: String) -> Self {
+    pub fn new(config: &EmulatorConfig, loaded: Loaded, endpoint: String, entra: Entra) -> Self {
         Self {
             resource_id: loaded.store.resource_id,
             endpoint,
@@ -49,6 +51,7 @@ impl Shared {
             token_lifetime: RwLock::new(config.token_lifetime_seconds),
             clock_skew: config.clock_skew,
             admin_allow_remote: config.admin_allow_remote,
+            entra,
         }
     }
 

@@ -7,7 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value};
 
 use super::api_version::{ApiVersion, Surface};
-use super::auth::KeySlot;
+use super::auth::Caller;
 use super::context::Shared;
 use super::response::{self, format_instant, ApiError, Resp};
 use super::routes::{Operation, Routed};
@@ -24,7 +24,7 @@ const DEFAULT_EXPIRES_IN_MINUTES: i64 = 1440;
 const MAX_EXTERNAL_ID_CHARS: usize = 256;
 
 /// Runs one authenticated, routed, admitted request.
-pub fn dispatch(shared: &Shared, routed: &Routed, slot: KeySlot, body: &[u8]) -> Resp {
+pub fn dispatch(shared: &Shared, routed: &Routed, slot: Caller, body: &[u8]) -> Resp {
     let id = routed.id.as_deref().unwrap_or_default();
     let v = routed.version;
     let result = match routed.op {
@@ -157,7 +157,7 @@ pub fn mint(
     id: &str,
     scopes: &[String],
     expires_in_minutes: Option<i64>,
-    slot: KeySlot,
+    slot: Caller,
 ) -> Result<AccessToken, ApiError> {
     let now = Timestamp::now();
     let stamp = shared
@@ -200,7 +200,7 @@ pub fn mint(
 fn create(
     shared: &Shared,
     version: ApiVersion,
-    slot: KeySlot,
+    slot: Caller,
     body: &[u8],
 ) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
@@ -266,7 +266,7 @@ fn issue(
     shared: &Shared,
     version: ApiVersion,
     id: &str,
-    slot: KeySlot,
+    slot: Caller,
     body: &[u8],
 ) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
@@ -325,14 +325,15 @@ fn get(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     Ok(response::json(StatusCode::OK, &identity))
 }
 
-/// The emulator cannot check Entra tokens, so after the body checks every exchange is the
-/// service's answer to an invalid token.
+/// The emulator cannot check Teams users' Entra tokens, so after the body checks every exchange
+/// is the service's answer to an invalid token. An empty `token` is such a token, not a missing
+/// one: the service answers it 401 too.
 fn exchange(body: &[u8]) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
     for (name, target) in [("token", "Token"), ("appId", "AppId"), ("userId", "UserId")] {
         let present = field(map.as_ref(), name)
             .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty());
+            .is_some_and(|s| name == "token" || !s.is_empty());
         if !present {
             return Err(ApiError::validation(
                 target,

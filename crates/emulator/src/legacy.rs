@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::auth::KeySlot;
+use super::auth::Caller;
 use super::context::Shared;
 use super::handlers::{field, lookup_error, mint, parse_body, string_list};
 use super::response::{self, ApiError, Resp};
@@ -35,7 +35,7 @@ pub fn create(shared: &Shared) -> Result<Resp, ApiError> {
 }
 
 /// Scopes were free strings then (`pstn` existed), so any non-empty names are accepted.
-pub fn issue(shared: &Shared, id: &str, slot: KeySlot, body: &[u8]) -> Result<Resp, ApiError> {
+pub fn issue(shared: &Shared, id: &str, slot: Caller, body: &[u8]) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
     let scopes = field(map.as_ref(), "scopes")
         .and_then(string_list)

@@ -12,18 +12,20 @@
 //! - `start(EmulatorConfig) -> Result<RunningEmulator, EmulatorError>`: binds, serves in the
 //!   background, returns once accepting connections.
 //! - `RunningEmulator { addr, endpoint(), connection_string(), ca_pem(), admin_url(),
-//!   access_keys(), shutdown() }`.
+//!   access_keys(), entra_authority(), entra_tenant_id(), shutdown() }`.
 //! - `run(Args)`: `start`, print `acs-emulator listening on <endpoint>` as the first stdout line
 //!   (after writing `--ca-cert-out` and `--connection-string-out`), then wait for Ctrl-C/SIGTERM.
 //!
 //! This file holds the contract, the configuration and start-up; each concern of the running
-//! emulator lives in its own module (see the list below).
+//! emulator lives in its own module (see the list below). `entra` is a stand-in for Microsoft
+//! Entra ID, so the Identity API can also be called with Entra bearer tokens.
 
 mod admin;
 mod api_version;
 mod auth;
 mod cli;
 mod context;
+mod entra;
 mod faults;
 mod handlers;
 mod legacy;
@@ -74,6 +76,16 @@ pub struct EmulatorConfig {
     pub clock_skew: Duration,
     /// Answer the admin API for non-loopback peers too.
     pub admin_allow_remote: bool,
+    /// Serve the Entra stand-in under this host name too (`login.microsoftonline.com`, with
+    /// `:PORT` when clients reach it on another port than the scheme's default): it is added to
+    /// the certificate, and the discovery documents and token issuer name it. Without it they
+    /// name the emulator's endpoint.
+    pub entra_host: Option<String>,
+    /// Extra CA certificates (PEM) trusted when fetching a federated credential issuer's OpenID
+    /// configuration and keys (e.g. a Kubernetes apiserver's CA).
+    pub oidc_ca_pems: Vec<String>,
+    /// Lifetime of the Entra stand-in's access tokens.
+    pub entra_token_lifetime_seconds: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -89,6 +101,9 @@ impl Default for EmulatorConfig {
             token_lifetime_seconds: None,
             clock_skew: Duration::from_secs(300),
             admin_allow_remote: false,
+            entra_host: None,
+            oidc_ca_pems: Vec::new(),
+            entra_token_lifetime_seconds: entra::DEFAULT_TOKEN_LIFETIME_SECONDS,
         }
     }
 }
@@ -130,6 +145,8 @@ pub enum EmulatorError {
     TooManyKeys(usize),
     #[error("invalid emulator configuration: {0}")]
     InvalidConfig(String),
+    #[error("failed to use the OIDC CA certificates")]
+    OidcCa(#[source] entra::CaError),
 }
 
 /// A running emulator. Dropping it stops accepting connections; [`RunningEmulator::shutdown`]
@@ -195,6 +212,17 @@ impl RunningEmulator {
         self.shared.resource_id
     }
 
+    /// The Entra stand-in's authority (`https://HOST:PORT`, the `--entra-host` when set): give
+    /// it to MSAL / azure-identity as `authority`.
+    pub fn entra_authority(&self) -> String {
+        self.shared.entra.authority.clone()
+    }
+
+    /// The one tenant of the Entra stand-in (kept in the state file).
+    pub fn entra_tenant_id(&self) -> Uuid {
+        self.shared.entra.tenant_id
+    }
+
     /// Stops accepting, lets open requests finish (bounded), and writes the state file.
     pub async fn shutdown(mut self) -> Result<(), EmulatorError> {
         if let Some(server) = self.server.take() {
@@ -223,11 +251,16 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
         .rate_limits
         .validate()
         .map_err(EmulatorError::InvalidConfig)?;
-    if config.token_lifetime_seconds == Some(0) {
+    if config.token_lifetime_seconds == Some(0) || config.entra_token_lifetime_seconds == 0 {
         return Err(EmulatorError::InvalidConfig(
             "token lifetime must be at least one second".into(),
         ));
     }
+    let entra_host = config
+        .entra_host
+        .as_deref()
+        .map(entra_host_name)
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| EmulatorError::Bind {
@@ -240,25 +273,60 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
             addr: config.listen,
             source,
         })?;
-    let loaded = persist::load_or_init(&config)?;
+    let mut loaded = persist::load_or_init(&config)?;
     let tls_config = if config.tls {
-        let sans = tls::subject_alt_names(&config.tls_sans, addr.ip());
+        let mut names = config.tls_sans.clone();
+        names.extend(entra_host.clone());
+        let sans = tls::subject_alt_names(&names, addr.ip());
         Some(loaded.ca.server_config(&sans).map_err(EmulatorError::Tls)?)
     } else {
         None
     };
     let endpoint = endpoint_for(addr, config.tls);
-    let shared = Arc::new(context::Shared::new(&config, loaded, endpoint));
+    let authority = match &config.entra_host {
+        Some(host) => format!("{}://{host}", if config.tls { "https" } else { "http" }),
+        None => endpoint.clone(),
+    };
+    let entra = entra::Entra::new(
+        loaded.entra.take().unwrap_or_else(entra::EntraState::fresh),
+        authority,
+        &config.oidc_ca_pems,
+        config.entra_token_lifetime_seconds,
+        config.clock_skew,
+    )
+    .map_err(EmulatorError::OidcCa)?;
+    let shared = Arc::new(context::Shared::new(&config, loaded, endpoint, entra));
     // Write the state once up front so the CA and keys survive even if no request ever comes.
     shared.persister.flush(&shared).await?;
     shared.persister.spawn_writer(&shared);
     let server = server::serve(listener, tls_config, shared.clone());
-    tracing::info!(%addr, tls = config.tls, resource_id = %shared.resource_id, "acs emulator started");
+    tracing::info!(
+        %addr,
+        tls = config.tls,
+        resource_id = %shared.resource_id,
+        entra_tenant_id = %shared.entra.tenant_id,
+        entra_authority = %shared.entra.authority,
+        "acs emulator started"
+    );
     Ok(RunningEmulator {
         addr,
         shared,
         server: Some(server),
     })
+}
+
+/// The host name of `--entra-host` (`HOST` or `HOST:PORT`), for the certificate.
+fn entra_host_name(value: &str) -> Result<String, EmulatorError> {
+    let bad = || EmulatorError::InvalidConfig(format!("--entra-host {value:?} is not HOST[:PORT]"));
+    let authority: http::uri::Authority = value.parse().map_err(|_| bad())?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(bad());
+    }
+    Ok(authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 /// The endpoint clients use: an unspecified bind address is reached through loopback.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::auth::KeySlot;
 use super::context::Shared;
+use super::entra::{Client, EntraKey, EntraState};
 use super::store::{IdentityRecord, KeyState, Store};
 use super::tls::Ca;
 use super::token::SigningKey;
@@ -36,6 +37,8 @@ pub enum StateError {
     Key,
     #[error("state file does not hold exactly a primary and a secondary key")]
     KeySlots,
+    #[error("state file holds an Entra signing key that is not usable")]
+    EntraKey,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,6 +51,20 @@ struct PersistedState {
     token_signing_key: String,
     ca: PersistedCa,
     identities: Vec<IdentityRecord>,
+    /// The Entra stand-in's tenant; absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entra: Option<PersistedEntra>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PersistedEntra {
+    tenant_id: Uuid,
+    /// Standard base64 of the RSA key's PKCS#1 DER; absent until first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signing_key: Option<String>,
+    #[serde(default)]
+    clients: Vec<Client>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,6 +87,8 @@ pub struct Loaded {
     pub store: Store,
     pub ca: Ca,
     pub signing_key: SigningKey,
+    /// Taken by `start` for the Entra stand-in.
+    pub entra: Option<EntraState>,
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -117,6 +136,7 @@ pub fn load_or_init(config: &EmulatorConfig) -> Result<Loaded, EmulatorError> {
                 ),
                 ca: Ca::generate().map_err(EmulatorError::Tls)?,
                 signing_key: SigningKey::new(random_bytes(32)),
+                entra: Some(EntraState::fresh()),
             }
         }
     };
@@ -175,6 +195,20 @@ fn parse(bytes: &[u8]) -> Result<Loaded, StateError> {
     let signing = STANDARD
         .decode(&state.token_signing_key)
         .map_err(|_| StateError::Key)?;
+    let entra = match state.entra {
+        None => EntraState::fresh(),
+        Some(e) => EntraState {
+            tenant_id: e.tenant_id,
+            key: e
+                .signing_key
+                .map(|k| {
+                    let der = STANDARD.decode(k).map_err(|_| StateError::EntraKey)?;
+                    EntraKey::from_pkcs1_der(&der).map_err(|_| StateError::EntraKey)
+                })
+                .transpose()?,
+            clients: e.clients,
+        },
+    };
     Ok(Loaded {
         store: Store::new(state.resource_id, keys, state.sequence, state.identities),
         ca: Ca {
@@ -182,10 +216,12 @@ fn parse(bytes: &[u8]) -> Result<Loaded, StateError> {
             key_pem: state.ca.key_pem,
         },
         signing_key: SigningKey::new(signing),
+        entra: Some(entra),
     })
 }
 
 fn snapshot(shared: &Shared) -> Result<Vec<u8>, EmulatorError> {
+    let (tenant_id, entra_key, clients) = shared.entra.snapshot();
     let state = {
         let store = shared.lock_store();
         PersistedState {
@@ -206,6 +242,11 @@ fn snapshot(shared: &Shared) -> Result<Vec<u8>, EmulatorError> {
                 key_pem: shared.ca.key_pem.clone(),
             },
             identities: store.list().cloned().collect(),
+            entra: Some(PersistedEntra {
+                tenant_id,
+                signing_key: entra_key.map(|der| STANDARD.encode(der)),
+                clients,
+            }),
         }
     };
     serde_json::to_vec(&state).map_err(|e| EmulatorError::WriteState(std::io::Error::other(e)))

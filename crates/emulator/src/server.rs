@@ -1,6 +1,7 @@
 //! The HTTP/1.1 server: accept loop (plain or TLS), one hyper connection per socket, graceful
-//! stop, and the per-request pipeline of the Identity API (faults, body, authentication,
-//! routing errors, rate limits, dispatch, common response headers).
+//! stop, and the per-request pipeline of the Identity API (faults, body, authentication by HMAC
+//! or Entra bearer token, routing errors, rate limits, dispatch, common response headers).
+//! Admin and Entra stand-in requests branch off before that pipeline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::api_version;
-use super::auth::{self, KeySlot};
+use super::auth::{self, Caller, Presented};
 use super::context::Shared;
+use super::entra;
 use super::faults::Injected;
 use super::handlers;
 use super::limits::retry_after_seconds;
@@ -171,6 +173,31 @@ async fn handle(
     if raw_path == "/_emulator" || raw_path.starts_with("/_emulator/") {
         return Ok(super::admin::handle(&shared, peer, req).await);
     }
+    if let Some(path) = entra::classify(raw_path) {
+        let (_, raw_query) = routes::split_target(&target);
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Ok(response::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    "The request body is too large.",
+                    None,
+                ))
+            }
+            Err(_) => return Err(Dropped),
+        };
+        return Ok(entra::handle(
+            &shared,
+            path,
+            &parts.method,
+            raw_query,
+            &parts.headers,
+            &body,
+        )
+        .await);
+    }
     let started = Instant::now();
     let method = req.method().as_str().to_string();
     let routed = routes::resolve(&method, &target);
@@ -237,20 +264,18 @@ async fn handle(
     Ok(finish(resp, request_id))
 }
 
-/// Authenticates first (as the gateway does), then reports routing errors, then rate limits.
+/// Authenticates and authorizes first (as the gateway does), then reports routing errors, then
+/// rate limits.
 fn respond(
     shared: &Shared,
     req: &auth::Request<'_>,
     routed: Result<Routed, RouteError>,
     body: &Bytes,
 ) -> Resp {
-    let keys = shared.lock_store().signing_keys();
-    let slot: KeySlot = match auth::authenticate(req, &keys, SystemTime::now(), shared.clock_skew) {
-        Ok(slot) => slot,
-        Err(reason) => {
-            tracing::debug!(%reason, "request denied");
-            return response::denied();
-        }
+    let caller = match authenticate(shared, req) {
+        Ok(caller) => caller,
+        Err(None) => return response::denied(),
+        Err(Some(refusal)) => return refusal.into_response(),
     };
     let routed = match routed {
         Ok(r) => r,
@@ -262,7 +287,35 @@ fn respond(
             return response::throttled(retry_after_seconds(wait));
         }
     }
-    handlers::dispatch(shared, &routed, slot, body)
+    handlers::dispatch(shared, &routed, caller, body)
+}
+
+/// HMAC with an access key, or an Entra bearer token whose principal holds a data-plane role;
+/// never both at once. `Err(None)` is a failed HMAC or mixed request (401 `Denied`),
+/// `Err(Some(_))` the bearer gate's refusal (401, or 403 for a principal without a role).
+fn authenticate(
+    shared: &Shared,
+    req: &auth::Request<'_>,
+) -> Result<Caller, Option<entra::bearer::Refusal>> {
+    match auth::presented(req.headers) {
+        Presented::Mixed => {
+            shared.stats.record_entra_bearer("unauthenticated");
+            tracing::debug!("request denied: it presents both HMAC and bearer credentials");
+            Err(None)
+        }
+        Presented::Bearer(token) => entra::bearer::check(shared, token)
+            .map(|()| Caller::Entra)
+            .map_err(Some),
+        Presented::Hmac => {
+            let keys = shared.lock_store().signing_keys();
+            auth::authenticate(req, &keys, SystemTime::now(), shared.clock_skew)
+                .map(Caller::Key)
+                .map_err(|reason| {
+                    tracing::debug!(%reason, "request denied");
+                    None
+                })
+        }
+    }
 }
 
 fn route_error(e: RouteError, raw_path: &str) -> Resp {

@@ -1,5 +1,6 @@
 //! Request counters: per operation and outcome status, plus throttles, injected faults, dropped
-//! connections and authentication failures. Exposed by `GET /_emulator/stats`.
+//! connections and authentication failures, and the Entra stand-in's token requests and bearer
+//! checks. Exposed by `GET /_emulator/stats`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,6 +27,20 @@ pub struct Snapshot {
     pub dropped: u64,
     /// Requests answered 401 `Denied`.
     pub auth_failures: u64,
+    pub entra: EntraSnapshot,
+}
+
+/// The Entra stand-in's counters.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraSnapshot {
+    /// Token requests by outcome: `issued`, or the OAuth error (`invalid_client`, ...).
+    pub token_requests: BTreeMap<&'static str, u64>,
+    /// Refused token requests by AADSTS code (`AADSTS7000215`, ...).
+    pub token_errors: BTreeMap<String, u64>,
+    /// Identity API requests with a bearer token: `accepted`, `unauthenticated` (401) or
+    /// `forbidden` (403).
+    pub bearer_requests: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -51,6 +66,7 @@ fn empty() -> Snapshot {
         injected: BTreeMap::new(),
         dropped: 0,
         auth_failures: 0,
+        entra: EntraSnapshot::default(),
     }
 }
 
@@ -87,6 +103,21 @@ impl Stats {
 
     pub fn record_dropped(&self) {
         self.with(|s| s.dropped += 1);
+    }
+
+    /// One token request: `None` when a token was issued, else the OAuth error and AADSTS key.
+    pub fn record_entra_token(&self, refused: Option<(&'static str, String)>) {
+        self.with(|s| match refused {
+            None => *s.entra.token_requests.entry("issued").or_default() += 1,
+            Some((error, code)) => {
+                *s.entra.token_requests.entry(error).or_default() += 1;
+                *s.entra.token_errors.entry(code).or_default() += 1;
+            }
+        });
+    }
+
+    pub fn record_entra_bearer(&self, outcome: &'static str) {
+        self.with(|s| *s.entra.bearer_requests.entry(outcome).or_default() += 1);
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::KeySlot;
+use super::auth::{Caller, KeySlot, ENTRA_SLOT};
 use super::token::Claims;
 use acs_identity_operator::acs::AccessKey;
 
@@ -66,7 +66,7 @@ pub enum LookupError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueStamp {
     pub seq: u64,
-    pub key_slot: KeySlot,
+    pub key_slot: Caller,
     pub key_generation: u64,
 }
 
@@ -217,18 +217,22 @@ impl Store {
         &mut self,
         id: &str,
         now: Timestamp,
-        slot: KeySlot,
+        caller: Caller,
     ) -> Result<IssueStamp, LookupError> {
         self.live(id)?;
         self.sequence += 1;
         let seq = self.sequence;
-        let key_generation = self.keys[slot.index()].generation;
+        // Tokens minted for an Entra principal depend on no access key.
+        let key_generation = match caller {
+            Caller::Key(slot) => self.keys[slot.index()].generation,
+            Caller::Entra => 0,
+        };
         let record = self.live_mut(id)?;
         record.last_token_issued_at = Some(now);
         record.tokens_issued += 1;
         Ok(IssueStamp {
             seq,
-            key_slot: slot,
+            key_slot: caller,
             key_generation,
         })
     }
@@ -299,12 +303,14 @@ impl Store {
         if record.is_deleted() {
             return Verdict::IdentityDeleted;
         }
-        let generation = match KeySlot::parse(&claims.key_slot) {
-            Some(slot) => self.keys[slot.index()].generation,
-            None => return Verdict::KeyRegenerated,
-        };
-        if claims.key_generation != generation {
-            return Verdict::KeyRegenerated;
+        if claims.key_slot != ENTRA_SLOT {
+            let generation = match KeySlot::parse(&claims.key_slot) {
+                Some(slot) => self.keys[slot.index()].generation,
+                None => return Verdict::KeyRegenerated,
+            };
+            if claims.key_generation != generation {
+                return Verdict::KeyRegenerated;
+            }
         }
         if claims.seq <= record.revoked_through_seq {
             return Verdict::Revoked;
@@ -352,9 +358,9 @@ mod tests {
         let mut s = store();
         let now = Timestamp::now();
         let (u, _) = s.create(None, now);
-        let before = s.issue(&u.id, now, KeySlot::Primary).unwrap();
+        let before = s.issue(&u.id, now, Caller::Key(KeySlot::Primary)).unwrap();
         s.revoke(&u.id).unwrap();
-        let after = s.issue(&u.id, now, KeySlot::Primary).unwrap();
+        let after = s.issue(&u.id, now, Caller::Key(KeySlot::Primary)).unwrap();
         assert_eq!(
             s.judge(&claims_for(&s, &u.id, &before, now), now),
             Verdict::Revoked
@@ -403,7 +409,9 @@ mod tests {
         let mut s = store();
         let now = Timestamp::now();
         let (u, _) = s.create(None, now);
-        let t = s.issue(&u.id, now, KeySlot::Secondary).unwrap();
+        let t = s
+            .issue(&u.id, now, Caller::Key(KeySlot::Secondary))
+            .unwrap();
         let c = claims_for(&s, &u.id, &t, now);
         assert_eq!(s.judge(&c, now), Verdict::Valid);
         assert_eq!(
@@ -413,8 +421,15 @@ mod tests {
         s.set_tokens_valid_from(&u.id, now + jiff::SignedDuration::from_nanos(1))
             .unwrap();
         assert_eq!(s.judge(&c, now), Verdict::Revoked);
+        let (v, _) = s.create(None, now);
+        let by_entra = s.issue(&v.id, now, Caller::Entra).unwrap();
+        let e = claims_for(&s, &v.id, &by_entra, now);
+        assert_eq!(e.key_slot, "entra");
         s.regenerate_key(KeySlot::Secondary, AccessKey::from_bytes(vec![9; 64]));
+        s.regenerate_key(KeySlot::Primary, AccessKey::from_bytes(vec![8; 64]));
         assert_eq!(s.judge(&c, now), Verdict::KeyRegenerated);
+        // A token minted for an Entra principal outlives key regenerations.
+        assert_eq!(s.judge(&e, now), Verdict::Valid);
         s.delete(&u.id, now).unwrap();
         assert_eq!(s.judge(&c, now), Verdict::IdentityDeleted);
     }

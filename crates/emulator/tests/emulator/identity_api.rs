@@ -461,4 +461,27 @@ async fn teams_exchange_checks_its_body_then_refuses_the_entra_token() {
     );
     let r = e.send("POST", &target, r#"{"token": "aad-token"}"#).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    // An empty token is an invalid token, not a missing one: 401 as for any other.
+    let r = e
+        .send(
+            "POST",
+            &target,
+            r#"{"token": "", "appId": "client-id", "userId": "object-id"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.body,
+        json!({"error": {"code": "InvalidAccessToken", "message": "Provided access token is not valid."}})
+    );
+    // A missing token is still a validation error.
+    let r = e
+        .send(
+            "POST",
+            &target,
+            r#"{"appId": "client-id", "userId": "object-id"}"#,
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    assert_eq!(r.body["error"]["target"], "Token");
 }
