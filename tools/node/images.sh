@@ -11,7 +11,7 @@
 # this machine allows. Its runtime contract (user, entrypoint, cmd, exposed ports, labels, env,
 # working directory, where the binary lives) is therefore not written in this script: it is parsed
 # from the Dockerfile's runtime (last) stage, so editing the Dockerfile changes the test image.
-# tests/image_contract.rs parses the Dockerfile on its own and checks that the image matches.
+# tests/image_contract/ parses the Dockerfile on its own and checks that the image matches.
 #
 # Usage: tools/node/images.sh OUT_DIR OPERATOR_BINARY [TAG]
 #   OUT_DIR          receives oci/ (an OCI image layout with the tags pause, app and operator) and
@@ -229,7 +229,7 @@ function apply(kw, args,   n, i, p, src, dest, flags) {
     if (dest ~ /\/$/) { p = src; sub(/.*\//, "", p); dest = dest p }
     copy_dest = abs_path(dest)
   } else {
-    fail(kw " in the runtime stage cannot be reproduced without Docker: teach tools/node/images.sh and tests/image_contract.rs")
+    fail(kw " in the runtime stage cannot be reproduced without Docker: teach tools/node/images.sh and tests/image_contract/")
   }
 }
 BEGIN { workdir = base_workdir }
