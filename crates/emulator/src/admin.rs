@@ -88,18 +88,21 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -
         ("POST", "/keys/regenerate") => regenerate(shared, &body),
         ("GET", "/config") => config(shared),
         ("PUT", "/config") => put_config(shared, &body),
-        _ => {
-            let mut r = response::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "The requested method is not allowed for this emulator admin route.",
-                None,
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allowed));
-            r
-        }
+        _ => method_not_allowed(allowed),
     }
+}
+
+/// 405 for an admin route (this one's and the Entra admin routes'), naming the allowed methods.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = response::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "The requested method is not allowed for this emulator admin route.",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 fn bad_request(message: &str) -> Resp {

@@ -3,13 +3,14 @@
 //! its principal's roles (`PUT clients/{id}/roles`). The secret is shown once, in the answer
 //! that creates it; it is never logged or listed.
 
-use http::{header, HeaderValue, StatusCode};
+use http::StatusCode;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::clients::{Client, FederatedCredential, NewClient, Role, DEFAULT_FEDERATED_AUDIENCE};
+use crate::admin::method_not_allowed;
 use crate::context::Shared;
 use crate::response::{self, format_instant, ApiError, Resp};
 
@@ -61,18 +62,6 @@ fn roles(names: &[String]) -> Result<Vec<Role>, ApiError> {
 
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NotFound", "No such Entra client.")
-}
-
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = response::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        "The requested method is not allowed for this emulator admin route.",
-        None,
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
 }
 
 /// `path` is what follows `/_emulator/entra/`, without a trailing `/`.
