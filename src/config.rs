@@ -88,6 +88,32 @@ pub struct RunArgs {
         default_value = "communication.acs.dev/default-credentials=true"
     )]
     pub default_credentials_namespace_selector: String,
+    /// Operator-wide default credentials with Microsoft Entra ID: the ACS endpoint
+    /// (`https://<resource>.communication.azure.com`) that namespaces opting in reach with the
+    /// operator's own workload identity (--entra-client-id, --entra-tenant-id,
+    /// --entra-federated-token-file). Exclusive with --default-credentials-secret.
+    #[arg(long, env = "DEFAULT_CREDENTIALS_ENDPOINT")]
+    pub default_credentials_endpoint: Option<String>,
+    /// Entra authority host (`AZURE_AUTHORITY_HOST`, set by the AKS workload identity webhook);
+    /// another cloud's, or the emulator's, instead of the public cloud's.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = crate::entra::DEFAULT_AUTHORITY_HOST)]
+    pub entra_authority_host: String,
+    /// Entra tenant of the operator's own workload identity, and of ServiceAccounts without
+    /// an `azure.workload.identity/tenant-id` annotation.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub entra_tenant_id: Option<String>,
+    /// Client id of the operator's own workload identity.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub entra_client_id: Option<String>,
+    /// The operator's projected ServiceAccount token (audience `api://AzureADTokenExchange`),
+    /// re-read at every exchange because the kubelet rotates it.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub entra_federated_token_file: Option<PathBuf>,
+    /// The Secret (`namespace/name`) holding the key that seals token Secrets written with
+    /// Entra credentials (there is no access key to seal them with); created on first use.
+    /// Default: `POD_NAMESPACE` (else `default`) `/acs-identity-operator-sealing-key`.
+    #[arg(long, env = "SEALING_KEY_SECRET")]
+    pub sealing_key_secret: Option<String>,
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -174,6 +200,33 @@ pub struct DefaultCredentials {
     pub namespace_selector: String,
 }
 
+/// The operator-wide default credentials with Entra: an endpoint reached with the operator's
+/// own workload identity, in namespaces matching the selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultWorkloadIdentity {
+    pub endpoint: String,
+    pub namespace_selector: String,
+}
+
+/// The operator's own workload identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnIdentity {
+    pub client_id: String,
+    pub tenant_id: String,
+    pub token_file: PathBuf,
+}
+
+/// Microsoft Entra ID settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraConfig {
+    pub authority_host: String,
+    /// The tenant of ServiceAccounts that do not name one.
+    pub default_tenant_id: Option<String>,
+    pub own: Option<OwnIdentity>,
+    /// Where the sealing key of Entra-credentialed token Secrets lives.
+    pub sealing_key_secret: (String, String),
+}
+
 /// Validated operator configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -191,6 +244,8 @@ pub struct Config {
     pub allow_insecure_http: bool,
     pub acs_request_timeout: Duration,
     pub default_credentials: Option<DefaultCredentials>,
+    pub default_workload_identity: Option<DefaultWorkloadIdentity>,
+    pub entra: EntraConfig,
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<LeaderElectionConfig>,
     pub identity: String,
@@ -233,6 +288,16 @@ pub struct LeaderElectionConfig {
 pub enum ConfigError {
     #[error("--default-credentials-secret must be namespace/name")]
     DefaultCredentialsFormat,
+    #[error("--sealing-key-secret must be namespace/name")]
+    SealingKeySecretFormat,
+    #[error("set at most one of --default-credentials-secret and --default-credentials-endpoint")]
+    TwoDefaults,
+    #[error(
+        "--default-credentials-endpoint must be an https:// URL with a host and nothing after it"
+    )]
+    DefaultEndpoint,
+    #[error("--default-credentials-endpoint uses the operator's own workload identity: set --entra-client-id, --entra-tenant-id and --entra-federated-token-file (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE; the AKS workload identity webhook or the chart's workloadIdentity values set them)")]
+    NoOwnIdentity,
     #[error("failed to read --acs-ca-cert {path}")]
     ReadCaCert {
         path: PathBuf,
@@ -272,6 +337,56 @@ impl Config {
                     namespace_selector: a.default_credentials_namespace_selector.clone(),
                 })
             }
+        };
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let own = match (
+            nonempty(&a.entra_client_id),
+            nonempty(&a.entra_tenant_id),
+            a.entra_federated_token_file.clone(),
+        ) {
+            (Some(client_id), Some(tenant_id), Some(token_file)) => Some(OwnIdentity {
+                client_id,
+                tenant_id,
+                token_file,
+            }),
+            _ => None,
+        };
+        let default_workload_identity = match nonempty(&a.default_credentials_endpoint) {
+            None => None,
+            Some(_) if default_credentials.is_some() => return Err(ConfigError::TwoDefaults),
+            Some(_) if own.is_none() => return Err(ConfigError::NoOwnIdentity),
+            Some(e) => {
+                let e = e.trim().trim_end_matches('/').to_string();
+                let host = e.strip_prefix("https://").unwrap_or_default();
+                if host.is_empty() || host.contains(['/', '?', '#']) {
+                    return Err(ConfigError::DefaultEndpoint);
+                }
+                Some(DefaultWorkloadIdentity {
+                    endpoint: e,
+                    namespace_selector: a.default_credentials_namespace_selector.clone(),
+                })
+            }
+        };
+        let pod_namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let sealing_key_secret = match nonempty(&a.sealing_key_secret) {
+            None => (
+                pod_namespace,
+                "acs-identity-operator-sealing-key".to_string(),
+            ),
+            Some(s) => s
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                .map(|(ns, n)| (ns.to_string(), n.to_string()))
+                .ok_or(ConfigError::SealingKeySecretFormat)?,
+        };
+        let entra = EntraConfig {
+            authority_host: a.entra_authority_host.clone(),
+            default_tenant_id: nonempty(&a.entra_tenant_id),
+            own,
+            sealing_key_secret,
         };
         let acs_ca_pem = match &a.acs_ca_cert {
             Some(p) => Some(std::fs::read(p).map_err(|source| ConfigError::ReadCaCert {
@@ -323,6 +438,8 @@ impl Config {
             allow_insecure_http: a.allow_insecure_http,
             acs_request_timeout: a.acs_request_timeout,
             default_credentials,
+            default_workload_identity,
+            entra,
             metrics_addr: a.metrics_addr,
             leader_election,
             identity,

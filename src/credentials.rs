@@ -1,43 +1,88 @@
-//! Resolves the ACS connection string of a resource: its own reference, else the namespace's
-//! `acs-credentials` Secret, else the operator-wide default in namespaces that opted in.
-//! Secret data is read with a GET only when the Secret's resourceVersion (known from a
-//! metadata-only watch) changed, so no Secret data is cached beyond the parsed credentials.
+//! Resolves the ACS credentials of a resource: its own reference (a connection string in a
+//! Secret, or Entra workload identity through a ServiceAccount), else the namespace's
+//! `acs-credentials` Secret, else the operator-wide default (a Secret, or the operator's own
+//! workload identity) in namespaces that opted in. Secret data is read with a GET only when
+//! the Secret's resourceVersion (known from a metadata-only watch) changed, so no Secret data
+//! is cached beyond the parsed credentials.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, PartialObjectMeta};
 use kube::Client;
 
 use crate::acs::{ConnectionString, ConnectionStringError};
 use crate::api::{self, CredentialsRef};
-use crate::config::DefaultCredentials;
+use crate::config::{DefaultCredentials, DefaultWorkloadIdentity, EntraConfig};
+use crate::entra::{AssertionSource, EntraTokens, Principal};
+use crate::sealing::{SealingKey, SealingKeyError};
+use crate::secret::SealKey;
 use crate::stores::Stores;
+
+/// The annotation by which a ServiceAccount lets CommunicationUsers of its namespace use its
+/// workload identity (the operator requests tokens for it).
+pub const ALLOW_TOKEN_REQUEST_ANNOTATION: &str = "communication.acs.dev/allow-token-request";
 
 /// Where credentials were found, for conditions and events (never the value).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialsSource {
-    pub namespace: String,
-    pub secret: String,
-    pub key: String,
+pub enum CredentialsSource {
+    Secret {
+        namespace: String,
+        secret: String,
+        key: String,
+    },
+    ServiceAccount {
+        namespace: String,
+        name: String,
+    },
+    /// The operator's own workload identity (the operator-wide default).
+    OperatorIdentity,
 }
 
 impl std::fmt::Display for CredentialsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Secret {}/{} key {}",
-            self.namespace, self.secret, self.key
-        )
+        match self {
+            Self::Secret {
+                namespace,
+                secret,
+                key,
+            } => write!(f, "Secret {namespace}/{secret} key {key}"),
+            Self::ServiceAccount { namespace, name } => {
+                write!(f, "workload identity of ServiceAccount {namespace}/{name}")
+            }
+            Self::OperatorIdentity => f.write_str("the operator's own workload identity"),
+        }
     }
+}
+
+/// How calls are authorized.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A connection string's access key (HMAC).
+    Key(Arc<ConnectionString>),
+    /// Microsoft Entra ID tokens of this principal.
+    Entra(Principal),
 }
 
 /// Resolved credentials.
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    pub connection: Arc<ConnectionString>,
+    /// The ACS endpoint, without a trailing `/`.
+    pub endpoint: String,
+    pub auth: Auth,
     pub source: CredentialsSource,
+    /// Seals token Secrets; its fingerprint names these credentials.
+    pub seal: SealKey,
+    /// These are the operator-wide default credentials, used in another namespace.
+    pub operator_default: bool,
+}
+
+impl Credentials {
+    /// Identifies the credentials without revealing them (key or principal, and endpoint).
+    pub fn fingerprint(&self) -> &str {
+        self.seal.fingerprint()
+    }
 }
 
 /// Why no usable credentials were found. Messages name the Secret and key, never the value.
@@ -61,6 +106,19 @@ pub enum CredentialsError {
         #[source]
         source: ConnectionStringError,
     },
+    #[error("ServiceAccount {namespace}/{name} not found")]
+    ServiceAccountNotFound { namespace: String, name: String },
+    #[error("ServiceAccount {namespace}/{name} has not opted in to token requests: annotate it with communication.acs.dev/allow-token-request=\"true\" to let CommunicationUsers of this namespace use its workload identity")]
+    TokenRequestNotAllowed { namespace: String, name: String },
+    #[error("ServiceAccount {namespace}/{name} has no {annotation} annotation: set it to the Entra application's or managed identity's {what}")]
+    ServiceAccountIncomplete {
+        namespace: String,
+        name: String,
+        annotation: &'static str,
+        what: &'static str,
+    },
+    #[error(transparent)]
+    Sealing(#[from] SealingKeyError),
     #[error("failed to read credentials")]
     Kube(#[source] kube::Error),
 }
@@ -68,16 +126,36 @@ pub enum CredentialsError {
 impl CredentialsError {
     /// Transient errors are retried with backoff; the others wait for a Secret change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Kube(_))
+        matches!(
+            self,
+            Self::Kube(_) | Self::Sealing(SealingKeyError::Kube(..))
+        )
+    }
+
+    /// When to look again without a watch event: ServiceAccounts are not watched, so their
+    /// annotations are read again after a minute.
+    pub fn requeue(&self) -> std::time::Duration {
+        match self {
+            Self::ServiceAccountNotFound { .. }
+            | Self::TokenRequestNotAllowed { .. }
+            | Self::ServiceAccountIncomplete { .. } => std::time::Duration::from_secs(60),
+            _ => std::time::Duration::from_secs(300),
+        }
     }
 
     /// The condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Invalid { .. } | Self::KeyMissing { .. } => {
+            Self::Invalid { .. }
+            | Self::KeyMissing { .. }
+            | Self::ServiceAccountIncomplete { .. }
+            | Self::Sealing(SealingKeyError::Unusable(_)) => {
                 api::condition::reasons::CREDENTIALS_INVALID
             }
-            Self::Kube(_) => api::condition::reasons::ACS_ERROR,
+            Self::TokenRequestNotAllowed { .. } => {
+                api::condition::reasons::TOKEN_REQUEST_NOT_ALLOWED
+            }
+            Self::Kube(_) | Self::Sealing(_) => api::condition::reasons::ACS_ERROR,
             _ => api::condition::reasons::CREDENTIALS_NOT_FOUND,
         }
     }
@@ -86,7 +164,7 @@ impl CredentialsError {
     pub fn message(&self) -> String {
         match self {
             Self::Invalid { source, .. } => format!("{self}: {source}"),
-            Self::Kube(e) => format!("{self}: {e}"),
+            Self::Kube(e) | Self::Sealing(SealingKeyError::Kube(_, e)) => format!("{self}: {e}"),
             _ => self.to_string(),
         }
     }
@@ -102,6 +180,38 @@ pub struct CredentialsResolver {
     cache: Arc<Mutex<HashMap<(String, String), CachedSecret>>>,
     /// Namespaces seen opted in, and when.
     opt_in: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    entra: Option<Entra>,
+}
+
+/// A ServiceAccount found usable, and when.
+type Usable = (std::time::Instant, Principal);
+
+/// What Entra credentials need: the token cache, settings, the sealing key, and the
+/// ServiceAccounts found usable (not watched: re-read after [`UNWATCHED_TTL`]).
+#[derive(Clone)]
+pub struct Entra {
+    pub tokens: EntraTokens,
+    pub config: EntraConfig,
+    pub default: Option<DefaultWorkloadIdentity>,
+    pub sealing: SealingKey,
+    accounts: Arc<Mutex<HashMap<(String, String), Usable>>>,
+}
+
+impl Entra {
+    pub fn new(
+        tokens: EntraTokens,
+        config: EntraConfig,
+        default: Option<DefaultWorkloadIdentity>,
+        sealing: SealingKey,
+    ) -> Self {
+        Self {
+            tokens,
+            config,
+            default,
+            sealing,
+            accounts: Arc::default(),
+        }
+    }
 }
 
 /// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
@@ -120,6 +230,7 @@ impl CredentialsResolver {
         client: Client,
         secrets: Stores<PartialObjectMeta<Secret>>,
         default: Option<DefaultCredentials>,
+        entra: Option<Entra>,
     ) -> Self {
         Self {
             client,
@@ -127,7 +238,13 @@ impl CredentialsResolver {
             default,
             cache: Arc::default(),
             opt_in: Arc::default(),
+            entra,
         }
+    }
+
+    /// The Entra token cache, when Entra credentials are enabled.
+    pub fn entra_tokens(&self) -> Option<&EntraTokens> {
+        self.entra.as_ref().map(|e| &e.tokens)
     }
 
     /// Resolves the credentials of a resource in `namespace` with an optional reference.
@@ -137,7 +254,14 @@ impl CredentialsResolver {
         reference: Option<&CredentialsRef>,
     ) -> Result<Credentials, CredentialsError> {
         if let Some(r) = reference {
-            return self.read_secret(namespace, &r.secret_name, &r.key).await;
+            if let Some((name, key)) = r.secret() {
+                return self.read_secret(namespace, name, key).await;
+            }
+            if let (Some(endpoint), Some(wi)) = (&r.endpoint, &r.workload_identity) {
+                return self
+                    .service_account(namespace, &wi.service_account_name, endpoint)
+                    .await;
+            }
         }
         if self.exists(namespace, api::DEFAULT_CREDENTIALS_SECRET) {
             return self
@@ -153,11 +277,107 @@ impl CredentialsResolver {
                 .namespace_opted_in(namespace, &d.namespace_selector)
                 .await?
             {
-                return self.read_secret(&d.namespace, &d.name, &d.key).await;
+                let mut c = self.read_secret(&d.namespace, &d.name, &d.key).await?;
+                c.operator_default = d.namespace != namespace;
+                return Ok(c);
+            }
+        }
+        if let Some(entra) = &self.entra {
+            if let (Some(d), Some(own)) = (&entra.default, &entra.config.own) {
+                if self
+                    .namespace_opted_in(namespace, &d.namespace_selector)
+                    .await?
+                {
+                    let principal = Principal::new(
+                        &entra.config.authority_host,
+                        &own.tenant_id,
+                        &own.client_id,
+                        AssertionSource::File(own.token_file.clone()),
+                    );
+                    return self
+                        .entra_credentials(
+                            entra,
+                            &d.endpoint,
+                            principal,
+                            CredentialsSource::OperatorIdentity,
+                            true,
+                        )
+                        .await;
+                }
             }
         }
         Err(CredentialsError::NoneConfigured {
             namespace: namespace.to_string(),
+        })
+    }
+
+    /// Entra credentials through a ServiceAccount of `namespace` that opted in.
+    async fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        endpoint: &str,
+    ) -> Result<Credentials, CredentialsError> {
+        let Some(entra) = &self.entra else {
+            // Built whenever the operator runs; absent only in narrow unit tests.
+            return Err(CredentialsError::NoneConfigured {
+                namespace: namespace.to_string(),
+            });
+        };
+        let key = (namespace.to_string(), name.to_string());
+        let known = entra
+            .accounts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+            .filter(|(at, _)| at.elapsed() < UNWATCHED_TTL)
+            .map(|(_, p)| p);
+        let principal = match known {
+            Some(p) => p,
+            None => {
+                let sa = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+                    .get_metadata_opt(name)
+                    .await
+                    .map_err(CredentialsError::Kube)?;
+                let result = principal_of(
+                    sa.as_ref().map(|s| &s.metadata),
+                    namespace,
+                    name,
+                    &entra.config,
+                );
+                if let Ok(mut m) = entra.accounts.lock() {
+                    match &result {
+                        Ok(p) => m.insert(key, (std::time::Instant::now(), p.clone())),
+                        Err(_) => m.remove(&key),
+                    };
+                }
+                result?
+            }
+        };
+        let source = CredentialsSource::ServiceAccount {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.entra_credentials(entra, endpoint, principal, source, false)
+            .await
+    }
+
+    async fn entra_credentials(
+        &self,
+        entra: &Entra,
+        endpoint: &str,
+        principal: Principal,
+        source: CredentialsSource,
+        operator_default: bool,
+    ) -> Result<Credentials, CredentialsError> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let seal = SealKey::new(entra.sealing.get().await?, principal.fingerprint(&endpoint));
+        Ok(Credentials {
+            endpoint,
+            auth: Auth::Entra(principal),
+            source,
+            seal,
+            operator_default,
         })
     }
 
@@ -213,7 +433,7 @@ impl CredentialsResolver {
         name: &str,
         key: &str,
     ) -> Result<Credentials, CredentialsError> {
-        let source = CredentialsSource {
+        let source = CredentialsSource::Secret {
             namespace: namespace.to_string(),
             secret: name.to_string(),
             key: key.to_string(),
@@ -254,8 +474,11 @@ impl CredentialsResolver {
         };
         match entry.keys.get(key) {
             Some(Ok(conn)) => Ok(Credentials {
-                connection: conn.clone(),
+                endpoint: conn.endpoint.clone(),
+                seal: SealKey::access_key(&conn.access_key),
+                auth: Auth::Key(conn.clone()),
                 source,
+                operator_default: false,
             }),
             Some(Err(e)) => Err(CredentialsError::Invalid {
                 namespace: namespace.to_string(),
@@ -320,22 +543,74 @@ impl CredentialsResolver {
 
     /// The last credentials seen for a Secret, even if it is gone now: lets a finalizer delete
     /// an identity while its namespace is being torn down and the Secret went first.
-    pub fn last_known(
-        &self,
-        namespace: &str,
-        name: &str,
-        key: &str,
-    ) -> Option<Arc<ConnectionString>> {
+    pub fn last_known(&self, namespace: &str, name: &str, key: &str) -> Option<Credentials> {
         let c = self.cache.lock().ok()?;
         match c
             .get(&(namespace.to_string(), name.to_string()))?
             .keys
             .get(key)?
         {
-            Ok(conn) => Some(conn.clone()),
+            Ok(conn) => Some(Credentials {
+                endpoint: conn.endpoint.clone(),
+                seal: SealKey::access_key(&conn.access_key),
+                auth: Auth::Key(conn.clone()),
+                source: CredentialsSource::Secret {
+                    namespace: namespace.to_string(),
+                    secret: name.to_string(),
+                    key: key.to_string(),
+                },
+                operator_default: false,
+            }),
             Err(_) => None,
         }
     }
+}
+
+/// The principal a ServiceAccount's annotations name, if it opted in.
+fn principal_of(
+    meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    namespace: &str,
+    name: &str,
+    config: &EntraConfig,
+) -> Result<Principal, CredentialsError> {
+    let Some(meta) = meta else {
+        return Err(CredentialsError::ServiceAccountNotFound {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
+    };
+    let ann = meta.annotations.clone().unwrap_or_default();
+    let get = |k: &str| {
+        ann.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if get(ALLOW_TOKEN_REQUEST_ANNOTATION).as_deref() != Some("true") {
+        return Err(CredentialsError::TokenRequestNotAllowed {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
+    }
+    let incomplete = |annotation, what| CredentialsError::ServiceAccountIncomplete {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        annotation,
+        what,
+    };
+    let client_id = get(crate::entra::CLIENT_ID_ANNOTATION)
+        .ok_or_else(|| incomplete(crate::entra::CLIENT_ID_ANNOTATION, "client id"))?;
+    let tenant_id = get(crate::entra::TENANT_ID_ANNOTATION)
+        .or_else(|| config.default_tenant_id.clone())
+        .ok_or_else(|| incomplete(crate::entra::TENANT_ID_ANNOTATION, "tenant id"))?;
+    Ok(Principal::new(
+        &config.authority_host,
+        &tenant_id,
+        &client_id,
+        AssertionSource::ServiceAccount {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        },
+    ))
 }
 
 fn parse_secret(secret: &Secret) -> CachedSecret {

@@ -74,6 +74,40 @@ pub enum SecretState {
     Tampered,
 }
 
+/// What seals a token Secret, and the fingerprint of the credentials its token was issued
+/// under. With a connection string both come from the access key; with Entra ID the seal is
+/// the operator's own sealing key and the fingerprint names endpoint and principal.
+#[derive(Clone)]
+pub struct SealKey {
+    key: AccessKey,
+    fingerprint: String,
+}
+
+impl SealKey {
+    /// Sealed and fingerprinted by an ACS access key.
+    pub fn access_key(key: &AccessKey) -> Self {
+        Self {
+            key: key.clone(),
+            fingerprint: key_fingerprint(key),
+        }
+    }
+
+    /// Sealed by `key`, recording `fingerprint` as the credentials' identity.
+    pub fn new(key: AccessKey, fingerprint: String) -> Self {
+        Self { key, fingerprint }
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey([redacted], {})", self.fingerprint)
+    }
+}
+
 /// A short, non-reversible fingerprint of an access key, safe to show in annotations.
 pub fn key_fingerprint(key: &AccessKey) -> String {
     let mut h = Sha256::new();
@@ -99,11 +133,11 @@ fn rfc3339(t: Timestamp) -> String {
 /// Still accepted when reading, so Secrets written by an older operator read as intact (and
 /// are rewritten with the current seal) instead of as edited.
 fn digest_v1(
-    key: &AccessKey,
+    key: &SealKey,
     data: &BTreeMap<String, ByteString>,
     records: &[(&str, String)],
 ) -> String {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.key.expose())
         .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
     for (k, v) in data {
         m.update(k.as_bytes());
@@ -124,8 +158,8 @@ fn digest_v1(
 /// it, and nothing else. Anyone can read it, but only the key holder can make one that
 /// matches an edited token or record; labels, other annotations and extra data keys are not
 /// sealed, so drift there is repaired with the same token instead of a new one.
-fn seal(key: &AccessKey, token: &[u8], r: &RecordedToken) -> String {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+fn seal(key: &SealKey, token: &[u8], r: &RecordedToken) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.key.expose())
         .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
     m.update(b"v2\0");
     m.update(&(token.len() as u64).to_be_bytes());
@@ -195,7 +229,7 @@ fn desired_metadata(
     owner: &CommunicationToken,
     token: &[u8],
     r: &RecordedToken,
-    key: &AccessKey,
+    key: &SealKey,
 ) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>)> {
     let template = owner.spec.secret_template.clone().unwrap_or_default();
     let template_keys = template
@@ -226,7 +260,7 @@ fn desired_metadata(
 pub fn desired_secret(
     owner: &CommunicationToken,
     t: &IssuedToken,
-    key: &AccessKey,
+    key: &SealKey,
 ) -> Option<Secret> {
     let token = t.token.expose().as_bytes();
     let (labels, ann) = desired_metadata(owner, token, &t.record, key)?;
@@ -254,7 +288,7 @@ pub fn rewritten_secret(
     owner: &CommunicationToken,
     token: &[u8],
     r: &RecordedToken,
-    key: &AccessKey,
+    key: &SealKey,
 ) -> Option<Secret> {
     let (labels, ann) = desired_metadata(owner, token, r, key)?;
     let mut out = current.clone();
@@ -318,7 +352,7 @@ pub fn is_controlled_by(secret: &Secret, owner: &CommunicationToken) -> bool {
 pub fn read_secret(
     secret: Option<&Secret>,
     owner: &CommunicationToken,
-    key: &AccessKey,
+    key: &SealKey,
     fallback: Option<&RecordedToken>,
 ) -> SecretState {
     let Some(secret) = secret else {
@@ -348,6 +382,11 @@ pub fn read_secret(
                 || (!have.starts_with("v2:")
                     && constant_time_eq(legacy().as_bytes(), have.as_bytes()))
             {
+                // Entra credentials share the operator's sealing key: a seal that verifies
+                // may still record other credentials (another principal or endpoint).
+                if r.key_fingerprint != key.fingerprint {
+                    return SecretState::KeyChanged(r.clone());
+                }
                 let drift = rewritten_secret(secret, owner, token, r, key)
                     .is_none_or(|w| drifted(secret, &w));
                 return SecretState::Intact {
@@ -358,7 +397,7 @@ pub fn read_secret(
         }
     }
     match parsed.or_else(|| fallback.cloned()) {
-        Some(r) if r.key_fingerprint != key_fingerprint(key) => SecretState::KeyChanged(r),
+        Some(r) if r.key_fingerprint != key.fingerprint => SecretState::KeyChanged(r),
         _ => SecretState::Tampered,
     }
 }
@@ -428,7 +467,7 @@ mod tests {
         t
     }
 
-    fn issued(key: &AccessKey) -> IssuedToken {
+    fn issued(key: &SealKey) -> IssuedToken {
         IssuedToken {
             token: TokenString::new("aaa.bbb.ccc".into()),
             record: RecordedToken {
@@ -438,14 +477,14 @@ mod tests {
                 scopes: vec![Scope::Voip, Scope::Chat],
                 expires_in_minutes: 60,
                 revocation_epoch: 2,
-                key_fingerprint: key_fingerprint(key),
+                key_fingerprint: key.fingerprint.clone(),
                 revision: 3,
             },
         }
     }
 
-    fn key(b: u8) -> AccessKey {
-        AccessKey::from_bytes(vec![b; 64])
+    fn key(b: u8) -> SealKey {
+        SealKey::access_key(&AccessKey::from_bytes(vec![b; 64]))
     }
 
     #[test]
@@ -614,9 +653,35 @@ mod tests {
     }
 
     #[test]
+    fn with_the_operators_sealing_key_a_change_of_principal_is_a_key_change_not_an_edit() {
+        let operator_key = AccessKey::from_bytes(vec![9; 64]);
+        let before = SealKey::new(operator_key.clone(), "entra:principal-a".into());
+        let s = desired_secret(&owner(), &issued(&before), &before).unwrap();
+        // Same principal: intact. Another principal (or endpoint) under the same sealing key:
+        // the token was issued under other credentials and is re-issued.
+        assert!(matches!(
+            read_secret(Some(&s), &owner(), &before, None),
+            SecretState::Intact { drifted: false, .. }
+        ));
+        let after = SealKey::new(operator_key, "entra:principal-b".into());
+        assert!(matches!(
+            read_secret(Some(&s), &owner(), &after, None),
+            SecretState::KeyChanged(_)
+        ));
+        // From a connection string to Entra: the seal no longer verifies, and the recorded
+        // fingerprint says why.
+        let hmac = key(1);
+        let s = desired_secret(&owner(), &issued(&hmac), &hmac).unwrap();
+        assert!(matches!(
+            read_secret(Some(&s), &owner(), &before, None),
+            SecretState::KeyChanged(_)
+        ));
+    }
+
+    #[test]
     fn fingerprints_differ_per_key_and_do_not_contain_it() {
-        let a = key_fingerprint(&key(1));
-        assert_ne!(a, key_fingerprint(&key(2)));
+        let a = key(1).fingerprint;
+        assert_ne!(a, key(2).fingerprint);
         assert_eq!(a.len(), 16);
     }
 }

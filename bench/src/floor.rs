@@ -294,11 +294,15 @@ impl Writer {
                         revision: 1,
                     },
                 };
-                let desired =
-                    secret::desired_secret(&t, &issued, &self.sample.key).ok_or(Error::Parse {
-                        what: "the token's Secret",
-                        detail: "the CommunicationToken has no name or uid".into(),
-                    })?;
+                let desired = secret::desired_secret(
+                    &t,
+                    &issued,
+                    &secret::SealKey::access_key(&self.sample.key),
+                )
+                .ok_or(Error::Parse {
+                    what: "the token's Secret",
+                    detail: "the CommunicationToken has no name or uid".into(),
+                })?;
                 secrets
                     .patch(
                         &t.secret_name(),

@@ -15,11 +15,14 @@
 use std::fmt;
 use std::time::{Instant, SystemTime};
 
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use crate::acs::bearer::{BearerSource, BearerToken, CredentialFailure};
 use crate::acs::connection::{AccessKey, ConnectionString};
 use crate::acs::error::{AcsError, DecodeError};
 use crate::acs::hmac;
@@ -50,18 +53,41 @@ pub struct AcsClient {
     http: reqwest::Client,
     endpoint: String,
     host: String,
-    key: AccessKey,
+    auth: Auth,
     options: ClientOptions,
     policy: RetryPolicy,
     /// The endpoint is `http://`.
     plain_http: bool,
 }
 
+/// How requests are authorized: signed with the resource's access key (HMAC), or carrying a
+/// Microsoft Entra ID bearer token. The SDKs never send both.
+#[derive(Clone)]
+enum Auth {
+    Key(AccessKey),
+    Bearer(Arc<dyn BearerSource>),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Key(k) => write!(f, "Key({k:?})"),
+            Auth::Bearer(b) => write!(f, "Bearer({})", b.principal()),
+        }
+    }
+}
+
+/// The `Authorization` of one attempt, and the bearer token it carries if any.
+struct Authorization {
+    headers: Vec<(&'static str, HeaderValue)>,
+    bearer: Option<BearerToken>,
+}
+
 impl fmt::Debug for AcsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcsClient")
             .field("endpoint", &self.endpoint)
-            .field("key", &self.key)
+            .field("auth", &self.auth)
             .field("options", &self.options)
             .finish()
     }
@@ -79,7 +105,21 @@ impl AcsClient {
     /// [`AcsError::InsecureHttp`] unless `options.allow_insecure_http` is set. The refusal is
     /// per call rather than here, so it reaches the resource's condition like any failed call.
     pub fn new(conn: ConnectionString, options: ClientOptions) -> Result<Self, AcsError> {
-        let base = Url::parse(&conn.endpoint).map_err(|e| AcsError::BuildRequest {
+        Self::build(&conn.endpoint, Auth::Key(conn.access_key), options)
+    }
+
+    /// A client authorized with Microsoft Entra ID bearer tokens from `source` instead of an
+    /// access key. `endpoint` is the resource's `https://<resource>.communication.azure.com`.
+    pub fn with_bearer(
+        endpoint: &str,
+        source: Arc<dyn BearerSource>,
+        options: ClientOptions,
+    ) -> Result<Self, AcsError> {
+        Self::build(endpoint, Auth::Bearer(source), options)
+    }
+
+    fn build(endpoint: &str, auth: Auth, options: ClientOptions) -> Result<Self, AcsError> {
+        let base = Url::parse(endpoint).map_err(|e| AcsError::BuildRequest {
             source: Box::new(e),
         })?;
         let host = wire_host(&base).ok_or_else(|| AcsError::BuildRequest {
@@ -111,9 +151,9 @@ impl AcsClient {
             .map_err(|source| AcsError::BuildClient { source })?;
         Ok(Self {
             http,
-            endpoint: conn.endpoint.trim_end_matches('/').to_string(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
             host,
-            key: conn.access_key,
+            auth,
             policy: options.retry_policy(),
             plain_http: base.scheme() == "http",
             options,
@@ -224,9 +264,33 @@ impl AcsClient {
                     }
                 }
                 tracing::trace!(attempt, "sending acs request");
+                // A bearer token is had before the clock starts: its exchange is not an ACS
+                // request, and a failure to get one was never sent to ACS (nor observed).
+                let auth = match self.authorization(prepared, &url).await {
+                    Ok(auth) => auth,
+                    Err(err) => {
+                        if !self
+                            .policy
+                            .should_retry(attempt, &err, prepared.idempotency)
+                        {
+                            tracing::debug!(attempt, error = %err, "no entra token for the acs request");
+                            return Err(err);
+                        }
+                        let delay = self.policy.delay(attempt, &err, rand::random::<f64>());
+                        tracing::debug!(attempt, error = %err, delay_ms = delay.as_millis() as u64, "no entra token for the acs request, retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                };
+                let bearer = auth.bearer.clone();
                 let started = Instant::now();
-                let result = self.attempt(prepared, &url, &request_id).await;
+                let result = self.attempt(prepared, &url, &request_id, auth).await;
                 let elapsed = started.elapsed();
+                if let (Some(token), Auth::Bearer(source), Err(e)) = (&bearer, &self.auth, &result) {
+                    if e.status() == Some(401) {
+                        source.rejected(token);
+                    }
+                }
                 let elapsed_ms = elapsed.as_millis() as u64;
                 let outcome = match &result {
                     Ok(ok) => ok.status.to_string(),
@@ -281,23 +345,64 @@ impl AcsClient {
         .await
     }
 
+    /// The authorization headers of one attempt: an HMAC signature over the exact bytes sent
+    /// (with the `x-ms-date` it covers), or an Entra bearer token alone, as the SDKs send it.
+    async fn authorization(
+        &self,
+        prepared: &Prepared,
+        url: &Url,
+    ) -> Result<Authorization, AcsError> {
+        match &self.auth {
+            Auth::Key(key) => {
+                let signed = hmac::sign_request(
+                    key.expose(),
+                    prepared.method.as_str(),
+                    &request_target(url),
+                    &self.host,
+                    &prepared.body,
+                    SystemTime::now(),
+                );
+                let mut authorization = header_value(&signed.authorization)?;
+                // Sensitive values print as "Sensitive" in Debug output and are never
+                // HPACK-indexed.
+                authorization.set_sensitive(true);
+                Ok(Authorization {
+                    headers: vec![
+                        ("x-ms-date", header_value(&signed.x_ms_date)?),
+                        ("x-ms-content-sha256", header_value(&signed.content_sha256)?),
+                        ("authorization", authorization),
+                    ],
+                    bearer: None,
+                })
+            }
+            Auth::Bearer(source) => {
+                let token = source.bearer().await?;
+                let mut authorization =
+                    HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                        AcsError::Credential {
+                            failure: CredentialFailure::Rejected,
+                            message: format!(
+                                "the Entra token for {} is not a valid header value",
+                                source.principal()
+                            ),
+                        }
+                    })?;
+                authorization.set_sensitive(true);
+                Ok(Authorization {
+                    headers: vec![("authorization", authorization)],
+                    bearer: Some(token),
+                })
+            }
+        }
+    }
+
     async fn attempt(
         &self,
         prepared: &Prepared,
         url: &Url,
         request_id: &str,
+        auth: Authorization,
     ) -> Result<Success, AcsError> {
-        let signed = hmac::sign_request(
-            self.key.expose(),
-            prepared.method.as_str(),
-            &request_target(url),
-            &self.host,
-            &prepared.body,
-            SystemTime::now(),
-        );
-        let mut authorization = header_value(&signed.authorization)?;
-        // Sensitive values print as "Sensitive" in Debug output and are never HPACK-indexed.
-        authorization.set_sensitive(true);
         let mut builder = self
             .http
             .request(prepared.method.clone(), url.clone())
@@ -309,11 +414,11 @@ impl AcsClient {
                 "x-ms-return-client-request-id",
                 HeaderValue::from_static("true"),
             )
-            .header("x-ms-date", header_value(&signed.x_ms_date)?)
-            .header("x-ms-content-sha256", header_value(&signed.content_sha256)?)
-            .header(AUTHORIZATION, authorization)
             .timeout(self.options.request_timeout)
             .body(prepared.body.clone());
+        for (name, value) in auth.headers {
+            builder = builder.header(name, value);
+        }
         if prepared.method != http::Method::GET {
             // hyper omits `Content-Length: 0`, but the SDK sends it on empty POST and DELETE
             // bodies, and some HTTP stacks answer a bodiless POST without it with 411.

@@ -93,6 +93,14 @@ pub enum AcsError {
     /// sent.
     #[error("refused to send to a plain http:// acs endpoint: signed requests and tokens would travel in clear; use https://, or for a development emulator only start the operator with --allow-insecure-http (ALLOW_INSECURE_HTTP=true)")]
     InsecureHttp,
+    /// No Microsoft Entra ID token could be had for the call; nothing was sent to ACS.
+    /// `message` names the principal and Entra's error code, never a token, assertion or
+    /// secret.
+    #[error("{message}")]
+    Credential {
+        failure: crate::acs::bearer::CredentialFailure,
+        message: String,
+    },
 }
 
 fn describe_service(
@@ -181,6 +189,7 @@ impl AcsError {
             | AcsError::RequiresPreview { .. }
             | AcsError::Fenced { .. }
             | AcsError::InsecureHttp => false,
+            AcsError::Credential { failure, .. } => failure.is_transient(),
         }
     }
 
@@ -213,6 +222,7 @@ impl AcsError {
             AcsError::RequiresPreview { .. } => "unsupported",
             AcsError::Fenced { .. } => "fenced",
             AcsError::InsecureHttp => "insecure_http",
+            AcsError::Credential { .. } => "credentials",
         }
     }
 

@@ -1,6 +1,7 @@
 //! ACS Identity data-plane client: connection strings, HMAC request signing, typed calls and
 //! typed errors. `hmac` is pure and shared with the emulator, which verifies what it signs.
 
+pub mod bearer;
 pub mod client;
 pub mod connection;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod retry;
 
+pub use bearer::{BearerSource, BearerToken, CredentialFailure};
 pub use client::{AcsClient, ApiMode, ClientOptions, CreateIdentity, CreatedIdentity};
 pub use connection::{AccessKey, ConnectionString, ConnectionStringError};
 pub use error::AcsError;

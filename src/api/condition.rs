@@ -20,6 +20,12 @@ pub mod reasons {
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
     pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
     pub const RESOURCE_MISMATCH: &str = "ResourceMismatch";
+    /// The ServiceAccount named by `workloadIdentity` has not opted in to token requests.
+    pub const TOKEN_REQUEST_NOT_ALLOWED: &str = "TokenRequestNotAllowed";
+    /// The operator may not request tokens for the ServiceAccount (its RBAC).
+    pub const TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
+    /// The Entra principal holds no data-plane role on the ACS resource (403).
+    pub const NOT_AUTHORIZED: &str = "NotAuthorized";
     pub const IDENTITY_NOT_FOUND: &str = "IdentityNotFound";
     pub const ACS_ERROR: &str = "AcsError";
     pub const REVOKING: &str = "Revoking";

@@ -11,7 +11,7 @@ pub use token::{
 };
 pub use user::{
     CommunicationUser, CommunicationUserSpec, CommunicationUserStatus, CredentialsRef,
-    DeletionPolicy, RevocationStatus,
+    DeletionPolicy, RevocationStatus, WorkloadIdentityRef,
 };
 
 /// API group of both kinds.

@@ -46,7 +46,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CommunicationUserSpec {
-    /// Where the ACS connection string comes from. When omitted, the operator uses the Secret
+    /// How to authenticate to ACS: a connection string in a Secret, or Microsoft Entra ID
+    /// workload identity through a ServiceAccount. When omitted, the operator uses the Secret
     /// `acs-credentials` (key `connectionString`) in this namespace, and otherwise the
     /// operator-wide default credentials if this namespace opted into them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,22 +70,86 @@ pub struct CommunicationUserSpec {
     pub identity_id: Option<String>,
 }
 
-/// A reference to the connection string of an ACS resource, in a Secret of the same namespace.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+/// How the operator authenticates to the ACS resource: a connection string in a Secret of
+/// this namespace (`secretName`, `key`), or Microsoft Entra ID workload identity through a
+/// ServiceAccount of this namespace (`endpoint`, `workloadIdentity`). Exactly one form.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secretName) != has(self.workloadIdentity)").message("set exactly one of secretName (a connection string in a Secret) or workloadIdentity (Microsoft Entra ID)"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.workloadIdentity) == has(self.endpoint)").message("endpoint goes with workloadIdentity, and workloadIdentity needs it: the ACS resource's https://<resource>.communication.azure.com (a connection string carries its own)"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.key) || has(self.secretName)").message("key names the connection string's key in secretName's Secret; it has no meaning with workloadIdentity"))]
 pub struct CredentialsRef {
-    /// Name of a Secret in this namespace. References never cross namespaces.
+    /// Name of a Secret in this namespace holding a connection string. References never cross
+    /// namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
-    /// Key of the connection string in that Secret (`endpoint=https://...;accesskey=...`).
-    /// Azure Service Operator v2 writes `primaryConnectionString` or `secondaryConnectionString`.
-    #[serde(default = "default_credentials_key")]
+    pub secret_name: Option<String>,
+    /// Key of the connection string in that Secret (`endpoint=https://...;accesskey=...`);
+    /// `connectionString` when omitted. Azure Service Operator v2 writes
+    /// `primaryConnectionString` or `secondaryConnectionString`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub key: String,
+    pub key: Option<String>,
+    /// The ACS resource's endpoint, `https://<resource>.communication.azure.com`, for
+    /// `workloadIdentity` (a connection string names its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 9, max = 2048),
+        regex(pattern = r"^https?://[^/\s?#]+/?$")
+    )]
+    pub endpoint: Option<String>,
+    /// Authenticate with Microsoft Entra ID as the workload identity of a ServiceAccount of this
+    /// namespace: the operator requests a token for it (TokenRequest, audience
+    /// `api://AzureADTokenExchange`) and exchanges it with Entra. The ServiceAccount must carry
+    /// `azure.workload.identity/client-id` (and `azure.workload.identity/tenant-id` unless the
+    /// operator has a default tenant) and opt in with
+    /// `communication.acs.dev/allow-token-request: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentityRef>,
 }
 
-fn default_credentials_key() -> String {
-    super::DEFAULT_CREDENTIALS_KEY.to_string()
+impl CredentialsRef {
+    /// The Secret form: the connection string under `key` of Secret `name`.
+    pub fn from_secret(name: &str, key: &str) -> Self {
+        Self {
+            secret_name: Some(name.to_string()),
+            key: Some(key.to_string()),
+            endpoint: None,
+            workload_identity: None,
+        }
+    }
+
+    /// The Entra form: `endpoint`, as the workload identity of ServiceAccount `name`.
+    pub fn from_service_account(endpoint: &str, name: &str) -> Self {
+        Self {
+            secret_name: None,
+            key: None,
+            endpoint: Some(endpoint.to_string()),
+            workload_identity: Some(WorkloadIdentityRef {
+                service_account_name: name.to_string(),
+            }),
+        }
+    }
+
+    /// The Secret form's Secret name and key (the key defaulted), if this is that form.
+    pub fn secret(&self) -> Option<(&str, &str)> {
+        let name = self.secret_name.as_deref()?;
+        Some((
+            name,
+            self.key
+                .as_deref()
+                .unwrap_or(super::DEFAULT_CREDENTIALS_KEY),
+        ))
+    }
+}
+
+/// A ServiceAccount whose workload identity the operator uses.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentityRef {
+    /// Name of a ServiceAccount in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: String,
 }
 
 /// What to do with the ACS identity when the CommunicationUser is deleted.

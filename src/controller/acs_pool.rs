@@ -1,19 +1,23 @@
 //! ACS clients shared by every reconcile, and their request budgets. ACS throttles per
 //! resource, so the budget is kept per endpoint: one tenant's busy resource cannot delay
-//! another's, and both keys of one resource draw on the one budget, as the service counts
-//! them. Clients are kept per endpoint and key, so two keys in use at once (a rotation in
-//! progress, or users on the primary and the secondary key) never rebuild each other's client.
+//! another's, and both keys (and every Entra principal) of one resource draw on the one
+//! budget, as the service counts them. Clients are kept per endpoint and credentials, so two
+//! keys in use at once (a rotation in progress, or users on the primary and the secondary
+//! key) or a few principals never rebuild each other's client.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::acs::{AcsClient, AcsError, ClientOptions, ConnectionString, MutationGate, RateLimiter};
+use crate::acs::{
+    AcsClient, AcsError, ClientOptions, CredentialFailure, MutationGate, RateLimiter,
+};
+use crate::credentials::{Auth, Credentials};
+use crate::entra::EntraTokens;
 use crate::leader::LeaderGate;
-use crate::secret::key_fingerprint;
 
-/// Clients kept per endpoint: the primary and the secondary key. A third key (a rotation that
-/// went further) replaces the least recently used one.
-const KEYS_PER_ENDPOINT: usize = 2;
+/// Clients kept per endpoint: the primary and the secondary key, and a few Entra principals
+/// (one per ServiceAccount in use). One more replaces the least recently used one.
+const KEYS_PER_ENDPOINT: usize = 8;
 
 /// Requests per second and burst of each endpoint's budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,10 +72,15 @@ impl AcsPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The client for these credentials, created on first use.
-    pub fn client(&self, conn: &ConnectionString) -> Result<AcsClient, AcsError> {
-        let endpoint = endpoint_key(&conn.endpoint);
-        let fingerprint = key_fingerprint(&conn.access_key);
+    /// The client for these credentials, created on first use. Entra credentials need the
+    /// token cache.
+    pub fn client(
+        &self,
+        creds: &Credentials,
+        entra: Option<&EntraTokens>,
+    ) -> Result<AcsClient, AcsError> {
+        let endpoint = endpoint_key(&creds.endpoint);
+        let fingerprint = creds.fingerprint().to_string();
         let mut state = self.state();
         state.tick += 1;
         let tick = state.tick;
@@ -103,7 +112,19 @@ impl AcsPool {
             rate_limiter: limiter,
             ..self.options.clone()
         };
-        let client = AcsClient::new(conn.clone(), options)?;
+        let client = match (&creds.auth, entra) {
+            (Auth::Key(conn), _) => AcsClient::new(conn.as_ref().clone(), options)?,
+            (Auth::Entra(principal), Some(tokens)) => {
+                AcsClient::with_bearer(&creds.endpoint, tokens.source(principal.clone()), options)?
+            }
+            (Auth::Entra(_), None) => {
+                return Err(AcsError::Credential {
+                    failure: CredentialFailure::Missing,
+                    message: "Microsoft Entra ID credentials are not enabled in this operator"
+                        .into(),
+                })
+            }
+        };
         state.built += 1;
         let keys = state.clients.entry(endpoint).or_default();
         if keys.len() >= KEYS_PER_ENDPOINT {
@@ -178,10 +199,38 @@ mod tests {
 
     const KEY_1: &str = "a2V5LW9uZS1rZXktb25lLWtleS1vbmU=";
     const KEY_2: &str = "a2V5LXR3by1rZXktdHdvLWtleS10d28=";
-    const KEY_3: &str = "a2V5LXRocmVlLWtleS10aHJlZS1rZXk=";
 
-    fn conn(endpoint: &str, key: &str) -> ConnectionString {
-        ConnectionString::parse(&format!("endpoint={endpoint};accesskey={key}")).unwrap()
+    fn conn(endpoint: &str, key: &str) -> Credentials {
+        let c = std::sync::Arc::new(
+            crate::acs::ConnectionString::parse(&format!("endpoint={endpoint};accesskey={key}"))
+                .unwrap(),
+        );
+        Credentials {
+            endpoint: c.endpoint.clone(),
+            seal: crate::secret::SealKey::access_key(&c.access_key),
+            auth: Auth::Key(c),
+            source: crate::credentials::CredentialsSource::OperatorIdentity,
+            operator_default: false,
+        }
+    }
+
+    fn entra(endpoint: &str, client: &str) -> Credentials {
+        let p = crate::entra::Principal::new(
+            "https://login.example",
+            "t",
+            client,
+            crate::entra::AssertionSource::File("/f".into()),
+        );
+        Credentials {
+            endpoint: endpoint.into(),
+            seal: crate::secret::SealKey::new(
+                crate::acs::AccessKey::from_bytes(vec![1; 64]),
+                p.fingerprint(endpoint),
+            ),
+            auth: Auth::Entra(p),
+            source: crate::credentials::CredentialsSource::OperatorIdentity,
+            operator_default: false,
+        }
     }
 
     fn pool() -> AcsPool {
@@ -235,9 +284,9 @@ mod tests {
     async fn two_keys_of_one_endpoint_share_one_budget_and_are_both_kept() {
         let pool = pool();
         let e = "https://res.communication.azure.com";
-        pool.client(&conn(e, KEY_1)).unwrap();
+        pool.client(&conn(e, KEY_1), None).unwrap();
         let budget = limiter(&pool, e);
-        pool.client(&conn("https://RES.communication.azure.com/", KEY_2))
+        pool.client(&conn("https://RES.communication.azure.com/", KEY_2), None)
             .unwrap();
         assert!(
             limiter(&pool, e).shares_bucket(&budget),
@@ -246,7 +295,7 @@ mod tests {
         assert_eq!(fingerprints(&pool, e).len(), 2, "a key evicted the other");
         // Alternating keys finds both cached: no client is built again.
         for key in [KEY_1, KEY_2, KEY_1, KEY_2] {
-            pool.client(&conn(e, key)).unwrap();
+            pool.client(&conn(e, key), None).unwrap();
         }
         assert_eq!(pool.state().built, 2);
         assert_eq!(pool.state().limiters.len(), 1);
@@ -255,9 +304,9 @@ mod tests {
     #[tokio::test]
     async fn another_endpoint_has_its_own_budget() {
         let pool = pool();
-        pool.client(&conn("https://a.communication.azure.com", KEY_1))
+        pool.client(&conn("https://a.communication.azure.com", KEY_1), None)
             .unwrap();
-        pool.client(&conn("https://b.communication.azure.com", KEY_1))
+        pool.client(&conn("https://b.communication.azure.com", KEY_1), None)
             .unwrap();
         let a = limiter(&pool, "https://a.communication.azure.com");
         let b = limiter(&pool, "https://b.communication.azure.com");
@@ -272,23 +321,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_third_key_replaces_the_least_recently_used_one() {
+    async fn one_more_credential_replaces_the_least_recently_used_one() {
         let pool = pool();
         let e = "https://res.communication.azure.com";
-        pool.client(&conn(e, KEY_1)).unwrap();
-        pool.client(&conn(e, KEY_2)).unwrap();
-        pool.client(&conn(e, KEY_1)).unwrap(); // KEY_2 is now the least recently used
-        pool.client(&conn(e, KEY_3)).unwrap();
-        let fp = |k: &str| key_fingerprint(&conn(e, k).access_key);
-        let mut want = vec![fp(KEY_1), fp(KEY_3)];
-        want.sort();
-        assert_eq!(fingerprints(&pool, e), want);
+        let keys: Vec<String> = (1..=KEYS_PER_ENDPOINT as u8 + 1)
+            .map(|i| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode([i; 32])
+            })
+            .collect();
+        for k in &keys[..KEYS_PER_ENDPOINT] {
+            pool.client(&conn(e, k), None).unwrap();
+        }
+        pool.client(&conn(e, &keys[0]), None).unwrap(); // keys[1] is now the least recently used
+        pool.client(&conn(e, &keys[KEYS_PER_ENDPOINT]), None)
+            .unwrap();
+        let fp = |k: &str| conn(e, k).fingerprint().to_string();
+        let have = fingerprints(&pool, e);
+        assert_eq!(have.len(), KEYS_PER_ENDPOINT);
+        assert!(
+            !have.contains(&fp(&keys[1])),
+            "the least recently used was kept"
+        );
+        assert!(have.contains(&fp(&keys[0])) && have.contains(&fp(&keys[KEYS_PER_ENDPOINT])));
+    }
+
+    #[tokio::test]
+    async fn entra_principals_share_the_endpoint_budget_and_need_the_token_cache() {
+        let pool = pool();
+        let e = "https://res.communication.azure.com";
+        pool.client(&conn(e, KEY_1), None).unwrap();
+        let err = pool.client(&entra(e, "c1"), None).unwrap_err();
+        assert_eq!(err.category(), "credentials");
+        assert!(!err.is_transient());
+        assert_eq!(pool.state().limiters.len(), 1);
     }
 
     #[tokio::test]
     async fn without_a_budget_no_limiter_is_created() {
         let pool = AcsPool::new(ClientOptions::default(), None);
-        pool.client(&conn("https://a.communication.azure.com", KEY_1))
+        pool.client(&conn("https://a.communication.azure.com", KEY_1), None)
             .unwrap();
         assert!(pool.state().limiters.is_empty());
     }

@@ -38,6 +38,13 @@ impl Context {
             allow_insecure_http: false,
             acs_request_timeout: Duration::from_secs(5),
             default_credentials: None,
+            default_workload_identity: None,
+            entra: crate::config::EntraConfig {
+                authority_host: crate::entra::DEFAULT_AUTHORITY_HOST.into(),
+                default_tenant_id: None,
+                own: None,
+                sealing_key_secret: ("default".into(), "sealing".into()),
+            },
             metrics_addr: ([127, 0, 0, 1], 0).into(),
             leader_election: None,
             identity: "test".into(),
@@ -60,6 +67,7 @@ impl Context {
             credentials: CredentialsResolver::new(
                 client.clone(),
                 Stores::new(vec![(None, creds)]),
+                None,
                 None,
             ),
             users: Stores::new(vec![(None, users)]),

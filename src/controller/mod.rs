@@ -75,10 +75,10 @@ impl Context {
     /// of its own and each attempt is one request.
     pub fn acs_client(
         &self,
-        conn: &crate::acs::ConnectionString,
+        creds: &crate::credentials::Credentials,
         key: &str,
     ) -> Result<crate::acs::AcsClient, crate::acs::AcsError> {
-        let client = self.acs.client(conn)?;
+        let client = self.acs.client(creds, self.credentials.entra_tokens())?;
         Ok(if self.failures.get(key) > 0 {
             client.without_retries()
         } else {
@@ -105,6 +105,35 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "failed to publish event");
         }
+    }
+}
+
+/// The condition reason of an ACS failure that concerns the credentials, if it does: Entra
+/// refusing the principal or its assertion, the ServiceAccount gone, the TokenRequest denied,
+/// ACS rejecting the key or token (401) or the principal lacking a role (403).
+pub fn credential_reason(e: &crate::acs::AcsError) -> Option<&'static str> {
+    use crate::acs::{AcsError, CredentialFailure};
+    use crate::api::condition::reasons;
+    match e {
+        AcsError::Credential { failure, .. } => match failure {
+            CredentialFailure::Rejected => Some(reasons::CREDENTIALS_REJECTED),
+            CredentialFailure::Missing => Some(reasons::CREDENTIALS_NOT_FOUND),
+            CredentialFailure::TokenRequestDenied => Some(reasons::TOKEN_REQUEST_FAILED),
+            CredentialFailure::Unavailable => None,
+        },
+        _ if e.status() == Some(401) => Some(reasons::CREDENTIALS_REJECTED),
+        _ if e.status() == Some(403) => Some(reasons::NOT_AUTHORIZED),
+        _ => None,
+    }
+}
+
+/// What a person should do about an ACS failure, appended to its message where there is
+/// something to say.
+pub fn failure_hint(e: &crate::acs::AcsError) -> &'static str {
+    if e.status() == Some(403) {
+        "; the Entra principal needs a data-plane role on the ACS resource: Contributor, or Communication and Email Service Owner"
+    } else {
+        ""
     }
 }
 
@@ -215,6 +244,8 @@ pub enum RunError {
     KubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("failed to create the Kubernetes client")]
     KubeClient(#[source] kube::Error),
+    #[error("invalid Entra settings (the CA bundle)")]
+    Entra(#[source] crate::entra::BuildError),
     #[error("failed to bind the metrics and health server")]
     Server(#[source] std::io::Error),
     #[error("leader election failed")]
@@ -451,6 +482,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let cred_store: Stores<PartialObjectMeta<Secret>> = Stores::new(creds.stores);
 
     let acs_options = acs_pool::client_options(&config, metrics.clone(), gate.clone());
+    let entra_tokens = crate::entra::EntraTokens::new(
+        client.clone(),
+        config.acs_ca_pem.as_deref(),
+        config.acs_request_timeout,
+        Some(metrics.clone()),
+    )
+    .map_err(RunError::Entra)?;
+    let (seal_ns, seal_name) = &config.entra.sealing_key_secret;
+    let entra = crate::credentials::Entra::new(
+        entra_tokens,
+        config.entra.clone(),
+        config.default_workload_identity.clone(),
+        crate::sealing::SealingKey::new(client.clone(), seal_ns, seal_name),
+    );
     let reporter = Reporter {
         controller: api::MANAGED_BY.to_string(),
         instance: Some(config.identity.clone()),
@@ -465,6 +510,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             client.clone(),
             cred_store.clone(),
             config.default_credentials.clone(),
+            Some(entra),
         ),
         users: user_stores.clone(),
         tokens: token_stores.clone(),

@@ -37,10 +37,7 @@ async fn identity_calls(acs: &Acs) -> u64 {
 
 fn user_with(credentials: &str) -> CommunicationUserSpec {
     CommunicationUserSpec {
-        credentials: Some(CredentialsRef {
-            secret_name: credentials.to_string(),
-            key: "connectionString".to_string(),
-        }),
+        credentials: Some(CredentialsRef::from_secret(credentials, "connectionString")),
         ..CommunicationUserSpec::default()
     }
 }

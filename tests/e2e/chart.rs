@@ -171,6 +171,18 @@ async fn default_credentials(client: &Client, namespace: &str, workloads: &str, 
         .unwrap();
 }
 
+/// The emulator of the chart runs: 20 s tokens (a rotation within the test), and the cluster's
+/// issuer trusted for the Entra step.
+async fn chart_acs(env: &TestEnv) -> Acs {
+    let ca = std::fs::read_to_string(&env.cp.pki().ca_cert).expect("cluster CA");
+    Acs::start_with(EmulatorConfig {
+        token_lifetime_seconds: Some(20),
+        oidc_ca_pems: vec![ca],
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
 fn default_credentials_values() -> Value {
     json!({"secretName": "acs-aso", "key": "primaryConnectionString"})
 }
@@ -198,7 +210,10 @@ async fn run_and_audit(env: &TestEnv, inst: &Installed, acs: &Acs) -> Vec<audit:
     let from = audit::offset(env.cp.audit_log_path());
     let mut op = Operator::spawn(args);
     op.wait_ready().await;
-    let run = std::panic::AssertUnwindSafe(scenario::core_scenarios(env, acs));
+    let run = std::panic::AssertUnwindSafe(async {
+        scenario::core_scenarios(env, acs).await;
+        scenario::entra_scenario(env, acs).await;
+    });
     if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
         // Say why: a denied request of the operator is the usual cause.
         let denied: Vec<String> = audit::requests_of(env.cp.audit_log_path(), from, &inst.sa_user)
@@ -239,11 +254,7 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
     let outside = TestNamespace::create(env.cp, "chart-ns-outside")
         .await
         .unwrap();
-    let acs = Acs::start_with(EmulatorConfig {
-        token_lifetime_seconds: Some(20),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let acs = chart_acs(&env).await;
     default_credentials(&env.client, operator_ns.name(), env.ns(), &acs).await;
     let tools = Tools::new(env.cp);
     let values = json!({
@@ -251,6 +262,7 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
         // The shared control plane's CRDs were installed from crds/ without helm.
         "crds": {"install": false},
         "defaultCredentials": default_credentials_values(),
+        "workloadIdentity": {"authorityHost": acs.emu.entra_authority()},
     });
     let inst = install(&tools, &env.client, operator_ns.name(), &values).await;
     assert_eq!(
@@ -436,14 +448,13 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
     let operator_ns = TestNamespace::create(cp, "chart-cluster-operator")
         .await
         .unwrap();
-    let acs = Acs::start_with(EmulatorConfig {
-        token_lifetime_seconds: Some(20),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let acs = chart_acs(&env).await;
     default_credentials(&client, operator_ns.name(), env.ns(), &acs).await;
     let tools = Tools::new(cp);
-    let values = json!({"defaultCredentials": default_credentials_values()});
+    let values = json!({
+        "defaultCredentials": default_credentials_values(),
+        "workloadIdentity": {"authorityHost": acs.emu.entra_authority()},
+    });
     let inst = install(&tools, &client, operator_ns.name(), &values).await;
     assert_eq!(
         helm::env_value(

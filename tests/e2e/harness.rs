@@ -157,6 +157,36 @@ impl Acs {
         acs_identity_operator::acs::AcsClient::new(conn, options).expect("ACS client")
     }
 
+    /// Registers an Entra application (`POST /_emulator/entra/clients`); answers
+    /// `{"tenantId", "clientId", "clientSecret"?}`.
+    #[allow(dead_code)]
+    pub async fn entra_client(&self, body: Value) -> Value {
+        self.admin(reqwest::Method::POST, "/entra/clients", Some(body))
+            .await
+    }
+
+    /// Sets an Entra application's roles on the resource.
+    #[allow(dead_code)]
+    pub async fn admin_put_roles(&self, client_id: &str, roles: &[&str]) {
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("/entra/clients/{client_id}/roles"),
+            Some(serde_json::json!({ "roles": roles })),
+        )
+        .await;
+    }
+
+    /// Deletes an Entra application.
+    #[allow(dead_code)]
+    pub async fn delete_entra_client(&self, client_id: &str) {
+        self.admin(
+            reqwest::Method::DELETE,
+            &format!("/entra/clients/{client_id}"),
+            None,
+        )
+        .await;
+    }
+
     /// Number of revocations the emulator recorded for `id`.
     pub async fn revocations(&self, id: &str) -> u64 {
         self.identity(id)
@@ -546,4 +576,95 @@ pub fn assert_no_secrets(haystack: &str, keys_b64: &[String], tokens: &[String],
             assert!(!haystack.contains(sig), "{what} contains a token signature");
         }
     }
+}
+
+/// The audience of ServiceAccount tokens exchanged with Entra.
+#[allow(dead_code)]
+pub const SA_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// An emulator that trusts the control plane's CA for fetching its issuer's keys.
+#[allow(dead_code)]
+pub async fn entra_acs(env: &crate::support::TestEnv) -> Acs {
+    let ca = std::fs::read_to_string(&env.cp.pki().ca_cert).expect("cluster CA");
+    Acs::start_with(EmulatorConfig {
+        oidc_ca_pems: vec![ca],
+        ..acs_emulator::EmulatorConfig::default()
+    })
+    .await
+}
+
+/// The apiserver's ServiceAccount issuer (`--service-account-issuer`).
+#[allow(dead_code)]
+pub fn issuer(env: &crate::support::TestEnv) -> String {
+    format!("{}/", env.cp.api_url())
+}
+
+#[allow(dead_code)]
+pub fn subject(env: &crate::support::TestEnv, sa: &str) -> String {
+    format!("system:serviceaccount:{}:{sa}", env.ns())
+}
+
+/// Registers an Entra application federated with `subject`, holding `roles`.
+#[allow(dead_code)]
+pub async fn federated_client(
+    acs: &Acs,
+    env: &crate::support::TestEnv,
+    name: &str,
+    subject: &str,
+    roles: &[&str],
+) -> Value {
+    acs.entra_client(serde_json::json!({
+        "displayName": name,
+        "federated": [{"issuer": issuer(env), "subject": subject, "audience": SA_AUDIENCE}],
+        "roles": roles,
+    }))
+    .await
+}
+
+/// A ServiceAccount annotated for workload identity, opted in to token requests or not.
+#[allow(dead_code)]
+pub async fn workload_identity_sa(
+    env: &crate::support::TestEnv,
+    name: &str,
+    app: &Value,
+    opted_in: bool,
+) {
+    let mut ann = serde_json::json!({
+        "azure.workload.identity/client-id": app["clientId"],
+        "azure.workload.identity/tenant-id": app["tenantId"],
+    });
+    if opted_in {
+        ann["communication.acs.dev/allow-token-request"] = serde_json::json!("true");
+    }
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": ann}
+        }))
+        .unwrap();
+    env.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+}
+
+#[allow(dead_code)]
+pub fn entra_user(acs: &Acs, sa: &str) -> CommunicationUserSpec {
+    CommunicationUserSpec {
+        credentials: Some(
+            acs_identity_operator::api::CredentialsRef::from_service_account(
+                &acs.emu.endpoint(),
+                sa,
+            ),
+        ),
+        ..CommunicationUserSpec::default()
+    }
+}
+
+#[allow(dead_code)]
+pub fn entra_operator(env: &crate::support::TestEnv, acs: &Acs) -> OperatorArgs {
+    OperatorArgs::new(env, acs)
+        .arg("--entra-authority-host")
+        .arg(&acs.emu.entra_authority())
+        .arg("--sealing-key-secret")
+        .arg(&format!("{}/acs-sealing-key", env.ns()))
 }

@@ -10,6 +10,7 @@ mod admission;
 mod backoff;
 mod chart;
 mod drift;
+mod entra;
 mod fencing;
 mod harness;
 mod leader;

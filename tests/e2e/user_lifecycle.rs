@@ -265,10 +265,10 @@ async fn credentials_resolve_from_a_reference_an_aso_key_and_a_late_secret() {
         &env,
         "aso",
         CommunicationUserSpec {
-            credentials: Some(CredentialsRef {
-                secret_name: "aso-acs".into(),
-                key: "primaryConnectionString".into(),
-            }),
+            credentials: Some(CredentialsRef::from_secret(
+                "aso-acs",
+                "primaryConnectionString",
+            )),
             ..Default::default()
         },
     )
@@ -287,10 +287,7 @@ async fn credentials_resolve_from_a_reference_an_aso_key_and_a_late_secret() {
         &env,
         "broken",
         CommunicationUserSpec {
-            credentials: Some(CredentialsRef {
-                secret_name: "broken".into(),
-                key: "connectionString".into(),
-            }),
+            credentials: Some(CredentialsRef::from_secret("broken", "connectionString")),
             ..Default::default()
         },
     )

@@ -69,6 +69,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Release.Namespace .Values.defaultCredentials.secretNamespace }}
 {{- end }}
 
+{{/* The Secret (in the release namespace) holding the key that seals Entra-credentialed token Secrets. */}}
+{{- define "acs-identity-operator.sealingKeySecret" -}}
+{{- printf "%s-sealing-key" (include "acs-identity-operator.fullname" .) }}
+{{- end }}
+
+{{/* Whether the chart adds the pod label of the AKS workload identity webhook. */}}
+{{- define "acs-identity-operator.workloadIdentityWebhook" -}}
+{{- if and .Values.workloadIdentity.enabled (not .Values.workloadIdentity.projectToken) }}true{{ end }}
+{{- end }}
+
 {{/*
 Fails on value combinations the schema cannot express.
 */}}
@@ -81,6 +91,19 @@ Fails on value combinations the schema cannot express.
 {{- end }}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces lists a namespace twice" }}
+{{- end }}
+{{- $wi := .Values.workloadIdentity }}
+{{- if and $wi.enabled (not $wi.clientId) }}
+{{- fail "workloadIdentity.enabled needs workloadIdentity.clientId: the client id of the Entra application or managed identity federated with the operator's ServiceAccount" }}
+{{- end }}
+{{- if and $wi.projectToken (not (and $wi.enabled $wi.clientId $wi.tenantId)) }}
+{{- fail "workloadIdentity.projectToken needs workloadIdentity.enabled=true, workloadIdentity.clientId and workloadIdentity.tenantId: without the webhook nothing else sets them" }}
+{{- end }}
+{{- if and .Values.defaultCredentials.secretName .Values.defaultCredentials.endpoint }}
+{{- fail "defaultCredentials.secretName and defaultCredentials.endpoint are exclusive: set one (a connection string Secret, or an ACS endpoint reached with the operator's workload identity)" }}
+{{- end }}
+{{- if and .Values.defaultCredentials.endpoint (not (and $wi.enabled $wi.clientId $wi.tenantId)) }}
+{{- fail "defaultCredentials.endpoint uses the operator's own workload identity: set workloadIdentity.enabled=true, workloadIdentity.clientId and workloadIdentity.tenantId" }}
 {{- end }}
 {{- end }}
 
@@ -113,4 +136,15 @@ The rules the operator needs in every namespace it watches; each verb is justifi
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# spec.credentials.workloadIdentity: the named ServiceAccount's annotations (metadata-only
+# get: the opt-in, client id and tenant id), then a token for it with audience
+# api://AzureADTokenExchange, exchanged with Entra. RBAC can limit neither the ServiceAccounts
+# nor the audience: the operator asks only for ServiceAccounts annotated
+# communication.acs.dev/allow-token-request: "true", and only that audience.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
 {{- end }}

@@ -170,6 +170,12 @@ pub fn apiserver_args(l: &Layout, extra: &[String]) -> Vec<String> {
         ),
         flag("enable-admission-plugins", EXTRA_ADMISSION_PLUGINS),
         flag("service-account-issuer", format!("{}/", l.api_url())),
+        // The discovery document's key-set URL defaults to the auto-detected external address,
+        // which a loopback-bound apiserver does not listen on: name the URL that serves it.
+        flag(
+            "service-account-jwks-uri",
+            format!("{}/openid/v1/jwks", l.api_url()),
+        ),
         flag("service-account-key-file", pki.sa_pub.display()),
         flag("service-account-signing-key-file", pki.sa_key.display()),
         flag("service-cluster-ip-range", "10.0.0.0/24"),
@@ -260,6 +266,7 @@ mod tests {
             "--bind-address=127.0.0.1",
             "--etcd-servers=http://127.0.0.1:2379",
             "--service-account-issuer=https://127.0.0.1:6443/",
+            "--service-account-jwks-uri=https://127.0.0.1:6443/openid/v1/jwks",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--client-ca-file=/w/pki/ca.crt",
             "--shutdown-watch-termination-grace-period=2s",

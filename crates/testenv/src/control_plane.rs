@@ -525,6 +525,15 @@ async fn boot(
         || readiness::namespace_exists(&client, "default"),
     )
     .await?;
+    readiness::wait_until(
+        "anonymous ServiceAccount issuer discovery",
+        deadline,
+        timeout,
+        &layout.log(APISERVER),
+        &mut || procs.ensure_running(),
+        || readiness::serve_issuer_discovery_anonymously(&client),
+    )
+    .await?;
 
     // CRDs go in before the controller manager so its garbage collector knows their kinds from
     // the start instead of after its ~30 s discovery resync.

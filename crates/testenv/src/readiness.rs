@@ -122,3 +122,39 @@ pub async fn service_account_exists(
         Err(e) => Err(format!("get serviceaccount {namespace}/{name}: {e}")),
     }
 }
+
+/// Name of the binding that serves the ServiceAccount issuer's discovery anonymously.
+pub const ISSUER_DISCOVERY_BINDING: &str = "acs-testenv:service-account-issuer-discovery";
+
+/// Lets anonymous clients read the ServiceAccount issuer's discovery document and keys
+/// (`/.well-known/openid-configuration`, `/openid/v1/jwks`), as a cloud cluster's public OIDC
+/// issuer serves them, so a federated-credential verifier (Entra, or the emulator standing in
+/// for it) can check ServiceAccount tokens. Idempotent (server-side apply).
+pub async fn serve_issuer_discovery_anonymously(client: &Client) -> Result<(), String> {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    use kube::api::{Patch, PatchParams};
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": ISSUER_DISCOVERY_BINDING},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:service-account-issuer-discovery"
+        },
+        "subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Group",
+            "name": "system:unauthenticated"
+        }]
+    });
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(
+            ISSUER_DISCOVERY_BINDING,
+            &PatchParams::apply("acs-testenv").force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| format!("apply ClusterRoleBinding {ISSUER_DISCOVERY_BINDING}: {e}"))
+}

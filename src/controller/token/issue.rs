@@ -21,13 +21,13 @@ use tracing::info;
 
 use super::plan::{renewal_at, IssueReason};
 use super::{status, Error};
-use crate::acs::ConnectionString;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, CommunicationTokenStatus, ConditionExt};
 use crate::controller::backoff::inputs_hash;
 use crate::controller::guard::Unscheduled;
 use crate::controller::user::error_chain;
 use crate::controller::{key_of, Context};
+use crate::credentials::Credentials;
 use crate::rotation;
 use crate::secret::{self, IssuedToken, RecordedToken};
 
@@ -38,7 +38,7 @@ pub struct Target<'a> {
     pub status: CommunicationTokenStatus,
     pub identity: &'a str,
     pub epoch: i64,
-    pub conn: &'a ConnectionString,
+    pub creds: &'a Credentials,
     /// The Secret as read, if it exists (and is ours).
     pub current: Option<&'a Secret>,
     /// The revision of the token the Secret holds now, if any.
@@ -117,7 +117,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     if let Some(a) = guarded(ctx, &t, Unscheduled::Repair, Some(record), "Secret repair").await? {
         return Ok(a);
     }
-    let key = &t.conn.access_key;
+    let key = &t.creds.seal;
     let token_value = secret::token_of(current).unwrap_or_default();
     let Some(desired) = secret::rewritten_secret(current, t.token, token_value, record, key) else {
         return Err(Error::Unnamed);
@@ -176,8 +176,8 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
             return Ok(a);
         }
     }
-    let key = &t.conn.access_key;
-    let fingerprint = secret::key_fingerprint(key);
+    let key = &t.creds.seal;
+    let fingerprint = key.fingerprint().to_string();
     // A failure is tied to these inputs: while they stay the same, the back-off holds
     // whatever wakes the object; a change (new spec, key, identity, epoch) gets one attempt.
     let object_key = key_of(token.as_ref());
@@ -196,7 +196,9 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         return Ok(Action::requeue(wait));
     }
 
-    let acs = ctx.acs_client(t.conn, &object_key).map_err(Error::Client)?;
+    let acs = ctx
+        .acs_client(t.creds, &object_key)
+        .map_err(Error::Client)?;
     let now = ctx.now();
     let gen = token.metadata.generation;
     let mut st = t.status.clone();
@@ -218,18 +220,17 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
             }
             let reason_text = if e.is_not_found() {
                 reasons::IDENTITY_NOT_FOUND
-            } else if e.status() == Some(401) {
-                reasons::CREDENTIALS_REJECTED
             } else {
-                reasons::ISSUE_FAILED
+                crate::controller::credential_reason(&e).unwrap_or(reasons::ISSUE_FAILED)
             };
             let msg = if e.is_not_found() {
                 format!("identity {} no longer exists in ACS (deleted outside the operator): delete and recreate the CommunicationUser", t.identity)
             } else {
                 format!(
-                    "failed to issue token ({}): {}",
+                    "failed to issue token ({}): {}{}",
                     e.category(),
-                    error_chain(&e)
+                    error_chain(&e),
+                    crate::controller::failure_hint(&e)
                 )
             };
             let previous = st.conditions.find(types::ISSUING).map(|c| c.reason.clone());

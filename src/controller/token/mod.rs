@@ -336,10 +336,10 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => {
             status::not_ready(&ctx, &token, st, e.reason(), e.message(), true).await?;
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            return Ok(Action::requeue(e.requeue()));
         }
     };
-    let key = &creds.connection.access_key;
+    let key = &creds.seal;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let current = secrets
         .get_opt(&secret_name)
@@ -374,7 +374,7 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         status: st.clone(),
         identity: &identity,
         epoch,
-        conn: &creds.connection,
+        creds: &creds,
         current: current.as_ref(),
         previous_revision,
     };

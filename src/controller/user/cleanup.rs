@@ -41,21 +41,24 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
         .await;
         return Ok(Action::await_change());
     }
-    let conn = match ctx
+    let creds = match ctx
         .credentials
         .resolve(&ns, user.spec.credentials.as_ref())
         .await
     {
-        Ok(c) => c.connection,
+        Ok(c) => c,
         Err(e) => {
-            let (secret, key) = match &user.spec.credentials {
-                Some(r) => (r.secret_name.clone(), r.key.clone()),
-                None => (
-                    api::DEFAULT_CREDENTIALS_SECRET.to_string(),
-                    api::DEFAULT_CREDENTIALS_KEY.to_string(),
-                ),
-            };
-            match ctx.credentials.last_known(&ns, &secret, &key) {
+            // A ServiceAccount's workload identity has no last-known form: its tokens are
+            // requested for the ServiceAccount, which must still exist.
+            let last = match &user.spec.credentials {
+                Some(r) => r.secret(),
+                None => Some((
+                    api::DEFAULT_CREDENTIALS_SECRET,
+                    api::DEFAULT_CREDENTIALS_KEY,
+                )),
+            }
+            .and_then(|(secret, key)| ctx.credentials.last_known(&ns, secret, key));
+            match last {
                 Some(c) => c,
                 None => {
                     let terminating = Api::<Namespace>::all(ctx.client.clone())
@@ -89,7 +92,10 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
             }
         }
     };
-    let acs = ctx.acs.client(&conn).map_err(Error::Client)?;
+    let acs = ctx
+        .acs
+        .client(&creds, ctx.credentials.entra_tokens())
+        .map_err(Error::Client)?;
     match acs.delete_identity(&id).await {
         Ok(()) => {
             ctx.metrics.identity_deleted();

@@ -175,7 +175,7 @@ pub fn users_using_secret(
 ) -> Vec<ObjectRef<CommunicationUser>> {
     ctx.users
         .in_namespace_where(ns, |u| match &u.spec.credentials {
-            Some(c) => c.secret_name == name,
+            Some(c) => c.secret_name.as_deref() == Some(name),
             None => name == api::DEFAULT_CREDENTIALS_SECRET,
         })
         .iter()
@@ -333,15 +333,12 @@ async fn acs_failed(
     err: &AcsError,
     action: &str,
 ) -> Result<(), Error> {
-    let reason = if err.status() == Some(401) {
-        reasons::CREDENTIALS_REJECTED
-    } else {
-        reasons::ACS_ERROR
-    };
+    let reason = super::credential_reason(err).unwrap_or(reasons::ACS_ERROR);
     let msg = format!(
-        "failed to {action} ({}): {}",
+        "failed to {action} ({}): {}{}",
         err.category(),
-        error_chain(err)
+        error_chain(err),
+        super::failure_hint(err)
     );
     not_ready(ctx, user, status, reason, msg).await
 }
@@ -376,17 +373,18 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => {
             not_ready(&ctx, &user, status, e.reason(), e.message()).await?;
-            // A watch on Secrets wakes this object when the credentials appear or change.
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            // A watch on Secrets wakes this object when the credentials appear or change
+            // (ServiceAccounts are not watched: read again sooner).
+            return Ok(Action::requeue(e.requeue()));
         }
     };
 
     // Credentials now pointing at another ACS resource: never recreate silently.
     if let (Some(id), Some(endpoint)) = (status.identity_id.clone(), status.endpoint.clone()) {
-        if !endpoint.eq_ignore_ascii_case(&creds.connection.endpoint) {
+        if !endpoint.eq_ignore_ascii_case(&creds.endpoint) {
             let msg = format!(
                 "identity {id} belongs to {endpoint}, but the credentials ({}) point to {}; restore the credentials, or delete this CommunicationUser and create a new one",
-                creds.source, creds.connection.endpoint
+                creds.source, creds.endpoint
             );
             not_ready(&ctx, &user, status, reasons::RESOURCE_MISMATCH, msg).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
@@ -421,7 +419,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     }
 
     let acs = ctx
-        .acs_client(&creds.connection, &key_of(user.as_ref()))
+        .acs_client(&creds, &key_of(user.as_ref()))
         .map_err(Error::Client)?;
 
     if status.identity_id.is_none() {
@@ -439,7 +437,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 match acs.get_identity(&adopt).await {
                     Ok(_) => {}
                     Err(e) if e.is_not_found() || e.status() == Some(401) => {
-                        let msg = format!("identity {adopt} cannot be adopted: it does not exist in {} or belongs to another resource", creds.connection.endpoint);
+                        let msg = format!("identity {adopt} cannot be adopted: it does not exist in {} or belongs to another resource", creds.endpoint);
                         not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
                         return Ok(Action::requeue(Duration::from_secs(300)));
                     }
@@ -448,7 +446,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             }
             status.resource_id = resource_of(&adopt);
             status.identity_id = Some(adopt.clone());
-            status.endpoint = Some(creds.connection.endpoint.clone());
+            status.endpoint = Some(creds.endpoint.clone());
             set_condition(
                 &mut status.conditions,
                 types::READY,
@@ -472,8 +470,8 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             let key = key_of(user.as_ref());
             let inputs = inputs_hash((
                 &user.metadata.generation,
-                &creds.connection.endpoint,
-                &crate::secret::key_fingerprint(&creds.connection.access_key),
+                &creds.endpoint,
+                creds.fingerprint(),
             ));
             if let Some(wait) = ctx
                 .failures
@@ -505,7 +503,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             status.resource_id = resource_of(&id);
             status.identity_id = Some(id.clone());
             status.external_id = external_id;
-            status.endpoint = Some(creds.connection.endpoint.clone());
+            status.endpoint = Some(creds.endpoint.clone());
             set_condition(
                 &mut status.conditions,
                 types::READY,
@@ -623,11 +621,7 @@ fn adoption_refused(
         );
         return Some((reasons::IDENTITY_IN_USE, msg));
     }
-    let default = ctx.config.default_credentials.as_ref();
-    let is_default = default
-        .is_some_and(|d| creds.source.namespace == d.namespace && creds.source.secret == d.name)
-        && creds.source.namespace != ns;
-    if is_default && !ctx.config.guards.allow_default_credentials_adoption {
+    if creds.operator_default && !ctx.config.guards.allow_default_credentials_adoption {
         let msg = format!("adopting identity {id} under the operator-wide default credentials is not allowed (the operator's --allow-default-credentials-adoption, chart value defaultCredentials.allowAdoption); use credentials of this namespace");
         return Some((reasons::ADOPTION_NOT_ALLOWED, msg));
     }

@@ -71,8 +71,8 @@ pub async fn revoke_if_requested(
     let key = key_of(user);
     let inputs = inputs_hash((
         &user.metadata.generation,
-        &creds.connection.endpoint,
-        &crate::secret::key_fingerprint(&creds.connection.access_key),
+        &creds.endpoint,
+        creds.fingerprint(),
         &annotation,
     ));
     if let Some(wait) = ctx.failures.try_attempt(&key, inputs, Instant::now()) {

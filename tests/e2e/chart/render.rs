@@ -28,6 +28,13 @@ struct Ctx {
 }
 
 const FULLNAME: &str = "acs-acs-identity-operator";
+/// `<FULLNAME>-sealing-key`: the sealing key Secret, and its Role and RoleBinding.
+const SEALING_KEY: &str = "acs-acs-identity-operator-sealing-key";
+/// The pod label the AKS workload identity webhook acts on.
+const WI_USE_LABEL: &str = "azure.workload.identity/use";
+const CLIENT_ID: &str = "6f1c7d4e-3a2b-4c5d-8e9f-0a1b2c3d4e5f";
+const TENANT_ID: &str = "0b9e8d7c-6a5f-4e3d-9c2b-1a0f9e8d7c6b";
+const TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
 
 fn deployment(docs: &[RenderedDoc]) -> &Value {
     &one(docs, "Deployment").value
@@ -49,6 +56,82 @@ fn rule_resources(doc: &RenderedDoc) -> Vec<String> {
         .flat_map(|r| r["resources"].as_array().unwrap().clone())
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
+}
+
+/// The pod template's label `key`, if set.
+fn pod_label<'a>(docs: &'a [RenderedDoc], key: &str) -> Option<&'a Value> {
+    deployment(docs)["spec"]["template"]["metadata"]["labels"].get(key)
+}
+
+/// The pod volume named `name`.
+fn volume<'a>(docs: &'a [RenderedDoc], name: &str) -> Option<&'a Value> {
+    deployment(docs)["spec"]["template"]["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+/// The operator container's volume mount of volume `name`.
+fn mount<'a>(docs: &'a [RenderedDoc], name: &str) -> Option<&'a Value> {
+    operator_container(deployment(docs))["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+}
+
+/// The workload identity rules of the namespaced rules (ClusterRole or a watched namespace's
+/// Role): a metadata read of the ServiceAccount a CommunicationUser names, and a TokenRequest
+/// for it, neither limited by name.
+fn assert_service_account_rules(doc: &RenderedDoc) {
+    let rules = doc.value["rules"].as_array().unwrap();
+    for want in [
+        json!({"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]}),
+        json!({"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}),
+    ] {
+        assert!(
+            rules.contains(&want),
+            "{} {} in {:?} lacks {want}",
+            doc.kind(),
+            doc.name(),
+            doc.namespace()
+        );
+    }
+}
+
+/// The sealing key of Entra-credentialed token Secrets: its Role and RoleBinding in the release
+/// namespace (create any Secret, get only that one), whatever the mode, and the variable naming
+/// the Secret.
+fn assert_sealing_key(docs: &[RenderedDoc], ctx: &Ctx) {
+    let role = of_kind(docs, "Role")
+        .into_iter()
+        .find(|r| r.name() == SEALING_KEY)
+        .expect("sealing key Role");
+    assert_eq!(role.namespace(), Some(ctx.release_ns.as_str()));
+    assert_eq!(
+        role.value["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": [SEALING_KEY], "verbs": ["get"]},
+        ])
+    );
+    let binding = of_kind(docs, "RoleBinding")
+        .into_iter()
+        .find(|b| b.name() == SEALING_KEY)
+        .expect("sealing key RoleBinding");
+    assert_eq!(binding.namespace(), Some(ctx.release_ns.as_str()));
+    assert_eq!(
+        binding.value["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SEALING_KEY})
+    );
+    assert_eq!(
+        binding.value["subjects"],
+        json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": ctx.release_ns}])
+    );
+    assert_eq!(
+        env(docs, "SEALING_KEY_SECRET"),
+        Some(format!("{}/{SEALING_KEY}", ctx.release_ns).as_str())
+    );
 }
 
 fn cases() -> Vec<Case> {
@@ -124,6 +207,21 @@ fn cases() -> Vec<Case> {
                 assert_eq!(env(docs, "ACS_API_MODE"), Some("ga"));
                 assert_eq!(env(docs, "WATCH_NAMESPACES"), None);
                 assert_eq!(env(docs, "DEFAULT_CREDENTIALS_SECRET"), None);
+                assert_eq!(env(docs, "DEFAULT_CREDENTIALS_ENDPOINT"), None);
+                // No workload identity of its own: nothing for the webhook, no Entra variables.
+                for name in [
+                    "AZURE_AUTHORITY_HOST",
+                    "AZURE_TENANT_ID",
+                    "AZURE_CLIENT_ID",
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                ] {
+                    assert_eq!(env(docs, name), None, "{name}");
+                }
+                assert_eq!(pod_label(docs, WI_USE_LABEL), None);
+                assert!(one(docs, "ServiceAccount").value["metadata"]
+                    .get("annotations")
+                    .is_none());
+                assert_eq!(volume(docs, "azure-identity-token"), None);
                 // One pod may always be evicted: a drain never blocks, even at one replica.
                 let pdb = &one(docs, "PodDisruptionBudget").value["spec"];
                 assert_eq!(pdb["maxUnavailable"], 1);
@@ -138,6 +236,8 @@ fn cases() -> Vec<Case> {
                 ] {
                     assert!(res.iter().any(|x| x == r), "ClusterRole lacks {r}");
                 }
+                assert_service_account_rules(cr);
+                assert_sealing_key(docs, ctx);
                 for crd in of_kind(docs, "CustomResourceDefinition") {
                     assert_eq!(
                         crd.value["metadata"]["annotations"]["helm.sh/resource-policy"],
@@ -163,6 +263,10 @@ fn cases() -> Vec<Case> {
                 let ns: BTreeSet<_> = roles.iter().map(|r| r.namespace().unwrap()).collect();
                 assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
                 assert!(rule_resources(roles[0]).contains(&"secrets".to_string()));
+                for r in &roles {
+                    assert_service_account_rules(r);
+                }
+                assert_sealing_key(docs, ctx);
                 let cr = one(docs, "ClusterRole");
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert_eq!(
@@ -199,11 +303,18 @@ fn cases() -> Vec<Case> {
         Case {
             name: "no leader election",
             values: json!({"leaderElection": {"enabled": false}}),
-            check: Box::new(|docs, _| {
+            check: Box::new(|docs, ctx| {
                 assert_eq!(env(docs, "LEADER_ELECTION"), Some("false"));
                 assert_eq!(env(docs, "LEADER_ELECTION_NAMESPACE"), None);
                 assert_eq!(deployment(docs)["spec"]["strategy"]["type"], "Recreate");
-                assert!(of_kind(docs, "Role").is_empty(), "no lease Role");
+                assert!(
+                    !of_kind(docs, "Role")
+                        .iter()
+                        .any(|r| r.name().ends_with("-leader-election")),
+                    "no lease Role"
+                );
+                // The sealing key Role does not depend on leader election.
+                assert_sealing_key(docs, ctx);
             }),
         },
         Case {
@@ -243,6 +354,127 @@ fn cases() -> Vec<Case> {
                     env(docs, "DEFAULT_CREDENTIALS_SECRET"),
                     Some(format!("{}/aso-acs", ctx.b).as_str())
                 );
+            }),
+        },
+        Case {
+            name: "workload identity through the AKS webhook",
+            values: json!({"workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                                "tenantId": TENANT_ID}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(
+                    one(docs, "ServiceAccount").value["metadata"]["annotations"],
+                    json!({"azure.workload.identity/client-id": CLIENT_ID,
+                           "azure.workload.identity/tenant-id": TENANT_ID})
+                );
+                assert_eq!(pod_label(docs, WI_USE_LABEL), Some(&json!("true")));
+                // The label is on the pod template only: selectors are immutable.
+                assert!(deployment(docs)["spec"]["selector"]["matchLabels"]
+                    .get(WI_USE_LABEL)
+                    .is_none());
+                // The webhook projects the token and sets the rest; the chart only the tenant.
+                assert_eq!(volume(docs, "azure-identity-token"), None);
+                assert_eq!(mount(docs, "azure-identity-token"), None);
+                assert_eq!(env(docs, "AZURE_TENANT_ID"), Some(TENANT_ID));
+                assert_eq!(env(docs, "AZURE_CLIENT_ID"), None);
+                assert_eq!(env(docs, "AZURE_FEDERATED_TOKEN_FILE"), None);
+                assert_eq!(env(docs, "AZURE_AUTHORITY_HOST"), None);
+            }),
+        },
+        Case {
+            name: "workload identity in another cloud, tenant from the webhook",
+            values: json!({"workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                                "authorityHost": "https://login.microsoftonline.us/"},
+                           "serviceAccount": {"annotations": {"example.com/team": "acs"}}}),
+            check: Box::new(|docs, _| {
+                assert_eq!(
+                    one(docs, "ServiceAccount").value["metadata"]["annotations"],
+                    json!({"example.com/team": "acs",
+                           "azure.workload.identity/client-id": CLIENT_ID})
+                );
+                assert_eq!(pod_label(docs, WI_USE_LABEL), Some(&json!("true")));
+                assert_eq!(
+                    env(docs, "AZURE_AUTHORITY_HOST"),
+                    Some("https://login.microsoftonline.us/")
+                );
+                assert_eq!(env(docs, "AZURE_TENANT_ID"), None);
+            }),
+        },
+        Case {
+            name: "workload identity with a token the chart projects (no webhook)",
+            values: json!({"workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                                "tenantId": TENANT_ID, "projectToken": true,
+                                                "authorityHost": "https://login.microsoftonline.us/"},
+                           "acs": {"caBundle": {"configMap": "acs-ca"}}}),
+            check: Box::new(|docs, _| {
+                // No webhook to act on it: no label, so a webhook would not inject twice.
+                assert_eq!(pod_label(docs, WI_USE_LABEL), None);
+                assert_eq!(
+                    volume(docs, "azure-identity-token"),
+                    Some(
+                        &json!({"name": "azure-identity-token", "projected": {"sources": [
+                        {"serviceAccountToken": {"audience": "api://AzureADTokenExchange",
+                                                 "expirationSeconds": 3600,
+                                                 "path": "azure-identity-token"}}]}})
+                    )
+                );
+                assert_eq!(
+                    mount(docs, "azure-identity-token"),
+                    Some(
+                        &json!({"name": "azure-identity-token", "mountPath": TOKEN_DIR,
+                                 "readOnly": true})
+                    )
+                );
+                assert_eq!(
+                    env(docs, "AZURE_FEDERATED_TOKEN_FILE"),
+                    Some(format!("{TOKEN_DIR}/azure-identity-token").as_str())
+                );
+                assert_eq!(env(docs, "AZURE_CLIENT_ID"), Some(CLIENT_ID));
+                assert_eq!(env(docs, "AZURE_TENANT_ID"), Some(TENANT_ID));
+                assert_eq!(
+                    env(docs, "AZURE_AUTHORITY_HOST"),
+                    Some("https://login.microsoftonline.us/")
+                );
+                // The CA bundle's volume and mount are kept beside the token's.
+                assert_eq!(
+                    volume(docs, "acs-ca").unwrap()["configMap"]["name"],
+                    "acs-ca"
+                );
+                assert!(mount(docs, "acs-ca").is_some());
+            }),
+        },
+        Case {
+            name: "namespaced default credentials through the operator's workload identity",
+            values: json!({"watchNamespaces": ["A"],
+                           "workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                                "tenantId": TENANT_ID},
+                           "defaultCredentials": {"endpoint": "https://acs-demo.communication.azure.com",
+                                                  "allowAdoption": true}}),
+            check: Box::new(|docs, ctx| {
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_ENDPOINT"),
+                    Some("https://acs-demo.communication.azure.com")
+                );
+                assert_eq!(
+                    env(docs, "DEFAULT_CREDENTIALS_NAMESPACE_SELECTOR"),
+                    Some("communication.acs.dev/default-credentials=true")
+                );
+                assert_eq!(
+                    env(docs, "ALLOW_DEFAULT_CREDENTIALS_ADOPTION"),
+                    Some("true")
+                );
+                assert_eq!(env(docs, "DEFAULT_CREDENTIALS_SECRET"), None);
+                assert_eq!(env(docs, "DEFAULT_CREDENTIALS_KEY"), None);
+                // No Secret to read: no default credentials Role.
+                assert!(!of_kind(docs, "Role")
+                    .iter()
+                    .any(|r| r.name().ends_with("-default-credentials")));
+                let role = of_kind(docs, "Role")
+                    .into_iter()
+                    .find(|r| r.name() == FULLNAME)
+                    .expect("watched namespace Role");
+                assert_eq!(role.namespace(), Some(ctx.a.as_str()));
+                assert_service_account_rules(role);
+                assert_sealing_key(docs, ctx);
             }),
         },
         Case {
@@ -487,6 +719,44 @@ async fn invalid_values_are_rejected_when_rendering() {
         (
             json!({"serviceMonitor": {"enabled": true}, "metrics": {"service": {"enabled": false}}}),
             "metrics.service",
+        ),
+        (
+            json!({"defaultCredentials": {"secretName": "acs-aso",
+                                          "endpoint": "https://acs-demo.communication.azure.com"},
+                   "workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                        "tenantId": TENANT_ID}}),
+            "defaultCredentials.secretName and defaultCredentials.endpoint are exclusive",
+        ),
+        (
+            json!({"defaultCredentials": {"endpoint": "https://acs-demo.communication.azure.com"}}),
+            "defaultCredentials.endpoint uses the operator's own workload identity",
+        ),
+        (
+            json!({"defaultCredentials": {"endpoint": "https://acs-demo.communication.azure.com"},
+                   "workloadIdentity": {"enabled": true, "clientId": CLIENT_ID}}),
+            "defaultCredentials.endpoint uses the operator's own workload identity",
+        ),
+        (
+            json!({"workloadIdentity": {"enabled": true}}),
+            "workloadIdentity.enabled needs workloadIdentity.clientId",
+        ),
+        (
+            json!({"workloadIdentity": {"projectToken": true, "clientId": CLIENT_ID,
+                                        "tenantId": TENANT_ID}}),
+            "workloadIdentity.projectToken needs workloadIdentity.enabled",
+        ),
+        (
+            json!({"workloadIdentity": {"enabled": true, "clientId": CLIENT_ID,
+                                        "projectToken": true}}),
+            "workloadIdentity.projectToken needs",
+        ),
+        (
+            json!({"defaultCredentials": {"endpoint": "http://acs-demo.communication.azure.com"}}),
+            "endpoint",
+        ),
+        (
+            json!({"workloadIdentity": {"authorityHost": "login.microsoftonline.com"}}),
+            "authorityHost",
         ),
     ] {
         let Err(err) = tools.template("acs", "acs-system", &values) else {

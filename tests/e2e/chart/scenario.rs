@@ -285,6 +285,56 @@ pub async fn core_scenarios(env: &TestEnv, acs: &Acs) {
     .await;
 }
 
+/// Microsoft Entra ID through a ServiceAccount of the namespace: the operator reads the
+/// ServiceAccount, requests a token for it (`serviceaccounts/token`), creates its sealing key
+/// in its own namespace, and a user and a token become Ready; then both are deleted.
+pub async fn entra_scenario(env: &TestEnv, acs: &Acs) {
+    let app = federated_client(
+        acs,
+        env,
+        "chart",
+        &subject(env, "acs-wi"),
+        &["Communication and Email Service Owner"],
+    )
+    .await;
+    workload_identity_sa(env, "acs-wi", &app, true).await;
+    create_user(env, "entra", entra_user(acs, "acs-wi")).await;
+    create_token(env, "entra-web", token_spec("entra")).await;
+    let users: Api<CommunicationUser> = env.api();
+    let user = wait_for(
+        &users,
+        "entra",
+        CONVERGE,
+        "Entra user Ready",
+        user_ready(""),
+    )
+    .await
+    .expect("user");
+    wait_token(env, "entra-web", "Entra token Ready", |_| true).await;
+    let token = secret_token(env, "entra-web").await.expect("token");
+    let (valid, why) = acs.validate(&token).await;
+    assert!(valid, "the token issued over Entra is valid: {why}");
+    let tokens: Api<CommunicationToken> = env.api();
+    tokens
+        .delete("entra-web", &DeleteParams::default())
+        .await
+        .expect("delete token");
+    wait_gone(&tokens, "entra-web").await;
+    let uid = user.metadata.uid.clone().expect("uid");
+    users
+        .delete("entra", &DeleteParams::default())
+        .await
+        .expect("delete user");
+    wait_for(
+        &users,
+        "entra",
+        CONVERGE,
+        "user deleted",
+        conditions::is_deleted(&uid),
+    )
+    .await;
+}
+
 /// Asserts that a request was refused by authorization (403).
 pub fn refused<T: Debug>(what: &str, result: Result<T, kube::Error>) {
     match result {
