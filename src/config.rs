@@ -114,6 +114,19 @@ pub struct RunArgs {
     /// Default: `POD_NAMESPACE` (else `default`) `/acs-identity-operator-sealing-key`.
     #[arg(long, env = "SEALING_KEY_SECRET")]
     pub sealing_key_secret: Option<String>,
+    /// Restart the workloads that CommunicationTokens name in spec.rolloutRestartTargets (and
+    /// that opt in) when their token changes. Needs get and patch on Deployments,
+    /// StatefulSets and DaemonSets (chart value rolloutRestart.enabled).
+    #[arg(long, env = "ROLLOUT_RESTART", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub rollout_restart: bool,
+    /// Changes of sibling tokens within this window restart a workload once.
+    #[arg(long, env = "RESTART_COALESCE_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub restart_coalesce_window: Duration,
+    /// Time reserved for a new token to reach a pod's mounted Secret (the kubelet's sync):
+    /// renewals leave at least this plus the SDKs' refresh window (10 minutes) before expiry.
+    /// At most a tenth of a token's granted lifetime is used.
+    #[arg(long, env = "PROPAGATION_ALLOWANCE", default_value = "2m", value_parser = parse_duration)]
+    pub propagation_allowance: Duration,
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -246,6 +259,9 @@ pub struct Config {
     pub default_credentials: Option<DefaultCredentials>,
     pub default_workload_identity: Option<DefaultWorkloadIdentity>,
     pub entra: EntraConfig,
+    pub rollout_restart: bool,
+    pub restart_coalesce_window: Duration,
+    pub propagation_allowance: Duration,
     pub metrics_addr: SocketAddr,
     pub leader_election: Option<LeaderElectionConfig>,
     pub identity: String,
@@ -440,6 +456,9 @@ impl Config {
             default_credentials,
             default_workload_identity,
             entra,
+            rollout_restart: a.rollout_restart,
+            restart_coalesce_window: a.restart_coalesce_window,
+            propagation_allowance: a.propagation_allowance,
             metrics_addr: a.metrics_addr,
             leader_election,
             identity,

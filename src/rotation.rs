@@ -57,6 +57,47 @@ pub fn renewal_time(
         .unwrap_or(expires)
 }
 
+/// How long before expiry the official SDKs' `CommunicationTokenCredential` refreshes a token
+/// (about 10 minutes): a new token must be in the pod by then.
+pub const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(600);
+
+/// What a renewal instant leaves a pod.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodMargin {
+    /// The propagation allowance used: the flag, at most a tenth of the lifetime.
+    pub allowance: Duration,
+    /// Allowance plus the SDK's refresh window (also at most a tenth of the lifetime): the
+    /// validity the old token must still have at renewal.
+    pub needed: Duration,
+    /// `expires - renewal - allowance`: what the pod holds at worst when the new token lands.
+    pub pod_validity_at_worst: SignedDuration,
+    /// The renewal leaves less than `needed`.
+    pub short: bool,
+}
+
+/// The margin a renewal at `renewal` leaves a pod, for a token issued at `issued` that
+/// expires at `expires`, with a propagation `allowance`. Short-lived tokens (tests) scale the
+/// allowance and the SDK window down to a tenth of their lifetime each.
+pub fn pod_margin(
+    issued: Timestamp,
+    expires: Timestamp,
+    renewal: Timestamp,
+    allowance: Duration,
+) -> PodMargin {
+    let lifetime = Duration::try_from(expires.duration_since(issued)).unwrap_or_default();
+    let tenth = lifetime / 10;
+    let allowance = allowance.min(tenth);
+    let needed = allowance + SDK_REFRESH_WINDOW.min(tenth);
+    let left = expires.duration_since(renewal);
+    let worst = left - SignedDuration::try_from(allowance).unwrap_or_default();
+    PodMargin {
+        allowance,
+        needed,
+        pod_validity_at_worst: worst,
+        short: left < SignedDuration::try_from(needed).unwrap_or_default(),
+    }
+}
+
 /// A stable value in [0, 1) from a string, so jitter survives restarts and leader changes.
 fn unit_hash(key: &str) -> f64 {
     use sha2::{Digest, Sha256};
@@ -116,6 +157,35 @@ mod tests {
             assert!(s <= DAY * 2 / 3, "{key}: {s}");
             assert!(s >= DAY * 2 / 3 - DAY / 10, "{key}: {s}");
         }
+    }
+
+    #[test]
+    fn the_default_policy_always_leaves_the_pod_margin_and_a_late_renew_before_does_not() {
+        let allowance = Duration::from_secs(120);
+        for lifetime in [3600, DAY] {
+            for key in ["a", "b", "c"] {
+                let at = renewal_time(t(0), t(lifetime), RenewalPolicy::Default, key);
+                let m = pod_margin(t(0), t(lifetime), at, allowance);
+                assert!(!m.short, "{lifetime} {key}: {m:?}");
+                assert!(m.pod_validity_at_worst >= SignedDuration::from_secs(lifetime / 5));
+            }
+        }
+        // renewBefore 5m on a 60-minute token: 3 minutes left for the pod, less than 2m + 6m.
+        let at = renewal_time(
+            t(0),
+            t(3600),
+            RenewalPolicy::Before(Duration::from_secs(300)),
+            "k",
+        );
+        let m = pod_margin(t(0), t(3600), t(3600 - 300), allowance);
+        assert!(m.short, "{m:?}");
+        assert_eq!(m.needed, Duration::from_secs(120 + 360));
+        assert_eq!(m.pod_validity_at_worst, SignedDuration::from_secs(180));
+        assert!(at <= t(3300));
+        // A 20-second test token: allowance and window scale to 2 s each.
+        let m = pod_margin(t(0), t(20), t(13), allowance);
+        assert_eq!(m.allowance, Duration::from_secs(2));
+        assert!(!m.short);
     }
 
     #[test]

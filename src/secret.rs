@@ -460,6 +460,7 @@ mod tests {
                 }),
                 suspend: false,
                 revoke_on_delete: true,
+                rollout_restart_targets: Vec::new(),
             },
         );
         t.metadata.namespace = Some("ns".into());

@@ -197,6 +197,11 @@ impl Writer {
             key_fingerprint: Some(secret::key_fingerprint(&self.sample.key)),
             handled_rotate_annotation: None,
             failed_attempts: 0,
+            // The same field the operator writes (its value does not change the cost).
+            pod_validity_at_worst_seconds: Some(
+                self.sample.expires_on.duration_since(now).as_secs() / 3,
+            ),
+            restarted_workloads: Vec::new(),
             conditions: Vec::new(),
         };
         let note = format!(

@@ -157,6 +157,7 @@ impl Workload {
                 secret_template: None,
                 suspend: false,
                 revoke_on_delete: true,
+                rollout_restart_targets: Vec::new(),
             },
         )
     }

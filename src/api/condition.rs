@@ -9,6 +9,12 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// A token is being issued or re-issued.
     pub const ISSUING: &str = "Issuing";
+    /// The workloads of `spec.rolloutRestartTargets` can be restarted (present only when the
+    /// token names some).
+    pub const ROLLOUT_RESTART: &str = "RolloutRestart";
+    /// False when the token's renewal leaves a pod less validity than the propagation
+    /// allowance plus the SDK's refresh window (present only then).
+    pub const RENEWAL_MARGIN: &str = "RenewalMargin";
 }
 
 /// Condition reasons (PascalCase), also used as event reasons.
@@ -24,6 +30,18 @@ pub mod reasons {
     pub const TOKEN_REQUEST_NOT_ALLOWED: &str = "TokenRequestNotAllowed";
     /// The operator may not request tokens for the ServiceAccount (its RBAC).
     pub const TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
+    /// Every rollout restart target exists, opted in and can be restarted.
+    pub const RESTART_TARGETS_READY: &str = "RestartTargetsReady";
+    /// A workload was restarted for a new token (event).
+    pub const WORKLOAD_RESTARTED: &str = "WorkloadRestarted";
+    pub const ROLLOUT_RESTART_DISABLED: &str = "RolloutRestartDisabled";
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const TARGET_NOT_OPTED_IN: &str = "TargetNotOptedIn";
+    /// The target's update strategy is OnDelete: a restart would replace no pod.
+    pub const TARGET_ON_DELETE: &str = "TargetOnDelete";
+    pub const RESTART_FAILED: &str = "RestartFailed";
+    /// renewBefore (or its percentage) leaves less than the propagation margin.
+    pub const RENEWAL_TOO_LATE: &str = "RenewalTooLate";
     /// The Entra principal holds no data-plane role on the ACS resource (403).
     pub const NOT_AUTHORIZED: &str = "NotAuthorized";
     pub const IDENTITY_NOT_FOUND: &str = "IdentityNotFound";

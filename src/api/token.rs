@@ -115,6 +115,61 @@ pub struct CommunicationTokenSpec {
     /// every other CommunicationToken of the same user is re-issued too. Default: true.
     #[serde(default = "default_true")]
     pub revoke_on_delete: bool,
+
+    /// Workloads of this namespace to restart (a rollout, as `kubectl rollout restart` does)
+    /// when this token changes, for consumers that read it once: environment variables,
+    /// `subPath` mounts, apps that do not watch the file. Each workload must opt in with the
+    /// annotation `communication.acs.dev/restart-on-rotation: "true"`, and the operator must
+    /// run with rollout restarts enabled (chart value `rolloutRestart.enabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+}
+
+/// A workload restarted when a token changes.
+#[derive(
+    Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Name of the workload in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The kinds of workload a rollout restart applies to.
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// A workload this token restarted, and for which token revisions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartedWorkload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// When the restart was requested.
+    pub restarted_at: Time,
+    /// The revisions of the tokens the workload depends on, hashed, as set on its pod template
+    /// (`communication.acs.dev/restarted-for`).
+    pub revisions_hash: String,
 }
 
 /// A reference to a CommunicationUser in the same namespace.
@@ -204,7 +259,14 @@ pub struct CommunicationTokenStatus {
     /// Consecutive failed attempts to issue (reset on success).
     #[serde(default)]
     pub failed_attempts: i32,
-    /// Current conditions (`Ready`, `Issuing`).
+    /// The validity a pod is guaranteed to hold, at worst, when the next token reaches it:
+    /// `expiresOn - renewalTime - propagation allowance` (the kubelet's Secret sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_validity_at_worst_seconds: Option<i64>,
+    /// The workloads of `spec.rolloutRestartTargets` this token restarted, last time each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarted_workloads: Vec<RestartedWorkload>,
+    /// Current conditions (`Ready`, `Issuing`, `RolloutRestart`, `RenewalMargin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -105,6 +105,8 @@ pub struct TokenSummary {
     pub next_expiry_unix: Option<f64>,
     /// Earliest scheduled renewal, Unix seconds; `None` when there is none.
     pub next_renewal_unix: Option<f64>,
+    /// Smallest `podValidityAtWorstSeconds` of any token; `None` when there is none.
+    pub min_pod_validity_seconds: Option<f64>,
 }
 
 /// The operator's metric registry and every family in it.
@@ -131,6 +133,8 @@ pub struct Metrics {
     secret_repairs: Counter,
     deferred: Family<ActionLabels, Counter>,
     ambiguous_creates: Counter,
+    pod_validity_at_issue: Histogram,
+    token_min_pod_validity: Family<NoLabels, GaugeF64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -280,7 +284,27 @@ impl Metrics {
             ambiguous_creates.clone(),
         );
 
+        // Buckets from 1 minute to 24 hours: what a pod holds at worst when a token reaches it.
+        let pod_validity_at_issue = Histogram::new([
+            60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+        ]);
+        registry.register_with_unit(
+            "token_pod_validity_at_worst",
+            "Per issued token: the validity a pod holds at worst when the next token reaches it (expiry - renewal - propagation allowance)",
+            Unit::Seconds,
+            pod_validity_at_issue.clone(),
+        );
+        let token_min_pod_validity = Family::<NoLabels, GaugeF64>::default();
+        registry.register_with_unit(
+            "token_min_pod_validity_at_worst",
+            "Smallest validity a pod holds at worst when its next token arrives, over all tokens; absent when there is none",
+            Unit::Seconds,
+            token_min_pod_validity.clone(),
+        );
+
         Self {
+            pod_validity_at_issue,
+            token_min_pod_validity,
             secret_repairs,
             deferred,
             ambiguous_creates,
@@ -371,6 +395,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Records what a newly issued token leaves a pod at worst.
+    pub fn pod_validity_at_issue(&self, seconds: f64) {
+        self.pod_validity_at_issue.observe(seconds);
+    }
+
     /// Counts one Secret repaired with its same token.
     pub fn secret_repaired(&self) {
         self.secret_repairs.inc();
@@ -417,6 +446,7 @@ impl Metrics {
         );
         set_optional(&self.token_next_expiry, s.next_expiry_unix);
         set_optional(&self.token_next_renewal, s.next_renewal_unix);
+        set_optional(&self.token_min_pod_validity, s.min_pod_validity_seconds);
     }
 
     /// Counts one request to the Kubernetes API server; `verb` comes from

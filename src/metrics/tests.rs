@@ -153,6 +153,7 @@ fn token_summary_sets_state_gauges_and_removes_absent_times() {
         min_remaining_validity_seconds: Some(3600.5),
         next_expiry_unix: Some(1_900_000_000.0),
         next_renewal_unix: Some(1_899_990_000.0),
+        min_pod_validity_seconds: Some(7200.0),
     });
     let text = m.encode();
     for expected in [
@@ -162,6 +163,7 @@ fn token_summary_sets_state_gauges_and_removes_absent_times() {
         "acs_identity_operator_token_min_remaining_validity_seconds 3600.5",
         "acs_identity_operator_token_next_expiry_timestamp_seconds 1900000000.0",
         "acs_identity_operator_token_next_renewal_timestamp_seconds 1899990000.0",
+        "acs_identity_operator_token_min_pod_validity_at_worst_seconds 7200.0",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
@@ -176,6 +178,7 @@ fn token_summary_sets_state_gauges_and_removes_absent_times() {
         "acs_identity_operator_token_min_remaining_validity_seconds ",
         "acs_identity_operator_token_next_expiry_timestamp_seconds ",
         "acs_identity_operator_token_next_renewal_timestamp_seconds ",
+        "acs_identity_operator_token_min_pod_validity_at_worst_seconds ",
     ] {
         assert!(
             lines_starting(&text, absent).is_empty(),

@@ -210,9 +210,16 @@ async fn run_and_audit(env: &TestEnv, inst: &Installed, acs: &Acs) -> Vec<audit:
     let from = audit::offset(env.cp.audit_log_path());
     let mut op = Operator::spawn(args);
     op.wait_ready().await;
+    let rollout = helm::env_value(
+        helm::operator_container(&inst.deployment),
+        "ROLLOUT_RESTART",
+    ) == Some("true");
     let run = std::panic::AssertUnwindSafe(async {
         scenario::core_scenarios(env, acs).await;
         scenario::entra_scenario(env, acs).await;
+        if rollout {
+            scenario::rollout_scenario(env).await;
+        }
     });
     if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
         // Say why: a denied request of the operator is the usual cause.
@@ -263,6 +270,8 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
         "crds": {"install": false},
         "defaultCredentials": default_credentials_values(),
         "workloadIdentity": {"authorityHost": acs.emu.entra_authority()},
+        // Rollout restarts on in this mode, so the audit proves their get and patch too.
+        "rolloutRestart": {"enabled": true, "coalesceWindow": "1s"},
     });
     let inst = install(&tools, &env.client, operator_ns.name(), &values).await;
     assert_eq!(

@@ -17,6 +17,7 @@ mod leader;
 mod operator_runtime;
 mod ownership;
 mod revocation_fence;
+mod rollout;
 mod smoke;
 mod support;
 mod token_lifecycle;

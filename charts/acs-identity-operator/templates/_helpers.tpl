@@ -109,7 +109,8 @@ Fails on value combinations the schema cannot express.
 
 {{/*
 The rules the operator needs in every namespace it watches; each verb is justified in README.md
-("RBAC") and proven used by the chart tests' audit-log comparison.
+("RBAC") and proven used by the chart tests' audit-log comparison (the rolloutRestart rule, off
+in those runs, by the e2e rollout-restart tests).
 */}}
 {{- define "acs-identity-operator.namespacedRules" -}}
 # Watch both kinds (shared caches) and add/remove their finalizers (JSON patch).
@@ -147,4 +148,13 @@ The rules the operator needs in every namespace it watches; each verb is justifi
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
+{{- if .Values.rolloutRestart.enabled }}
+# Rollout restarts (rolloutRestart.enabled): a read of each workload a CommunicationToken names
+# in spec.rolloutRestartTargets (its opt-in annotation communication.acs.dev/restart-on-rotation
+# and its updateStrategy), then a merge patch of one pod-template annotation. RBAC cannot limit
+# this to the workloads that opted in: the operator checks the annotation itself.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]
+{{- end }}
 {{- end }}

@@ -131,7 +131,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     }
     ctx.metrics.secret_repaired();
     let mut st = t.status.clone();
-    status::record(&mut st, record, t.token);
+    status::record(&mut st, record, t.token, ctx.config.propagation_allowance);
     st.failed_attempts = 0;
     let now = ctx.now();
     let renew = renewal_at(t.token, record);
@@ -311,7 +311,9 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     ctx.failures.reset(&object_key);
     ctx.metrics.token_issued(reason.as_str());
 
-    status::record(&mut st, &recorded, token);
+    let margin = status::record(&mut st, &recorded, token, ctx.config.propagation_allowance);
+    ctx.metrics
+        .pod_validity_at_issue(margin.pod_validity_at_worst.as_secs_f64().max(0.0));
     st.last_rotation_time = Some(Time(recorded.issued_at));
     if st.revocation_requested.is_some_and(|e| t.epoch > e) {
         st.revocation_requested = None;
@@ -435,6 +437,7 @@ mod tests {
                 secret_template: None,
                 suspend: false,
                 revoke_on_delete: true,
+                rollout_restart_targets: Vec::new(),
             },
         );
         t.metadata.namespace = Some("ns".into());

@@ -9,6 +9,7 @@
 mod cleanup;
 mod issue;
 pub mod plan;
+mod restart;
 mod status;
 mod summary;
 
@@ -411,7 +412,8 @@ async fn keep(
 ) -> Result<Action, Error> {
     let gen = token.metadata.generation;
     let now = ctx.now();
-    status::record(&mut st, r, token);
+    let margin = status::record(&mut st, r, token, ctx.config.propagation_allowance);
+    status::margin_condition(&mut st, token, &margin, gen, now);
     if st
         .revocation_requested
         .is_some_and(|e| r.revocation_epoch > e)
@@ -452,11 +454,13 @@ async fn keep(
             now,
         );
     }
+    let restart_wait = restart::ensure(ctx, token, &mut st).await;
     status::write(ctx, token, &st).await?;
-    Ok(Action::requeue(crate::rotation::requeue_after(
+    let next = crate::rotation::requeue_after(
         now,
         renew,
         Duration::from_secs(1),
         ctx.config.resync_period,
-    )))
+    );
+    Ok(Action::requeue(restart_wait.map_or(next, |w| w.min(next))))
 }

@@ -187,6 +187,7 @@ mod tests {
                 secret_template: None,
                 suspend: false,
                 revoke_on_delete: true,
+                rollout_restart_targets: Vec::new(),
             },
         );
         t.metadata.uid = Some("uid".into());

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use super::plan::renewal_at;
 use super::Error;
-use crate::api::condition::types;
+use crate::api::condition::{reasons, types};
 use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
 use crate::controller::{apply_status, Context};
 use crate::secret::RecordedToken;
@@ -101,7 +101,8 @@ pub fn record(
     status: &mut CommunicationTokenStatus,
     r: &RecordedToken,
     token: &CommunicationToken,
-) {
+    allowance: std::time::Duration,
+) -> crate::rotation::PodMargin {
     status.identity_id = Some(r.user_id.clone());
     status.expires_on = Some(Time(r.expires_on));
     // Whole seconds: `Time` serializes without a fraction, so a fractional instant would never
@@ -118,6 +119,57 @@ pub fn record(
     status.issued_scopes = r.scopes.clone();
     status.issued_expires_in_minutes = Some(r.expires_in_minutes);
     status.key_fingerprint = Some(r.key_fingerprint.clone());
+    let margin = crate::rotation::pod_margin(r.issued_at, r.expires_on, renew, allowance);
+    status.pod_validity_at_worst_seconds = Some(margin.pod_validity_at_worst.as_secs());
+    margin
+}
+
+/// `RenewalMargin` False when the renewal leaves a pod less than the propagation allowance
+/// plus the SDK's refresh window; absent otherwise (no write for the usual case).
+pub fn margin_condition(
+    st: &mut CommunicationTokenStatus,
+    token: &CommunicationToken,
+    m: &crate::rotation::PodMargin,
+    gen: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    if !m.short {
+        st.conditions.retain(|c| c.type_ != types::RENEWAL_MARGIN);
+        return;
+    }
+    let policy = match (&token.spec.renew_before, token.spec.renew_before_percentage) {
+        (Some(d), _) => format!(
+            "renewBefore {}",
+            humantime(std::time::Duration::from(*d).as_secs())
+        ),
+        (None, Some(p)) => format!("renewBeforePercentage {p}"),
+        (None, None) => "the renewal policy".to_string(),
+    };
+    crate::api::set_condition(
+        &mut st.conditions,
+        types::RENEWAL_MARGIN,
+        false,
+        reasons::RENEWAL_TOO_LATE,
+        format!(
+            "{policy} leaves a pod {} of validity at worst once the new token reaches it (propagation allowance {}), and the SDKs refresh {} before expiry: renew at least {} before expiry",
+            humantime(m.pod_validity_at_worst.as_secs().max(0) as u64),
+            humantime(m.allowance.as_secs()),
+            humantime(m.needed.saturating_sub(m.allowance).as_secs()),
+            humantime(m.needed.as_secs()),
+        ),
+        gen,
+        now,
+    );
+}
+
+fn humantime(secs: u64) -> String {
+    match (secs / 3600, (secs % 3600) / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
 }
 
 /// The record status keeps of the current token, if complete: it proves an intact token

@@ -21,6 +21,7 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             min_remaining_validity_seconds: None,
             next_expiry_unix: None,
             next_renewal_unix: None,
+            min_pod_validity_seconds: None,
         };
         // Objects waiting for a reconcile: never reconciled, a spec not yet observed, or a
         // token past its renewal time (kube-runtime does not expose its scheduler queue).
@@ -51,6 +52,11 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
                 );
                 let x = e.0.as_second() as f64;
                 s.next_expiry_unix = Some(s.next_expiry_unix.map_or(x, |m: f64| m.min(x)));
+            }
+            if let Some(v) = st.pod_validity_at_worst_seconds {
+                let v = v as f64;
+                s.min_pod_validity_seconds =
+                    Some(s.min_pod_validity_seconds.map_or(v, |m: f64| m.min(v)));
             }
             if let Some(r) = &st.renewal_time {
                 let x = r.0.as_second() as f64;

@@ -98,6 +98,46 @@ fn assert_service_account_rules(doc: &RenderedDoc) {
     }
 }
 
+/// The rule `rolloutRestart.enabled` adds to the namespaced rules: a read and a merge patch of
+/// the workloads tokens name, nothing more.
+fn rollout_restart_rule() -> Value {
+    json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"],
+           "verbs": ["get", "patch"]})
+}
+
+/// The rules of a ClusterRole or Role on API group `apps`.
+fn apps_rules(doc: &RenderedDoc) -> Vec<&Value> {
+    doc.value["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["apiGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g.as_str() == Some("apps"))
+        })
+        .collect()
+}
+
+/// No ClusterRole or Role grants anything on `apps` kinds (rollout restarts off).
+fn assert_no_apps_rules(docs: &[RenderedDoc]) {
+    for doc in docs
+        .iter()
+        .filter(|d| matches!(d.kind(), "ClusterRole" | "Role"))
+    {
+        assert!(
+            apps_rules(doc).is_empty(),
+            "{} {} in {:?} grants on apps: {:?}",
+            doc.kind(),
+            doc.name(),
+            doc.namespace(),
+            apps_rules(doc)
+        );
+    }
+}
+
 /// The sealing key of Entra-credentialed token Secrets: its Role and RoleBinding in the release
 /// namespace (create any Secret, get only that one), whatever the mode, and the variable naming
 /// the Secret.
@@ -208,6 +248,11 @@ fn cases() -> Vec<Case> {
                 assert_eq!(env(docs, "WATCH_NAMESPACES"), None);
                 assert_eq!(env(docs, "DEFAULT_CREDENTIALS_SECRET"), None);
                 assert_eq!(env(docs, "DEFAULT_CREDENTIALS_ENDPOINT"), None);
+                // Rollout restarts off: said explicitly, and no grant on workloads.
+                assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("false"));
+                assert_eq!(env(docs, "RESTART_COALESCE_WINDOW"), Some("10s"));
+                assert_eq!(env(docs, "PROPAGATION_ALLOWANCE"), Some("2m"));
+                assert_no_apps_rules(docs);
                 // No workload identity of its own: nothing for the webhook, no Entra variables.
                 for name in [
                     "AZURE_AUTHORITY_HOST",
@@ -274,6 +319,57 @@ fn cases() -> Vec<Case> {
                     json!([{"apiGroups": [""], "resources": ["namespaces"],
                             "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]}])
                 );
+                assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("false"));
+                assert_no_apps_rules(docs);
+            }),
+        },
+        Case {
+            name: "rollout restarts, cluster-wide",
+            values: json!({"rolloutRestart": {"enabled": true, "coalesceWindow": "30s"},
+                           "propagationAllowance": "5m"}),
+            check: Box::new(|docs, _| {
+                assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("true"));
+                assert_eq!(env(docs, "RESTART_COALESCE_WINDOW"), Some("30s"));
+                assert_eq!(env(docs, "PROPAGATION_ALLOWANCE"), Some("5m"));
+                // get and patch of the three workload kinds, in the ClusterRole, and nothing
+                // else on apps anywhere.
+                let cr = one(docs, "ClusterRole");
+                assert_eq!(cr.name(), FULLNAME);
+                let want = rollout_restart_rule();
+                assert_eq!(apps_rules(cr), vec![&want]);
+                for r in of_kind(docs, "Role") {
+                    assert!(apps_rules(r).is_empty(), "Role {} grants on apps", r.name());
+                }
+            }),
+        },
+        Case {
+            name: "rollout restarts, namespaced",
+            values: json!({"watchNamespaces": ["A", "B"], "rolloutRestart": {"enabled": true}}),
+            check: Box::new(|docs, ctx| {
+                assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("true"));
+                assert_eq!(env(docs, "RESTART_COALESCE_WINDOW"), Some("10s"));
+                assert_eq!(env(docs, "PROPAGATION_ALLOWANCE"), Some("2m"));
+                // In each watched namespace's Role only; the namespaces ClusterRole, the
+                // sealing key and leader election Roles grant nothing on apps.
+                let want = rollout_restart_rule();
+                let roles: Vec<_> = of_kind(docs, "Role")
+                    .into_iter()
+                    .filter(|r| r.name() == FULLNAME)
+                    .collect();
+                let ns: BTreeSet<_> = roles.iter().map(|r| r.namespace().unwrap()).collect();
+                assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
+                for r in &roles {
+                    assert_eq!(apps_rules(r), vec![&want], "Role in {:?}", r.namespace());
+                }
+                for r in of_kind(docs, "Role")
+                    .into_iter()
+                    .filter(|r| r.name() != FULLNAME)
+                {
+                    assert!(apps_rules(r).is_empty(), "Role {} grants on apps", r.name());
+                }
+                let cr = one(docs, "ClusterRole");
+                assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
+                assert!(apps_rules(cr).is_empty());
             }),
         },
         Case {
@@ -707,6 +803,15 @@ async fn invalid_values_are_rejected_when_rendering() {
             "maxUnavailable",
         ),
         (json!({"resyncPeriod": "soon"}), "resyncPeriod"),
+        (
+            json!({"rolloutRestart": {"coalesceWindow": "soon"}}),
+            "coalesceWindow",
+        ),
+        (
+            json!({"propagationAllowance": "two minutes"}),
+            "propagationAllowance",
+        ),
+        (json!({"rolloutRestart": {"enabled": "yes"}}), "enabled"),
         (
             json!({"watchNamespaces": ["Not_A_Namespace"]}),
             "watchNamespaces",

@@ -335,6 +335,87 @@ pub async fn entra_scenario(env: &TestEnv, acs: &Acs) {
     .await;
 }
 
+/// A rollout restart through the chart's RBAC: an opted-in Deployment, StatefulSet and
+/// DaemonSet named by a token are restarted (their pod templates annotated, as their
+/// generations show) when the token rotates.
+pub async fn rollout_scenario(env: &TestEnv) {
+    let client = env.client.clone();
+    let ns = env.ns().to_string();
+    let kinds = ["Deployment", "StatefulSet", "DaemonSet"];
+    for kind in kinds {
+        let mut spec = serde_json::json!({
+            "selector": {"matchLabels": {"app": "dialer"}},
+            "template": {
+                "metadata": {"labels": {"app": "dialer"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]}
+            }
+        });
+        if kind == "StatefulSet" {
+            spec["serviceName"] = "dialer".into();
+        }
+        let obj = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": {"name": "dialer", "annotations": {"communication.acs.dev/restart-on-rotation": "true"}},
+            "spec": spec,
+        });
+        workloads(&client, &ns, kind)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).expect("workload"),
+            )
+            .await
+            .expect("create workload");
+    }
+    create_user(env, "dialer", CommunicationUserSpec::default()).await;
+    let mut spec = token_spec("dialer");
+    spec.rollout_restart_targets = kinds
+        .iter()
+        .map(|k| {
+            serde_json::from_value(serde_json::json!({"kind": k, "name": "dialer"}))
+                .expect("target")
+        })
+        .collect();
+    create_token(env, "dialer", spec).await;
+    let first = wait_token(env, "dialer", "token Ready", |_| true).await;
+    let rev = revision(&first);
+    // 20 s tokens: the next rotation comes by itself.
+    wait_token(env, "dialer", "a rotation", move |t| revision(t) > rev).await;
+    for kind in kinds {
+        let api = workloads(&client, &ns, kind);
+        eventually(&format!("the {kind} restarted"), CONVERGE, || async {
+            let d = api.get("dialer").await.map_err(|e| e.to_string())?;
+            match d.metadata.generation {
+                Some(g) if g >= 2 => Ok(()),
+                g => Err(format!("generation {g:?}")),
+            }
+        })
+        .await;
+    }
+    let tokens: Api<CommunicationToken> = env.api();
+    tokens
+        .delete("dialer", &DeleteParams::default())
+        .await
+        .expect("delete token");
+    wait_gone(&tokens, "dialer").await;
+    let users: Api<CommunicationUser> = env.api();
+    users
+        .delete("dialer", &DeleteParams::default())
+        .await
+        .expect("delete user");
+    wait_gone(&users, "dialer").await;
+}
+
+fn workloads(client: &Client, ns: &str, kind: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("apps", "v1", kind);
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural),
+    )
+}
+
 /// Asserts that a request was refused by authorization (403).
 pub fn refused<T: Debug>(what: &str, result: Result<T, kube::Error>) {
     match result {

@@ -237,3 +237,136 @@ spec:
     assert_eq!(restarts(&env_now), 0, "{}", describe_pods());
     uninstall();
 }
+
+async fn rotate(n: &str) {
+    let tokens: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client().await,
+        NS,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "communication.acs.dev",
+            "v1alpha1",
+            "CommunicationToken",
+        )),
+    );
+    tokens
+        .patch(
+            TOKEN,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"communication.acs.dev/rotate": n}},
+                "spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "env-app"}]},
+            })),
+        )
+        .await
+        .expect("patch the token");
+}
+
+/// The ReplicaSets of the env-var Deployment: one per rollout.
+async fn replica_sets(c: &kube::Client) -> usize {
+    Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(c.clone(), NS)
+        .list(&ListParams::default().labels("app=env-app"))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_env_var_deployment_is_restarted_once_per_rotation_and_its_new_pod_holds_the_new_token()
+{
+    let _node = exclusive().await;
+    let acs = Acs::start().await;
+    install(
+        acs,
+        default_tag(),
+        &[
+            "--set",
+            "replicas=1",
+            "--set",
+            "rolloutRestart.enabled=true",
+            "--set",
+            "rolloutRestart.coalesceWindow=2s",
+        ],
+    );
+    kubectl_apply(&example("00-namespace.yaml"));
+    tenant(NS, acs);
+    kubectl_apply(&example("10-user.yaml"));
+    kubectl_apply(&example("20-tokens.yaml"));
+    let mut token = valid_token(acs, NS, TOKEN, Duration::from_secs(90)).await;
+    let c = client().await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), NS);
+    kubectl_apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: env-app
+  namespace: {NS}
+  annotations: {{communication.acs.dev/restart-on-rotation: "true"}}
+spec:
+  selector: {{matchLabels: {{app: env-app}}}}
+  template:
+    metadata: {{labels: {{app: env-app}}}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532}}
+      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: Never
+        command:
+        - sh
+        - -c
+        - |
+          while true; do echo "sha256=$(printf %s "$ACS_TOKEN" | sha256sum | cut -c1-12)"; sleep 2; done
+        env:
+        - name: ACS_TOKEN
+          valueFrom: {{secretKeyRef: {{name: {TOKEN}, key: token}}}}
+"#,
+        image = node().app_image
+    ));
+    let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+    let mut pod = running_pod(&pods, "app=env-app").await;
+    assert_eq!(replica_sets(&c).await, 1);
+
+    for (round, n) in ["restart-1", "restart-2"].iter().enumerate() {
+        let rotated = Instant::now();
+        rotate(n).await;
+        let old = token.clone();
+        token = eventually(
+            "a new token in the Secret",
+            Duration::from_secs(60),
+            || async {
+                let (t, _) = secret_token(&secrets).await;
+                (t != old).then_some(t)
+            },
+        )
+        .await;
+        let want = format!("sha256={}", fingerprint(&token));
+        let old_name = pod.metadata.name.clone().expect("name");
+        // A new pod (the rollout), printing the new token from its environment.
+        pod = eventually(
+            "the restarted pod with the new token",
+            Duration::from_secs(120),
+            || async {
+                let p = running_pod(&pods, "app=env-app").await;
+                let name = p.metadata.name.clone()?;
+                (name != old_name && logs(&pods, &name).await.contains(&want)).then_some(p)
+            },
+        )
+        .await;
+        println!(
+            "rotation {}: the env-var pod was replaced and printed the new token {:.1} s after the rotation was asked",
+            round + 1,
+            rotated.elapsed().as_secs_f64()
+        );
+        // Exactly one rollout per rotation, also after the coalescing window has passed.
+        let want_sets = round + 2;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            assert_eq!(replica_sets(&c).await, want_sets, "{}", describe_pods());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert!(acs.is_valid(&token).await);
+    uninstall();
+}

@@ -1,0 +1,315 @@
+//! Rollout restarts of the workloads a token names (`spec.rolloutRestartTargets`), for
+//! consumers that read the token once (environment variables, `subPath` mounts).
+//!
+//! A restart sets one pod-template annotation to a hash of the revisions of every token the
+//! workload depends on, like `kubectl rollout restart` sets `restartedAt`. The same revisions
+//! give the same value, so an operator restart, a resync or a second sibling restarts nothing;
+//! a workload opts in with an annotation of its own, so that whoever may create a
+//! CommunicationToken cannot restart any workload of the namespace. Siblings re-issued
+//! together (a revocation) restart a workload once when their changes fall within the
+//! coalescing window; one re-issued later restarts it again.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::condition::{reasons, types};
+use crate::api::token::{RestartedWorkload, RolloutRestartTarget, WorkloadKind};
+use crate::api::{CommunicationToken, CommunicationTokenStatus, ConditionExt};
+use crate::controller::Context;
+
+/// The workload's opt-in (pinned: tools outside the project rely on it).
+pub const OPT_IN_ANNOTATION: &str = "communication.acs.dev/restart-on-rotation";
+/// The pod-template annotation a restart sets.
+pub const RESTARTED_FOR_ANNOTATION: &str = "communication.acs.dev/restarted-for";
+/// How soon a failed lookup or patch is tried again (a condition says why meanwhile).
+const RETRY: Duration = Duration::from_secs(60);
+
+/// One dependent token as seen now.
+struct Dependent {
+    name: String,
+    revision: i64,
+    changed: Option<Timestamp>,
+    settled: bool,
+}
+
+/// Why a target cannot be restarted.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// Restarts what needs restarting; records it in `st`. Returns how soon to look again, if
+/// sooner than the token's own schedule.
+pub async fn ensure(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: &mut CommunicationTokenStatus,
+) -> Option<Duration> {
+    let targets = &token.spec.rollout_restart_targets;
+    st.restarted_workloads
+        .retain(|w| targets.iter().any(|t| t.kind == w.kind && t.name == w.name));
+    if targets.is_empty() {
+        st.conditions.retain(|c| c.type_ != types::ROLLOUT_RESTART);
+        return None;
+    }
+    let ns = token.namespace().unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut wait: Option<Duration> = None;
+    for target in targets {
+        if !ctx.config.rollout_restart {
+            problems.push(Problem {
+                reason: reasons::ROLLOUT_RESTART_DISABLED,
+                message: format!(
+                    "{} {}: rollout restarts are not enabled in this operator (chart value rolloutRestart.enabled, flag --rollout-restart)",
+                    target.kind.as_str(),
+                    target.name
+                ),
+            });
+            continue;
+        }
+        match restart_one(ctx, token, st, &ns, target).await {
+            Ok(Some(w)) => wait = Some(wait.map_or(w, |x: Duration| x.min(w))),
+            Ok(None) => {}
+            Err(p) => {
+                if p.reason == reasons::RESTART_FAILED {
+                    wait = Some(wait.map_or(RETRY, |x: Duration| x.min(RETRY)));
+                }
+                problems.push(p);
+            }
+        }
+    }
+    let gen = token.metadata.generation;
+    let now = ctx.now();
+    let previous = st
+        .conditions
+        .find(types::ROLLOUT_RESTART)
+        .map(|c| (c.status.clone(), c.message.clone()));
+    if problems.is_empty() {
+        crate::api::set_condition(
+            &mut st.conditions,
+            types::ROLLOUT_RESTART,
+            true,
+            reasons::RESTART_TARGETS_READY,
+            format!(
+                "{} workload(s) restart when this token changes",
+                targets.len()
+            ),
+            gen,
+            now,
+        );
+    } else {
+        let message = problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = problems[0].reason;
+        crate::api::set_condition(
+            &mut st.conditions,
+            types::ROLLOUT_RESTART,
+            false,
+            reason,
+            message.clone(),
+            gen,
+            now,
+        );
+        if previous != Some(("False".to_string(), message.clone())) {
+            ctx.event(token, EventType::Warning, reason, "RolloutRestart", message)
+                .await;
+        }
+    }
+    wait
+}
+
+async fn restart_one(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: &mut CommunicationTokenStatus,
+    ns: &str,
+    target: &RolloutRestartTarget,
+) -> Result<Option<Duration>, Problem> {
+    let what = format!("{} {}", target.kind.as_str(), target.name);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &resource(target.kind));
+    let failed = |action: &str, e: kube::Error| {
+        match &e {
+        kube::Error::Api(s) if s.code == 403 => Problem {
+            reason: reasons::RESTART_FAILED,
+            message: format!("{what}: the operator may not {action} it (RBAC: chart value rolloutRestart.enabled grants get and patch)"),
+        },
+        _ => Problem {
+            reason: reasons::RESTART_FAILED,
+            message: format!("{what}: failed to {action} it: {e}"),
+        },
+    }
+    };
+    let Some(obj) = api
+        .get_opt(&target.name)
+        .await
+        .map_err(|e| failed("read", e))?
+    else {
+        return Err(Problem {
+            reason: reasons::TARGET_NOT_FOUND,
+            message: format!("{what} not found in namespace {ns}"),
+        });
+    };
+    if obj.annotations().get(OPT_IN_ANNOTATION).map(String::as_str) != Some("true") {
+        return Err(Problem {
+            reason: reasons::TARGET_NOT_OPTED_IN,
+            message: format!("{what} has not opted in: annotate it with {OPT_IN_ANNOTATION}=\"true\" to let token rotations restart it"),
+        });
+    }
+    let spec = &obj.data["spec"];
+    if spec["updateStrategy"]["type"] == "OnDelete" {
+        return Err(Problem {
+            reason: reasons::TARGET_ON_DELETE,
+            message: format!("{what} uses updateStrategy OnDelete: a rollout restart never replaces its pods; delete them, or use RollingUpdate"),
+        });
+    }
+    let current = spec["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION]
+        .as_str()
+        .map(str::to_string);
+    let dependents = dependents(ctx, token, st, ns, target);
+    if dependents.iter().any(|d| !d.settled) {
+        // A sibling is being re-issued: its change wakes nobody here, so look again soon.
+        return Ok(Some(ctx.config.restart_coalesce_window));
+    }
+    let hash = revisions_hash(&dependents);
+    if current.as_deref() == Some(hash.as_str()) {
+        return Ok(None);
+    }
+    if current.is_none() && dependents.iter().all(|d| d.revision <= 1) {
+        // First issuance: the pods start with the token (they wait for its Secret).
+        return Ok(None);
+    }
+    let now = ctx.now();
+    if let Some(latest) = dependents.iter().filter_map(|d| d.changed).max() {
+        let window = ctx.config.restart_coalesce_window;
+        let due = latest + jiff::SignedDuration::try_from(window).unwrap_or_default();
+        if now < due {
+            let left = Duration::try_from(due.duration_since(now)).unwrap_or(window);
+            return Ok(Some(left.max(Duration::from_millis(100))));
+        }
+    }
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        RESTARTED_FOR_ANNOTATION: hash,
+    }}}}});
+    api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| failed("patch", e))?;
+    let revision = st.revision;
+    tracing::info!(workload = %what, revision, "rollout restart for a new token");
+    st.restarted_workloads
+        .retain(|w| !(w.kind == target.kind && w.name == target.name));
+    st.restarted_workloads.push(RestartedWorkload {
+        kind: target.kind,
+        name: target.name.clone(),
+        restarted_at: Time(now),
+        revisions_hash: hash,
+    });
+    ctx.event(
+        token,
+        EventType::Normal,
+        reasons::WORKLOAD_RESTARTED,
+        "RolloutRestart",
+        format!("restarted {what} for token revision {revision}"),
+    )
+    .await;
+    Ok(None)
+}
+
+fn resource(kind: WorkloadKind) -> ApiResource {
+    match kind {
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+    }
+}
+
+/// Every token of the namespace that restarts `target`, this one as it is being written.
+fn dependents(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: &CommunicationTokenStatus,
+    ns: &str,
+    target: &RolloutRestartTarget,
+) -> Vec<Dependent> {
+    let me = token.name_any();
+    let mut out = vec![Dependent {
+        name: me.clone(),
+        revision: st.revision,
+        changed: st.last_rotation_time.as_ref().map(|t| t.0),
+        settled: true,
+    }];
+    for t in ctx.tokens.in_namespace_where(ns, |t| {
+        t.spec.rollout_restart_targets.contains(target) && t.name_any() != me
+    }) {
+        let Some(s) = t.status.as_ref() else {
+            out.push(Dependent {
+                name: t.name_any(),
+                revision: 0,
+                changed: None,
+                settled: false,
+            });
+            continue;
+        };
+        // Not settled while it waits for a revocation, or its user revoked tokens it still
+        // holds (it is about to be re-issued).
+        let user = ctx.users.get(ns, &t.spec.user_ref.name);
+        let behind = user.as_ref().is_some_and(|u| {
+            u.revocation_pending() || s.revocation_epoch.is_some_and(|e| e < u.revocation_epoch())
+        });
+        out.push(Dependent {
+            name: t.name_any(),
+            revision: s.revision,
+            changed: s.last_rotation_time.as_ref().map(|t| t.0),
+            settled: !behind
+                && s.revocation_requested.is_none()
+                && s.conditions.is_true(types::READY),
+        });
+    }
+    out
+}
+
+/// A short hash of the dependents' names and revisions, order-independent.
+fn revisions_hash(dependents: &[Dependent]) -> String {
+    use base64::Engine;
+    let mut parts: Vec<String> = dependents
+        .iter()
+        .map(|d| format!("{}={}", d.name, d.revision))
+        .collect();
+    parts.sort();
+    let digest = Sha256::digest(parts.join(";").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(name: &str, revision: i64) -> Dependent {
+        Dependent {
+            name: name.into(),
+            revision,
+            changed: None,
+            settled: true,
+        }
+    }
+
+    #[test]
+    fn the_hash_follows_revisions_not_order() {
+        let a = revisions_hash(&[dep("a", 2), dep("b", 1)]);
+        assert_eq!(a, revisions_hash(&[dep("b", 1), dep("a", 2)]));
+        assert_ne!(a, revisions_hash(&[dep("a", 3), dep("b", 1)]));
+        assert_ne!(a, revisions_hash(&[dep("a", 2), dep("c", 1)]));
+        assert_eq!(a.len(), 16);
+    }
+}
