@@ -159,17 +159,22 @@ impl WorkloadKind {
     }
 }
 
-/// A workload this token restarted, and for which token revisions.
+/// A rollout restart target as this token last saw it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartedWorkload {
     pub kind: WorkloadKind,
     pub name: String,
-    /// When the restart was requested.
-    pub restarted_at: Time,
+    /// This token's revision the workload has (a restart since, or first seen at): a newer
+    /// revision restarts it, an older one never does.
+    pub observed_revision: i64,
+    /// When this token last restarted it (absent: never, only seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<Time>,
     /// The revisions of the tokens the workload depends on, hashed, as set on its pod template
-    /// (`communication.acs.dev/restarted-for`).
-    pub revisions_hash: String,
+    /// (`communication.acs.dev/restarted-for`) by that restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions_hash: Option<String>,
 }
 
 /// A reference to a CommunicationUser in the same namespace.
@@ -263,7 +268,8 @@ pub struct CommunicationTokenStatus {
     /// `expiresOn - renewalTime - propagation allowance` (the kubelet's Secret sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_validity_at_worst_seconds: Option<i64>,
-    /// The workloads of `spec.rolloutRestartTargets` this token restarted, last time each.
+    /// The workloads of `spec.rolloutRestartTargets`: the token revision each has, and when
+    /// this token last restarted it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarted_workloads: Vec<RestartedWorkload>,
     /// Current conditions (`Ready`, `Issuing`, `RolloutRestart`, `RenewalMargin`).

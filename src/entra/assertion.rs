@@ -68,9 +68,13 @@ async fn token_request(
             CredentialFailure::Missing,
             format!("ServiceAccount {namespace}/{name} not found"),
         )),
+        Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => Err(credential(
+            CredentialFailure::Rejected,
+            format!("the apiserver refused the TokenRequest for ServiceAccount {namespace}/{name}: {}", s.message),
+        )),
         Err(kube::Error::Api(s)) if s.code == 403 => Err(credential(
             CredentialFailure::TokenRequestDenied,
-            format!("the operator may not request tokens for ServiceAccount {namespace}/{name} (RBAC: create serviceaccounts/token): {}", s.message),
+            format!("the operator may not request tokens for ServiceAccount {namespace}/{name} (RBAC: create serviceaccounts/token, chart value workloadIdentity.namespaceServiceAccounts): {}", s.message),
         )),
         Err(e) => Err(credential(
             CredentialFailure::Unavailable,

@@ -105,8 +105,14 @@ pub async fn client_assertion(
     })
 }
 
+/// The first sentence of the first line: Entra appends trace ids and the current time, which
+/// would make every attempt's condition message different (and worth a status write).
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or_default().trim();
+    let line = match line.find(". ") {
+        Some(i) => &line[..=i],
+        None => line,
+    };
     match line.char_indices().nth(MAX_DESCRIPTION) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line.to_string(),
@@ -135,5 +141,9 @@ mod tests {
             "AADSTS700016: Application not found."
         );
         assert!(first_line(&"x".repeat(1000)).chars().count() <= MAX_DESCRIPTION + 1);
+        assert_eq!(
+            first_line("AADSTS700024: Client assertion is not within its valid time range. Current time: 2026-11-30T05:00:00Z, assertion valid from 2026-11-30T03:00:00Z"),
+            "AADSTS700024: Client assertion is not within its valid time range."
+        );
     }
 }

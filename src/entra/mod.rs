@@ -39,6 +39,9 @@ const ASSERTION_SECONDS: i64 = 600;
 /// A refused exchange is remembered this long, so the objects sharing a principal share
 /// one refusal instead of each asking Entra again.
 const FAILURE_MEMO: Duration = Duration::from_secs(10);
+/// A failure worth retrying (Entra or the apiserver unavailable) is shared for this long, so
+/// the callers queued behind one exchange do not each repeat it.
+const TRANSIENT_MEMO: Duration = Duration::from_secs(2);
 
 /// Where a principal's client assertion comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -118,6 +121,8 @@ struct Inner {
     http: reqwest::Client,
     kube: kube::Client,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Bounds one TokenRequest plus exchange, so a hung call cannot hold a principal's queue.
+    timeout: Duration,
     slots: Mutex<HashMap<Principal, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -148,6 +153,7 @@ impl EntraTokens {
                 http: builder.build().map_err(BuildError)?,
                 kube,
                 observer,
+                timeout,
                 slots: Mutex::default(),
             }),
         })
@@ -182,14 +188,30 @@ impl EntraTokens {
             }
         }
         if let Some((failure, message, at)) = &slot.refused {
-            if now.duration_since(*at) < FAILURE_MEMO {
+            let memo = if failure.is_transient() {
+                TRANSIENT_MEMO
+            } else {
+                FAILURE_MEMO
+            };
+            if now.duration_since(*at) < memo {
                 return Err(AcsError::Credential {
                     failure: *failure,
                     message: message.clone(),
                 });
             }
         }
-        match self.exchange(p).await {
+        let result = match tokio::time::timeout(self.inner.timeout, self.exchange(p)).await {
+            Ok(r) => r,
+            Err(_) => Err(credential(
+                CredentialFailure::Unavailable,
+                format!(
+                    "no Entra token for {} within {:?} (TokenRequest and exchange)",
+                    p.describe(),
+                    self.inner.timeout
+                ),
+            )),
+        };
+        match result {
             Ok((token, lifetime)) => {
                 slot.token = Some((token.clone(), Instant::now() + refresh_after(lifetime)));
                 slot.refused = None;
@@ -197,9 +219,7 @@ impl EntraTokens {
             }
             Err(e) => {
                 if let AcsError::Credential { failure, message } = &e {
-                    if !failure.is_transient() {
-                        slot.refused = Some((*failure, message.clone(), Instant::now()));
-                    }
+                    slot.refused = Some((*failure, message.clone(), Instant::now()));
                 }
                 Err(e)
             }
@@ -220,12 +240,20 @@ impl EntraTokens {
         result.map_err(|e| e.error)
     }
 
-    /// Forgets `token` if it is still the cached one of `p`.
+    /// Forgets `token` if it is still the cached one of `p` (waiting for an exchange in
+    /// progress, so a rejection is never lost).
     fn forget(&self, p: &Principal, token: &BearerToken) {
-        if let Ok(mut slot) = self.slot(p).try_lock() {
-            if slot.token.as_ref().is_some_and(|(t, _)| t == token) {
+        let slot = self.slot(p);
+        let token = token.clone();
+        let forget = async move {
+            let mut slot = slot.lock().await;
+            if slot.token.as_ref().is_some_and(|(t, _)| *t == token) {
                 slot.token = None;
             }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(forget)),
+            Err(_) => futures::executor::block_on(forget),
         }
     }
 }

@@ -269,7 +269,10 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
         // The shared control plane's CRDs were installed from crds/ without helm.
         "crds": {"install": false},
         "defaultCredentials": default_credentials_values(),
-        "workloadIdentity": {"authorityHost": acs.emu.entra_authority()},
+        // Off by default; this run includes a workload-identity user, so the audit must show
+        // serviceaccounts get and serviceaccounts/token create.
+        "workloadIdentity": {"authorityHost": acs.emu.entra_authority(),
+                             "namespaceServiceAccounts": true},
         // Rollout restarts on in this mode, so the audit proves their get and patch too.
         "rolloutRestart": {"enabled": true, "coalesceWindow": "1s"},
     });
@@ -462,7 +465,10 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
     let tools = Tools::new(cp);
     let values = json!({
         "defaultCredentials": default_credentials_values(),
-        "workloadIdentity": {"authorityHost": acs.emu.entra_authority()},
+        // Off by default; this run includes a workload-identity user, so the audit must show
+        // serviceaccounts get and serviceaccounts/token create.
+        "workloadIdentity": {"authorityHost": acs.emu.entra_authority(),
+                             "namespaceServiceAccounts": true},
     });
     let inst = install(&tools, &client, operator_ns.name(), &values).await;
     assert_eq!(

@@ -194,9 +194,10 @@ async fn a_new_token_restarts_an_opted_in_deployment_once_and_an_operator_restar
     let t = tokens.get("app").await.unwrap();
     let restarted = &t.status.unwrap().restarted_workloads;
     assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0].observed_revision, 3);
     assert_eq!(
         restarted[0].revisions_hash,
-        restarted_for(&env, "app").await.unwrap()
+        restarted_for(&env, "app").await
     );
     wait_event(&env, |(reason, note, _)| {
         reason == "WorkloadRestarted" && note.contains("Deployment app")
@@ -260,10 +261,11 @@ async fn targets_missing_not_opted_in_or_on_delete_get_a_condition_and_cost_noth
         .unwrap();
     create_user(&env, "alice", CommunicationUserSpec::default()).await;
     let mut spec = token_spec("alice");
-    // A renewal 5 minutes before expiry leaves a pod less than the allowance plus the SDK's
-    // refresh window: a condition says so; the token is still issued and Ready.
+    // A renewal 1 minute before expiry (plus at most 6 minutes of jitter) leaves a pod less
+    // than the allowance plus the SDK's refresh window (2 + 6 minutes on a 60-minute token):
+    // a condition says so; the token is still issued and Ready.
     spec.expires_in_minutes = 60;
-    spec.renew_before = Some(serde_json::from_value(json!("5m")).unwrap());
+    spec.renew_before = Some(serde_json::from_value(json!("1m")).unwrap());
     spec.rollout_restart_targets = [
         ("Deployment", "missing"),
         ("Deployment", "plain"),
@@ -316,7 +318,7 @@ async fn targets_missing_not_opted_in_or_on_delete_get_a_condition_and_cost_noth
         ("False", "RenewalTooLate")
     );
     assert!(
-        margin.message.contains("renewBefore 5m"),
+        margin.message.contains("renewBefore 1m"),
         "{}",
         margin.message
     );

@@ -109,8 +109,8 @@ Fails on value combinations the schema cannot express.
 
 {{/*
 The rules the operator needs in every namespace it watches; each verb is justified in README.md
-("RBAC") and proven used by the chart tests' audit-log comparison (the rolloutRestart rule, off
-in those runs, by the e2e rollout-restart tests).
+("RBAC") and proven used by the chart tests' audit-log comparison (the optional rules by the
+runs that enable them: namespace ServiceAccounts in both, rollout restarts in the namespaced one).
 */}}
 {{- define "acs-identity-operator.namespacedRules" -}}
 # Watch both kinds (shared caches) and add/remove their finalizers (JSON patch).
@@ -137,17 +137,21 @@ in those runs, by the e2e rollout-restart tests).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# spec.credentials.workloadIdentity: the named ServiceAccount's annotations (metadata-only
-# get: the opt-in, client id and tenant id), then a token for it with audience
-# api://AzureADTokenExchange, exchanged with Entra. RBAC can limit neither the ServiceAccounts
-# nor the audience: the operator asks only for ServiceAccounts annotated
-# communication.acs.dev/allow-token-request: "true", and only that audience.
+{{- if .Values.workloadIdentity.namespaceServiceAccounts }}
+# CommunicationUsers' spec.credentials.workloadIdentity (workloadIdentity.namespaceServiceAccounts,
+# off by default: cluster-wide this could mint a token for any ServiceAccount, kube-system's
+# included; the operator's own identity, workloadIdentity.enabled, needs neither rule): the named
+# ServiceAccount's annotations (metadata-only get: the opt-in, client id and tenant id), then a
+# token for it with audience api://AzureADTokenExchange, exchanged with Entra. RBAC can limit
+# neither the ServiceAccounts nor the audience: the operator asks only for ServiceAccounts
+# annotated communication.acs.dev/allow-token-request: "true", and only that audience.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
+{{- end }}
 {{- if .Values.rolloutRestart.enabled }}
 # Rollout restarts (rolloutRestart.enabled): a read of each workload a CommunicationToken names
 # in spec.rolloutRestartTargets (its opt-in annotation communication.acs.dev/restart-on-rotation

@@ -1,13 +1,17 @@
 //! Rollout restarts of the workloads a token names (`spec.rolloutRestartTargets`), for
 //! consumers that read the token once (environment variables, `subPath` mounts).
 //!
-//! A restart sets one pod-template annotation to a hash of the revisions of every token the
-//! workload depends on, like `kubectl rollout restart` sets `restartedAt`. The same revisions
-//! give the same value, so an operator restart, a resync or a second sibling restarts nothing;
-//! a workload opts in with an annotation of its own, so that whoever may create a
-//! CommunicationToken cannot restart any workload of the namespace. Siblings re-issued
-//! together (a revocation) restart a workload once when their changes fall within the
-//! coalescing window; one re-issued later restarts it again.
+//! The token's status records, per target, the token revision the workload has: a target
+//! first seen (a new token, a target added, a workload that opts in later, the feature just
+//! enabled) records the current revision and is not restarted; a newer revision restarts it
+//! once. So an operator restart, a resync, a sibling created or deleted, or an annotation
+//! stripped by a GitOps tool restarts nothing. A restart sets one pod-template annotation to a
+//! hash of the revisions of every token the workload depends on, like `kubectl rollout
+//! restart` sets `restartedAt`: siblings re-issued together (a revocation) compute the same
+//! value once all are done and the coalescing window has passed, so the first restarts the
+//! workload and the others find it done; one re-issued after the window restarts it again. A
+//! workload opts in with an annotation of its own, so that whoever may create a
+//! CommunicationToken cannot restart any workload of the namespace.
 
 use std::time::Duration;
 
@@ -31,13 +35,16 @@ pub const OPT_IN_ANNOTATION: &str = "communication.acs.dev/restart-on-rotation";
 pub const RESTARTED_FOR_ANNOTATION: &str = "communication.acs.dev/restarted-for";
 /// How soon a failed lookup or patch is tried again (a condition says why meanwhile).
 const RETRY: Duration = Duration::from_secs(60);
+/// A sibling stuck in its re-issue (failing) holds a restart at most this many windows.
+const MAX_WAIT_WINDOWS: u32 = 12;
 
 /// One dependent token as seen now.
 struct Dependent {
     name: String,
     revision: i64,
     changed: Option<Timestamp>,
-    settled: bool,
+    /// About to be re-issued (its user revoked the tokens it holds, or it asked for that).
+    reissuing: bool,
 }
 
 /// Why a target cannot be restarted.
@@ -177,27 +184,53 @@ async fn restart_one(
     let current = spec["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION]
         .as_str()
         .map(str::to_string);
+    let revision = st.revision;
+    let seen = |w: &RestartedWorkload| w.kind == target.kind && w.name == target.name;
+    match st.restarted_workloads.iter().find(|w| seen(w)) {
+        None => {
+            // First sight: its pods already run with this token (or wait for its Secret).
+            st.restarted_workloads.push(RestartedWorkload {
+                kind: target.kind,
+                name: target.name.clone(),
+                observed_revision: revision,
+                restarted_at: None,
+                revisions_hash: None,
+            });
+            return Ok(None);
+        }
+        Some(w) if w.observed_revision >= revision => return Ok(None),
+        Some(_) => {}
+    }
+    // This token changed since the workload last got it.
+    let window = ctx.config.restart_coalesce_window;
+    let now = ctx.now();
     let dependents = dependents(ctx, token, st, ns, target);
-    if dependents.iter().any(|d| !d.settled) {
-        // A sibling is being re-issued: its change wakes nobody here, so look again soon.
-        return Ok(Some(ctx.config.restart_coalesce_window));
+    let latest = dependents.iter().filter_map(|d| d.changed).max();
+    let since_latest =
+        latest.map(|l| Duration::try_from(now.duration_since(l)).unwrap_or_default());
+    if dependents.iter().any(|d| d.reissuing)
+        && since_latest.is_none_or(|s| s < window * MAX_WAIT_WINDOWS)
+    {
+        // A sibling is being re-issued: its change does not wake this token, so look again.
+        return Ok(Some(window));
     }
     let hash = revisions_hash(&dependents);
-    if current.as_deref() == Some(hash.as_str()) {
-        return Ok(None);
-    }
-    if current.is_none() && dependents.iter().all(|d| d.revision <= 1) {
-        // First issuance: the pods start with the token (they wait for its Secret).
-        return Ok(None);
-    }
-    let now = ctx.now();
-    if let Some(latest) = dependents.iter().filter_map(|d| d.changed).max() {
-        let window = ctx.config.restart_coalesce_window;
-        let due = latest + jiff::SignedDuration::try_from(window).unwrap_or_default();
-        if now < due {
-            let left = Duration::try_from(due.duration_since(now)).unwrap_or(window);
-            return Ok(Some(left.max(Duration::from_millis(100))));
+    let record = |st: &mut CommunicationTokenStatus, restarted: Option<Time>| {
+        if let Some(w) = st.restarted_workloads.iter_mut().find(|w| seen(w)) {
+            w.observed_revision = revision;
+            if restarted.is_some() {
+                w.restarted_at = restarted;
+                w.revisions_hash = Some(hash.clone());
+            }
         }
+    };
+    if current.as_deref() == Some(hash.as_str()) {
+        // A sibling restarted it for these same revisions.
+        record(st, None);
+        return Ok(None);
+    }
+    if let Some(s) = since_latest.filter(|s| *s < window) {
+        return Ok(Some((window - s).max(Duration::from_millis(100))));
     }
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
         RESTARTED_FOR_ANNOTATION: hash,
@@ -205,16 +238,8 @@ async fn restart_one(
     api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| failed("patch", e))?;
-    let revision = st.revision;
     tracing::info!(workload = %what, revision, "rollout restart for a new token");
-    st.restarted_workloads
-        .retain(|w| !(w.kind == target.kind && w.name == target.name));
-    st.restarted_workloads.push(RestartedWorkload {
-        kind: target.kind,
-        name: target.name.clone(),
-        restarted_at: Time(now),
-        revisions_hash: hash,
-    });
+    record(st, Some(Time(now)));
     ctx.event(
         token,
         EventType::Normal,
@@ -247,22 +272,24 @@ fn dependents(
         name: me.clone(),
         revision: st.revision,
         changed: st.last_rotation_time.as_ref().map(|t| t.0),
-        settled: true,
+        reissuing: false,
     }];
     for t in ctx.tokens.in_namespace_where(ns, |t| {
         t.spec.rollout_restart_targets.contains(target) && t.name_any() != me
     }) {
         let Some(s) = t.status.as_ref() else {
+            // Never issued yet: its first token restarts nothing either.
             out.push(Dependent {
                 name: t.name_any(),
                 revision: 0,
                 changed: None,
-                settled: false,
+                reissuing: false,
             });
             continue;
         };
-        // Not settled while it waits for a revocation, or its user revoked tokens it still
-        // holds (it is about to be re-issued).
+        // About to be re-issued: it waits for a revocation, or its user revoked the token it
+        // still holds. A sibling that is failing, suspended or not ready for another reason
+        // does not hold a restart.
         let user = ctx.users.get(ns, &t.spec.user_ref.name);
         let behind = user.as_ref().is_some_and(|u| {
             u.revocation_pending() || s.revocation_epoch.is_some_and(|e| e < u.revocation_epoch())
@@ -271,9 +298,7 @@ fn dependents(
             name: t.name_any(),
             revision: s.revision,
             changed: s.last_rotation_time.as_ref().map(|t| t.0),
-            settled: !behind
-                && s.revocation_requested.is_none()
-                && s.conditions.is_true(types::READY),
+            reissuing: behind || s.revocation_requested.is_some(),
         });
     }
     out
@@ -300,7 +325,7 @@ mod tests {
             name: name.into(),
             revision,
             changed: None,
-            settled: true,
+            reissuing: false,
         }
     }
 

@@ -79,9 +79,9 @@ fn mount<'a>(docs: &'a [RenderedDoc], name: &str) -> Option<&'a Value> {
         .find(|m| m["name"] == name)
 }
 
-/// The workload identity rules of the namespaced rules (ClusterRole or a watched namespace's
-/// Role): a metadata read of the ServiceAccount a CommunicationUser names, and a TokenRequest
-/// for it, neither limited by name.
+/// The workload identity rules `workloadIdentity.namespaceServiceAccounts` adds to the namespaced
+/// rules (ClusterRole or a watched namespace's Role): a metadata read of the ServiceAccount a
+/// CommunicationUser names, and a TokenRequest for it, neither limited by name.
 fn assert_service_account_rules(doc: &RenderedDoc) {
     let rules = doc.value["rules"].as_array().unwrap();
     for want in [
@@ -135,6 +135,31 @@ fn assert_no_apps_rules(docs: &[RenderedDoc]) {
             doc.namespace(),
             apps_rules(doc)
         );
+    }
+}
+
+/// `doc` (a ClusterRole or Role) grants nothing on ServiceAccounts or their tokens.
+fn assert_no_service_account_rule(doc: &RenderedDoc) {
+    let res = rule_resources(doc);
+    for r in ["serviceaccounts", "serviceaccounts/token"] {
+        assert!(
+            !res.iter().any(|x| x == r),
+            "{} {} in {:?} grants on {r}",
+            doc.kind(),
+            doc.name(),
+            doc.namespace()
+        );
+    }
+}
+
+/// No ClusterRole or Role grants anything on ServiceAccounts or their tokens
+/// (`workloadIdentity.namespaceServiceAccounts` off; the operator's own identity needs neither).
+fn assert_no_service_account_rules(docs: &[RenderedDoc]) {
+    for doc in docs
+        .iter()
+        .filter(|d| matches!(d.kind(), "ClusterRole" | "Role"))
+    {
+        assert_no_service_account_rule(doc);
     }
 }
 
@@ -281,7 +306,8 @@ fn cases() -> Vec<Case> {
                 ] {
                     assert!(res.iter().any(|x| x == r), "ClusterRole lacks {r}");
                 }
-                assert_service_account_rules(cr);
+                // No token minting for every ServiceAccount of the cluster unless asked for.
+                assert_no_service_account_rules(docs);
                 assert_sealing_key(docs, ctx);
                 for crd in of_kind(docs, "CustomResourceDefinition") {
                     assert_eq!(
@@ -308,9 +334,7 @@ fn cases() -> Vec<Case> {
                 let ns: BTreeSet<_> = roles.iter().map(|r| r.namespace().unwrap()).collect();
                 assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
                 assert!(rule_resources(roles[0]).contains(&"secrets".to_string()));
-                for r in &roles {
-                    assert_service_account_rules(r);
-                }
+                assert_no_service_account_rules(docs);
                 assert_sealing_key(docs, ctx);
                 let cr = one(docs, "ClusterRole");
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
@@ -370,6 +394,52 @@ fn cases() -> Vec<Case> {
                 let cr = one(docs, "ClusterRole");
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert!(apps_rules(cr).is_empty());
+            }),
+        },
+        Case {
+            name: "namespace ServiceAccounts, cluster-wide",
+            values: json!({"workloadIdentity": {"namespaceServiceAccounts": true}}),
+            check: Box::new(|docs, _| {
+                // In the ClusterRole only: the sealing key and leader election Roles grant
+                // nothing on ServiceAccounts.
+                let cr = one(docs, "ClusterRole");
+                assert_eq!(cr.name(), FULLNAME);
+                assert_service_account_rules(cr);
+                for r in of_kind(docs, "Role") {
+                    assert_no_service_account_rule(r);
+                }
+                // The grant alone does not give the operator an identity of its own.
+                assert_eq!(pod_label(docs, WI_USE_LABEL), None);
+                assert!(one(docs, "ServiceAccount").value["metadata"]
+                    .get("annotations")
+                    .is_none());
+            }),
+        },
+        Case {
+            name: "namespace ServiceAccounts, namespaced",
+            values: json!({"watchNamespaces": ["A", "B"],
+                           "workloadIdentity": {"namespaceServiceAccounts": true}}),
+            check: Box::new(|docs, ctx| {
+                // In each watched namespace's Role only; the namespaces ClusterRole, the
+                // sealing key and leader election Roles grant nothing on ServiceAccounts.
+                let roles: Vec<_> = of_kind(docs, "Role")
+                    .into_iter()
+                    .filter(|r| r.name() == FULLNAME)
+                    .collect();
+                let ns: BTreeSet<_> = roles.iter().map(|r| r.namespace().unwrap()).collect();
+                assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
+                for r in &roles {
+                    assert_service_account_rules(r);
+                }
+                for r in of_kind(docs, "Role")
+                    .into_iter()
+                    .filter(|r| r.name() != FULLNAME)
+                {
+                    assert_no_service_account_rule(r);
+                }
+                let cr = one(docs, "ClusterRole");
+                assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
+                assert_no_service_account_rule(cr);
             }),
         },
         Case {
@@ -569,7 +639,8 @@ fn cases() -> Vec<Case> {
                     .find(|r| r.name() == FULLNAME)
                     .expect("watched namespace Role");
                 assert_eq!(role.namespace(), Some(ctx.a.as_str()));
-                assert_service_account_rules(role);
+                // The operator's own identity needs no grant on the namespace's ServiceAccounts.
+                assert_no_service_account_rules(docs);
                 assert_sealing_key(docs, ctx);
             }),
         },
@@ -812,6 +883,10 @@ async fn invalid_values_are_rejected_when_rendering() {
             "propagationAllowance",
         ),
         (json!({"rolloutRestart": {"enabled": "yes"}}), "enabled"),
+        (
+            json!({"workloadIdentity": {"namespaceServiceAccounts": "yes"}}),
+            "namespaceServiceAccounts",
+        ),
         (
             json!({"watchNamespaces": ["Not_A_Namespace"]}),
             "watchNamespaces",

@@ -207,6 +207,8 @@ spec:
     )
     .await;
     let propagation = rotated_at.elapsed().as_secs_f64();
+    // Within the propagation allowance the operator reserves (2 minutes by default).
+    assert!(propagation < 120.0, "{propagation:.1} s");
     println!(
         "rotation reached the running pod {propagation:.1} s after the Secret changed \
          (kubelet syncFrequency {}, app prints every 5 s)",
@@ -238,8 +240,8 @@ spec:
     uninstall();
 }
 
-async fn rotate(n: &str) {
-    let tokens: Api<kube::api::DynamicObject> = Api::namespaced_with(
+async fn tokens() -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(
         client().await,
         NS,
         &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
@@ -247,16 +249,13 @@ async fn rotate(n: &str) {
             "v1alpha1",
             "CommunicationToken",
         )),
-    );
-    tokens
-        .patch(
-            TOKEN,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": {"annotations": {"communication.acs.dev/rotate": n}},
-                "spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "env-app"}]},
-            })),
-        )
+    )
+}
+
+async fn patch_token(patch: serde_json::Value) {
+    tokens()
+        .await
+        .patch(TOKEN, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .expect("patch the token");
 }
@@ -327,10 +326,26 @@ spec:
     let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
     let mut pod = running_pod(&pods, "app=env-app").await;
     assert_eq!(replica_sets(&c).await, 1);
+    // Name the Deployment as a target: first seen, not restarted.
+    patch_token(serde_json::json!({
+        "spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "env-app"}]},
+    }))
+    .await;
+    eventually("the target recorded", Duration::from_secs(60), || async {
+        let t = tokens().await.get(TOKEN).await.ok()?;
+        t.data["status"]["restartedWorkloads"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+            .then_some(())
+    })
+    .await;
 
     for (round, n) in ["restart-1", "restart-2"].iter().enumerate() {
         let rotated = Instant::now();
-        rotate(n).await;
+        patch_token(serde_json::json!({
+            "metadata": {"annotations": {"communication.acs.dev/rotate": n}},
+        }))
+        .await;
         let old = token.clone();
         token = eventually(
             "a new token in the Secret",
