@@ -76,6 +76,7 @@ impl Context {
             users: Stores::new(vec![(None, users)]),
             tokens: Stores::new(vec![(None, tokens)]),
             failures: Failures::default(),
+            own_writes: Default::default(),
             guard: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),

@@ -7,6 +7,7 @@ pub mod backoff;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fixtures;
 pub mod guard;
+pub mod own_writes;
 pub mod token;
 pub mod triggers;
 pub mod user;
@@ -52,6 +53,8 @@ pub struct Context {
     pub users: Stores<CommunicationUser>,
     pub tokens: Stores<CommunicationToken>,
     pub failures: Failures,
+    /// What this process last wrote to each token Secret (saves re-reading it).
+    pub own_writes: own_writes::OwnWrites,
     /// Bounds unscheduled issuances and repairs per object.
     pub guard: guard::Guard,
     /// Signalled when the operator-wide default credentials change (seen by a watch, or by
@@ -515,6 +518,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         users: user_stores.clone(),
         tokens: token_stores.clone(),
         failures: Failures::default(),
+        own_writes: Default::default(),
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         recent_identities: Default::default(),

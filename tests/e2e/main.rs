@@ -16,6 +16,7 @@ mod harness;
 mod leader;
 mod operator_runtime;
 mod ownership;
+mod requests;
 mod revocation_fence;
 mod rollout;
 mod smoke;

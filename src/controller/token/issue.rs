@@ -125,7 +125,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
     ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
     let name = t.token.secret_name();
-    match write_secret(ctx, t.token, &name, &desired, false, &t.status).await? {
+    match write_secret(ctx, t.token, &name, &desired, false, &t.status, record).await? {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -304,7 +304,7 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         return Err(Error::Unnamed);
     };
     let create = t.current.is_none();
-    match write_secret(ctx, token, &name, &desired, create, &st).await? {
+    match write_secret(ctx, token, &name, &desired, create, &st, &recorded).await? {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -381,6 +381,7 @@ async fn write_secret(
     desired: &Secret,
     create: bool,
     st: &CommunicationTokenStatus,
+    record: &RecordedToken,
 ) -> Result<Written, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -394,7 +395,13 @@ async fn write_secret(
         api.replace(name, &pp, desired).await
     };
     match result {
-        Ok(_) => Ok(Written::Ok),
+        Ok(written) => {
+            if let Some(rv) = written.metadata.resource_version.as_deref() {
+                ctx.own_writes
+                    .wrote(&ns, name, rv, token.metadata.generation, record.clone());
+            }
+            Ok(Written::Ok)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 && create => {
             let msg = format!("Secret {name} was created by someone else; it is never taken over: delete it or choose another secretName");
             status::not_ready(ctx, token, st.clone(), reasons::SECRET_CONFLICT, msg, true).await?;
@@ -470,7 +477,26 @@ mod tests {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let st = CommunicationTokenStatus::default();
-            write_secret(&ctx, &token(), "web", &secret().unwrap(), create, &st).await
+            let record = RecordedToken {
+                expires_on: jiff::Timestamp::from_second(1_700_003_600).unwrap(),
+                issued_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+                user_id: "8:acs:r_u".into(),
+                scopes: vec![crate::acs::Scope::Voip],
+                expires_in_minutes: 60,
+                revocation_epoch: 0,
+                key_fingerprint: "f".into(),
+                revision: 1,
+            };
+            write_secret(
+                &ctx,
+                &token(),
+                "web",
+                &secret().unwrap(),
+                create,
+                &st,
+                &record,
+            )
+            .await
         })
     }
 

@@ -16,7 +16,7 @@ mod summary;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
@@ -128,6 +128,25 @@ pub fn controller(
         )),
     )
     .default_backoff()
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |event| {
+            let note = |s: &PartialObjectMeta<Secret>, rv: Option<&str>| {
+                ctx.own_writes.observed(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    rv,
+                )
+            };
+            match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                    note(s, s.metadata.resource_version.as_deref())
+                }
+                watcher::Event::Delete(s) => note(s, None),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        }
+    })
     .touched_objects();
     let by_user = ctx.clone();
     let by_secret = ctx.clone();
@@ -341,6 +360,29 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         }
     };
     let key = &creds.seal;
+    let epoch = user.revocation_epoch();
+    // A Secret the watch shows unchanged since this process wrote it needs no GET to confirm
+    // it: only a plan other than Keep reads it (to rewrite it at its resourceVersion).
+    if let Some(record) = ctx
+        .own_writes
+        .unchanged(&ns, &secret_name, token.metadata.generation)
+        .filter(|r| r.key_fingerprint == creds.fingerprint())
+    {
+        let state = SecretState::Intact {
+            record,
+            drifted: false,
+        };
+        if let Plan::Keep(r) = plan::decide(&Observed {
+            token: &token,
+            state: &state,
+            identity: &identity,
+            epoch,
+            user_revoking: user.revocation_pending(),
+            now: ctx.now(),
+        }) {
+            return keep(&ctx, &token, st, &r).await;
+        }
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let current = secrets
         .get_opt(&secret_name)
@@ -353,7 +395,6 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
-    let epoch = user.revocation_epoch();
 
     // Plan.
     let plan = plan::decide(&Observed {

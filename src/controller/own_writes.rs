@@ -1,0 +1,146 @@
+//! What this process last wrote to each token Secret, checked against the resourceVersions
+//! the token Secrets' metadata watch reports: while a Secret's resourceVersion is still the one
+//! its write returned (and its token's spec and credentials are unchanged), the Secret holds
+//! exactly what was written, so a reconcile that would only confirm it needs no GET. Anything
+//! else (an edit, a deletion, another writer, a restart of the operator) reads it as before.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::secret::RecordedToken;
+
+type Key = (String, String);
+
+struct Entry {
+    resource_version: String,
+    generation: Option<i64>,
+    record: RecordedToken,
+}
+
+/// Kept per Secret: a few hundred bytes each.
+#[derive(Default)]
+pub struct OwnWrites {
+    /// The resourceVersion the metadata watch last reported, by namespace and name.
+    seen: Mutex<HashMap<Key, String>>,
+    /// What this process wrote last, by namespace and name.
+    wrote: Mutex<HashMap<Key, Entry>>,
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_string(), name.to_string())
+}
+
+impl OwnWrites {
+    /// The watch reports a Secret at `resource_version` (`None`: deleted).
+    pub fn observed(&self, ns: &str, name: &str, resource_version: Option<&str>) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match resource_version {
+            Some(rv) => {
+                seen.insert(key(ns, name), rv.to_string());
+            }
+            None => {
+                seen.remove(&key(ns, name));
+                self.forget(ns, name);
+            }
+        }
+    }
+
+    /// This process wrote `record` into the Secret, which is now at `resource_version`, for
+    /// the token at `generation`.
+    pub fn wrote(
+        &self,
+        ns: &str,
+        name: &str,
+        resource_version: &str,
+        generation: Option<i64>,
+        record: RecordedToken,
+    ) {
+        self.wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                key(ns, name),
+                Entry {
+                    resource_version: resource_version.to_string(),
+                    generation,
+                    record,
+                },
+            );
+    }
+
+    /// What the Secret holds, when the watch shows it unchanged since this process wrote it
+    /// for the token at `generation`.
+    pub fn unchanged(
+        &self,
+        ns: &str,
+        name: &str,
+        generation: Option<i64>,
+    ) -> Option<RecordedToken> {
+        let k = key(ns, name);
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&k)
+            .cloned()?;
+        let wrote = self
+            .wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = wrote.get(&k)?;
+        (e.resource_version == seen && e.generation == generation).then(|| e.record.clone())
+    }
+
+    /// Forgets what was written (the Secret is gone or no longer ours to trust).
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key(ns, name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acs::Scope;
+    use jiff::Timestamp;
+
+    fn record() -> RecordedToken {
+        RecordedToken {
+            expires_on: Timestamp::from_second(1_700_003_600).unwrap(),
+            issued_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            user_id: "8:acs:r_u".into(),
+            scopes: vec![Scope::Voip],
+            expires_in_minutes: 60,
+            revocation_epoch: 0,
+            key_fingerprint: "f".into(),
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn only_a_secret_the_watch_shows_at_the_written_version_is_trusted() {
+        let w = OwnWrites::default();
+        assert_eq!(w.unchanged("ns", "s", Some(1)), None);
+        w.wrote("ns", "s", "5", Some(1), record());
+        // The watch has not delivered our write yet.
+        w.observed("ns", "s", Some("4"));
+        assert_eq!(w.unchanged("ns", "s", Some(1)), None);
+        w.observed("ns", "s", Some("5"));
+        assert_eq!(w.unchanged("ns", "s", Some(1)), Some(record()));
+        // Another spec (a template change may mean drift): read it.
+        assert_eq!(w.unchanged("ns", "s", Some(2)), None);
+        // Edited by someone else.
+        w.observed("ns", "s", Some("6"));
+        assert_eq!(w.unchanged("ns", "s", Some(1)), None);
+        // Deleted and recreated at the same version string: never trusted again.
+        w.wrote("ns", "s", "7", Some(1), record());
+        w.observed("ns", "s", None);
+        w.observed("ns", "s", Some("7"));
+        assert_eq!(w.unchanged("ns", "s", Some(1)), None);
+    }
+}
