@@ -268,6 +268,18 @@ pub fn render(r: &Results) -> String {
             verbs(&o.kube)
         ),
     ));
+    // The floor's model of the operator's sequence, beside what the operator sent in this run:
+    // if they drift apart, T_mix no longer says what the design costs.
+    rows.push((
+        "2 Operator",
+        "requests per object: the floor's model · the operator's counters".into(),
+        format!(
+            "{:.2} · {:.2} (gets per token: 1.00 · {:.2})",
+            per(r.floor.mix_requests as f64, o.objects()),
+            per(o.kube_total, o.objects()),
+            per(o.kube.get("get").copied().unwrap_or(0.0), o.tokens)
+        ),
+    ));
     rows.push((
         "2 Operator",
         "reconciles per object (users · tokens)".into(),
