@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use self::helm::{split, RenderedDoc, Tools};
 use self::scenario::{dry_delete, dry_patch, dry_post, refused};
-use crate::harness::{Acs, Operator, OperatorArgs, CONVERGE};
+use crate::harness::{entra_acs_with, Acs, Operator, OperatorArgs, CONVERGE};
 use crate::support::{self, wait_for, TestEnv};
 
 #[tokio::test]
@@ -174,12 +174,13 @@ async fn default_credentials(client: &Client, namespace: &str, workloads: &str, 
 /// The emulator of the chart runs: 20 s tokens (a rotation within the test), and the cluster's
 /// issuer trusted for the Entra step.
 async fn chart_acs(env: &TestEnv) -> Acs {
-    let ca = std::fs::read_to_string(&env.cp.pki().ca_cert).expect("cluster CA");
-    Acs::start_with(EmulatorConfig {
-        token_lifetime_seconds: Some(20),
-        oidc_ca_pems: vec![ca],
-        ..EmulatorConfig::default()
-    })
+    entra_acs_with(
+        env,
+        EmulatorConfig {
+            token_lifetime_seconds: Some(20),
+            ..EmulatorConfig::default()
+        },
+    )
     .await
 }
 

@@ -220,13 +220,13 @@ async fn entra_refusals_become_conditions_and_never_loop() {
     // without the opt-in costs no exchange at all. A loop would make hundreds.
     let refused_base = refused_token_requests(&acs).await;
     let forbidden_base = entra_stat(&acs, "bearerRequests", "forbidden").await;
-    let writes_base = writes(&op).await;
+    let writes_base = op.kube_writes().await;
     let start = Instant::now();
     let (mut refused, mut forbidden, mut written) = (0, 0, 0.0);
     while start.elapsed() < Duration::from_secs(20) {
         refused = refused_token_requests(&acs).await - refused_base;
         forbidden = entra_stat(&acs, "bearerRequests", "forbidden").await - forbidden_base;
-        written = writes(&op).await - writes_base;
+        written = op.kube_writes().await - writes_base;
         assert!(
             refused <= 8,
             "{refused} refused Entra exchanges in {:?}",
@@ -284,19 +284,6 @@ async fn entra_refusals_become_conditions_and_never_loop() {
     assert_nothing_leaked(&env, &op).await;
 }
 
-/// Writes the operator made (create, update, patch, delete), from its request metrics.
-async fn writes(op: &Operator) -> f64 {
-    let mut n = 0.0;
-    for verb in ["create", "update", "patch", "delete"] {
-        n += op
-            .metric(&format!(
-                "acs_identity_operator_kube_requests_total{{verb=\"{verb}\"}}"
-            ))
-            .await;
-    }
-    n
-}
-
 /// A ServiceAccount token for `sa` that expired an hour ago, signed with the control plane's
 /// own ServiceAccount key: genuine but stale, as a token file the kubelet stopped refreshing.
 fn expired_assertion(env: &TestEnv, sa: &str) -> String {
@@ -323,17 +310,14 @@ fn expired_assertion(env: &TestEnv, sa: &str) -> String {
     .expect("sign")
 }
 
-/// The operator's own workload identity serves the namespaces that opt in: its token file
-/// (here a TokenRequest the test made for the ServiceAccount the operator would run as).
-#[tokio::test(flavor = "multi_thread")]
-async fn the_operators_own_workload_identity_serves_opted_in_namespaces() {
-    let env = TestEnv::new("entra-own").await;
-    let acs = entra_acs(&env).await;
+/// An Entra application federated with ServiceAccount `operator` (created here), the one the
+/// operator would run as.
+async fn operator_identity(env: &TestEnv, acs: &Acs) -> Value {
     let app = federated_client(
-        &acs,
-        &env,
+        acs,
+        env,
         "operator",
-        &subject(&env, "operator"),
+        &subject(env, "operator"),
         &["Contributor"],
     )
     .await;
@@ -343,6 +327,16 @@ async fn the_operators_own_workload_identity_serves_opted_in_namespaces() {
         .create(&PostParams::default(), &sa)
         .await
         .unwrap();
+    app
+}
+
+/// The operator's own workload identity serves the namespaces that opt in: its token file
+/// (here a TokenRequest the test made for the ServiceAccount the operator would run as).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_own_workload_identity_serves_opted_in_namespaces() {
+    let env = TestEnv::new("entra-own").await;
+    let acs = entra_acs(&env).await;
+    let app = operator_identity(&env, &acs).await;
     let token_request = serde_json::from_value(json!({
         "spec": {"audiences": [SA_AUDIENCE], "expirationSeconds": 3600}
     }))
@@ -398,20 +392,7 @@ async fn the_operators_own_workload_identity_serves_opted_in_namespaces() {
 async fn an_expired_assertion_is_a_condition_and_a_fresh_file_recovers() {
     let env = TestEnv::new("entra-expired").await;
     let acs = entra_acs(&env).await;
-    let app = federated_client(
-        &acs,
-        &env,
-        "operator",
-        &subject(&env, "operator"),
-        &["Contributor"],
-    )
-    .await;
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap();
-    env.api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
+    let app = operator_identity(&env, &acs).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, expired_assertion(&env, "operator")).unwrap();

@@ -311,6 +311,25 @@ impl Operator {
             .unwrap_or(0.0)
     }
 
+    /// The operator's apiserver requests with `verb` so far (its request metrics).
+    #[allow(dead_code)]
+    pub async fn kube_requests(&self, verb: &str) -> f64 {
+        self.metric(&format!(
+            "acs_identity_operator_kube_requests_total{{verb=\"{verb}\"}}"
+        ))
+        .await
+    }
+
+    /// The operator's apiserver writes so far (create, update, patch, delete).
+    #[allow(dead_code)]
+    pub async fn kube_writes(&self) -> f64 {
+        let mut n = 0.0;
+        for verb in ["create", "update", "patch", "delete"] {
+            n += self.kube_requests(verb).await;
+        }
+        n
+    }
+
     /// Waits for `/readyz` to answer 200.
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.metrics);
@@ -585,10 +604,16 @@ pub const SA_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// An emulator that trusts the control plane's CA for fetching its issuer's keys.
 #[allow(dead_code)]
 pub async fn entra_acs(env: &crate::support::TestEnv) -> Acs {
+    entra_acs_with(env, EmulatorConfig::default()).await
+}
+
+/// [`entra_acs`] with other settings of `config`.
+#[allow(dead_code)]
+pub async fn entra_acs_with(env: &crate::support::TestEnv, config: EmulatorConfig) -> Acs {
     let ca = std::fs::read_to_string(&env.cp.pki().ca_cert).expect("cluster CA");
     Acs::start_with(EmulatorConfig {
         oidc_ca_pems: vec![ca],
-        ..acs_emulator::EmulatorConfig::default()
+        ..config
     })
     .await
 }

@@ -14,11 +14,6 @@ use crate::support::{eventually, wait_for, TestEnv};
 
 const TOKENS: usize = 10;
 
-async fn gets(op: &Operator) -> f64 {
-    op.metric("acs_identity_operator_kube_requests_total{verb=\"get\"}")
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
     let env = TestEnv::new("requests-own-writes").await;
@@ -32,7 +27,7 @@ async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
     .await;
     let op = Operator::spawn(OperatorArgs::new(&env, &acs));
     op.wait_ready().await;
-    let base = gets(&op).await;
+    let base = op.kube_requests("get").await;
     create_user(&env, "alice", CommunicationUserSpec::default()).await;
     for i in 0..TOKENS {
         create_token(&env, &format!("t{i}"), token_spec("alice")).await;
@@ -55,9 +50,9 @@ async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
         "the reconciles after the writes",
         Duration::from_secs(20),
         || async {
-            let n = gets(&op).await - base;
+            let n = op.kube_requests("get").await - base;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let m = gets(&op).await - base;
+            let m = op.kube_requests("get").await - base;
             if n == m {
                 Ok(m)
             } else {
@@ -75,7 +70,7 @@ async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
     eprintln!("figure: {settled} GETs for 1 user and {TOKENS} tokens, cold");
 
     // Someone edits one: that Secret is read (its resourceVersion moved) and repaired.
-    let before = gets(&op).await;
+    let before = op.kube_requests("get").await;
     let secrets: Api<Secret> = env.api();
     let patch = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone-else"}}});
     secrets
@@ -95,5 +90,8 @@ async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
         }
     })
     .await;
-    assert!(gets(&op).await > before, "the edited Secret was not read");
+    assert!(
+        op.kube_requests("get").await > before,
+        "the edited Secret was not read"
+    );
 }

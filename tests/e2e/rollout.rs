@@ -326,13 +326,13 @@ async fn targets_missing_not_opted_in_or_on_delete_get_a_condition_and_cost_noth
 
     // A rotation restarts none of them, and the refusals cost no retry storm: reads of the
     // targets happen per reconcile of the token, which does not requeue for them.
-    let base = gets(&op).await;
+    let base = op.kube_requests("get").await;
     annotate(&tokens, "web", "communication.acs.dev/rotate", "1").await;
     revision(&env, "web", 2).await;
     let start = Instant::now();
     let mut n = 0.0;
     while start.elapsed() < Duration::from_secs(10) {
-        n = gets(&op).await - base;
+        n = op.kube_requests("get").await - base;
         assert!(n <= 20.0, "{n} GETs in {:?}", start.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -344,11 +344,6 @@ async fn targets_missing_not_opted_in_or_on_delete_get_a_condition_and_cost_noth
     );
     let db = env.api::<StatefulSet>().get("db").await.unwrap();
     assert_eq!(db.metadata.generation, Some(1));
-}
-
-async fn gets(op: &Operator) -> f64 {
-    op.metric("acs_identity_operator_kube_requests_total{verb=\"get\"}")
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
