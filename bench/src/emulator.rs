@@ -129,6 +129,30 @@ impl Emulator {
     }
 
     /// Stops serving.
+    /// `PUT /_emulator/faults` with `faults` (the emulator's JSON form).
+    pub async fn set_faults(&self, faults: serde_json::Value) -> Result<(), Error> {
+        self.http
+            .put(format!("{}/faults", self.running.admin_url()))
+            .json(&faults)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(Error::http("set the emulator faults"))?;
+        Ok(())
+    }
+
+    /// Tokens the emulator issues live `seconds` (`None`: what was requested).
+    pub async fn set_token_lifetime(&self, seconds: Option<u64>) -> Result<(), Error> {
+        self.http
+            .put(format!("{}/config", self.running.admin_url()))
+            .json(&serde_json::json!({ "tokenLifetimeSeconds": seconds }))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(Error::http("set the emulator token lifetime"))?;
+        Ok(())
+    }
+
     pub async fn shutdown(self) {
         let _ = self.running.shutdown().await;
     }

@@ -4,13 +4,14 @@
 //! sweep of worker counts to find the apiserver's best, then the full workload at that count.
 //!
 //! Then the same client makes the operator's whole request sequence per object (the writes
-//! above plus the events it publishes and the Secret read it makes before issuing; the
+//! above plus the event per identity it publishes and the Secret read it makes before issuing; the
 //! reconcile its own writes trigger confirms the Secret without reading it), which separates
 //! what the operator's design costs from what its runtime adds. The report sets this model
 //! beside the operator's own request counters of the same run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use acs_identity_operator::secret::{self, IssuedToken, RecordedToken};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -92,17 +93,14 @@ pub struct FloorResult {
     pub best_workers: usize,
     pub writes: usize,
     pub t_floor: Duration,
-    /// Requests of the operator's whole sequence (writes, events, reads).
-    pub mix_requests: usize,
+    /// Requests of the operator's whole sequence (writes, events, reads) by verb, as the
+    /// client sent them: the floor's model of the operator, checked against its counters.
+    pub mix: BTreeMap<String, f64>,
     /// The operator's whole request sequence at the same worker count.
     pub t_mix: Duration,
     /// CPU seconds by process during the full floor run.
     pub cpu: CpuSnapshot,
 }
-
-/// Requests per user and per token of the operator's whole sequence.
-pub const MIX_PER_USER: usize = WRITES_PER_USER + 1;
-pub const MIX_PER_TOKEN: usize = WRITES_PER_TOKEN + 2;
 
 /// What the floor's client sends per object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +114,35 @@ enum Mode {
 impl FloorResult {
     pub fn writes_per_second(&self) -> f64 {
         self.writes as f64 / self.t_floor.as_secs_f64().max(1e-9)
+    }
+
+    pub fn mix_requests(&self) -> f64 {
+        self.mix.values().sum()
+    }
+}
+
+/// Requests by verb sent in the operator's sequence.
+#[derive(Default)]
+struct VerbCounts {
+    get: AtomicU64,
+    create: AtomicU64,
+    patch: AtomicU64,
+}
+
+impl VerbCounts {
+    fn add(&self, verb: &AtomicU64) {
+        verb.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn by_verb(&self) -> BTreeMap<String, f64> {
+        [
+            ("create", &self.create),
+            ("get", &self.get),
+            ("patch", &self.patch),
+        ]
+        .into_iter()
+        .map(|(v, n)| (v.to_string(), n.load(Ordering::Relaxed) as f64))
+        .collect()
     }
 }
 
@@ -132,6 +159,8 @@ struct Writer {
     sample: SampleToken,
     /// The operator's event publisher, so events cost what they cost the operator.
     recorder: Recorder,
+    /// What the operator's sequence sent (mix mode only).
+    mix: VerbCounts,
 }
 
 fn status_body<K: Resource<DynamicType = ()>, S: Serialize>(status: &S) -> serde_json::Value {
@@ -264,9 +293,12 @@ impl Writer {
                 .await
                 .map_err(Error::kube("apply a user status"))?;
                 if mix {
+                    self.mix.add(&self.mix.patch);
+                    self.mix.add(&self.mix.patch);
                     let note = format!("created identity {}", self.sample.identity);
                     self.event(u.as_ref(), reasons::IDENTITY_CREATED, note)
                         .await;
+                    self.mix.add(&self.mix.create);
                 }
             }
             Job::Token(t) => {
@@ -285,6 +317,7 @@ impl Writer {
                         .get_opt(&t.secret_name())
                         .await
                         .map_err(Error::kube("read a Secret"))?;
+                    self.mix.add(&self.mix.get);
                 }
                 let now = Timestamp::now();
                 let issued = IssuedToken {
@@ -309,14 +342,23 @@ impl Writer {
                     what: "the token's Secret",
                     detail: "the CommunicationToken has no name or uid".into(),
                 })?;
-                secrets
-                    .patch(
-                        &t.secret_name(),
-                        &PatchParams::apply(api::TOKEN_MANAGER),
-                        &Patch::Apply(&desired),
-                    )
-                    .await
-                    .map_err(Error::kube("apply a Secret"))?;
+                if mix {
+                    // The operator creates a token's first Secret (and learns of one in the
+                    // way from the 409); the floor applies it, the cheapest single write.
+                    secrets
+                        .create(&PostParams::default(), &desired)
+                        .await
+                        .map_err(Error::kube("create a Secret"))?;
+                } else {
+                    secrets
+                        .patch(
+                            &t.secret_name(),
+                            &PatchParams::apply(api::TOKEN_MANAGER),
+                            &Patch::Apply(&desired),
+                        )
+                        .await
+                        .map_err(Error::kube("apply a Secret"))?;
+                }
                 let body = status_body::<CommunicationToken, _>(&self.token_status(&t));
                 api.patch_status(
                     &name,
@@ -326,8 +368,9 @@ impl Writer {
                 .await
                 .map_err(Error::kube("apply a token status"))?;
                 if mix {
-                    let note = format!("issued a token for {}", self.sample.identity);
-                    self.event(t.as_ref(), reasons::TOKEN_ISSUED, note).await;
+                    self.mix.add(&self.mix.patch);
+                    self.mix.add(&self.mix.create);
+                    self.mix.add(&self.mix.patch);
                 }
             }
         }
@@ -413,6 +456,7 @@ pub async fn run(
         ns: ns.to_string(),
         sample,
         recorder: Recorder::new(client.clone(), reporter),
+        mix: VerbCounts::default(),
     });
     let run_jobs = |jobs: Vec<Job>, workers: usize, mode: Mode| {
         let writer = writer.clone();
@@ -448,7 +492,7 @@ pub async fn run(
         best_workers,
         writes: full.users * WRITES_PER_USER + full.tokens * WRITES_PER_TOKEN,
         t_floor,
-        mix_requests: full_mix.users * MIX_PER_USER + full_mix.tokens * MIX_PER_TOKEN,
+        mix: writer.mix.by_verb(),
         t_mix,
         cpu,
     })

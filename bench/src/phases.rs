@@ -14,6 +14,8 @@ use crate::emulator::{Emulator, Stats};
 use crate::error::Error;
 use crate::metrics::Samples;
 use crate::operator::{Operator, OperatorSpec, Usage};
+use crate::probe::{self, Probe};
+use crate::profile;
 use crate::ready::ReadyWatch;
 use crate::spread::{self, Spread};
 use crate::workload::{self, Workload};
@@ -57,6 +59,10 @@ pub struct ColdStart {
     pub reconciles_token: f64,
     /// CPU seconds by process from the operator's start to all Ready.
     pub cpu: CpuSnapshot,
+    /// Apply-to-Secret samples taken while this cold start was in progress.
+    pub probes: Option<probe::Samples>,
+    /// The `perf` profile of the cold start, when one was recorded.
+    pub profile: Option<profile::Profile>,
 }
 
 impl ColdStart {
@@ -94,6 +100,21 @@ async fn settle(op: &mut Operator, quiet: Duration, deadline: Duration) -> Resul
     }
 }
 
+/// Samples taken while a cold start is in progress: one started every `every`, at most `n`.
+pub struct Busy<'a> {
+    pub probe: &'a Probe,
+    pub n: usize,
+    pub every: Duration,
+}
+
+/// What else runs during a cold start.
+#[derive(Default)]
+pub struct During<'a> {
+    pub busy: Option<Busy<'a>>,
+    /// Record a `perf` profile of the whole machine until every object is Ready.
+    pub perf: bool,
+}
+
 /// Creates `w` in a new namespace `ns`, then starts the operator with `extra` flags and times
 /// it until every object is Ready. The operator is left running.
 pub async fn cold_start(
@@ -101,6 +122,7 @@ pub async fn cold_start(
     ns: &str,
     w: &Workload,
     extra: &[String],
+    during: During<'_>,
 ) -> Result<(Operator, ColdStart), Error> {
     workload::ensure_namespace(&env.client, ns).await?;
     workload::create_credentials(&env.client, ns, &env.emu.connection_string()).await?;
@@ -112,16 +134,40 @@ pub async fn cold_start(
 
     let me = std::process::id();
     let cpu_before = CpuSnapshot::take(&env.cp_work_dir, &[("acs-bench", me)]);
+    let perf = if during.perf {
+        profile::Recording::start(&env.spec.log.with_file_name(format!("perf-{ns}")))
+    } else {
+        None
+    };
     let mut op = Operator::spawn(&env.spec, extra)?;
     let started = op.started;
     let readyz = op.wait_ready(Duration::from_secs(120)).await?;
-    let ready_at = match watch.all_ready(w.users, w.tokens, env.deadline).await {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probing = async {
+        match &during.busy {
+            Some(b) => Some(
+                b.probe
+                    .at_interval("busy-", b.n, b.every, env.deadline, stop_rx)
+                    .await,
+            ),
+            None => None,
+        }
+    };
+    let ready = async {
+        let r = watch.all_ready(w.users, w.tokens, env.deadline).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let (probes, ready_at) = tokio::join!(probing, ready);
+    let profile = perf.map(|p| p.finish(op.pid()));
+    let ready_at = match ready_at {
         Ok(at) => at,
         Err(e) => {
             op.ensure_running()?;
             return Err(e);
         }
     };
+    let probes = probes.transpose()?;
     let t_ready = ready_at.duration_since(started);
     let cpu = CpuSnapshot::take(
         &env.cp_work_dir,
@@ -149,6 +195,8 @@ pub async fn cold_start(
             reconciles_user: m.reconciles(USER_CONTROLLER),
             reconciles_token: m.reconciles(TOKEN_CONTROLLER),
             cpu,
+            probes,
+            profile,
         },
     ))
 }

@@ -177,6 +177,16 @@ impl Workload {
             }
         })
         .await?;
+        self.create_tokens(client, ns, workers).await
+    }
+
+    /// Creates every token in `ns` (their users exist, or will).
+    pub async fn create_tokens(
+        &self,
+        client: &Client,
+        ns: &str,
+        workers: usize,
+    ) -> Result<(), Error> {
         let tokens: Api<CommunicationToken> = Api::namespaced(client.clone(), ns);
         let jobs: Vec<CommunicationToken> = (0..self.tokens).map(|i| self.token(i)).collect();
         for_each_parallel(jobs, workers, move |t| {

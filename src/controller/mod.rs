@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod fixtures;
 pub mod guard;
 pub mod own_writes;
+pub mod status_memo;
 pub mod token;
 pub mod triggers;
 pub mod user;
@@ -55,6 +56,8 @@ pub struct Context {
     pub failures: Failures,
     /// What this process last wrote to each token Secret (saves re-reading it).
     pub own_writes: own_writes::OwnWrites,
+    /// The token statuses this process wrote, until the cache shows them.
+    pub token_status: status_memo::StatusMemo<crate::api::CommunicationTokenStatus>,
     /// Bounds unscheduled issuances and repairs per object.
     pub guard: guard::Guard,
     /// Signalled when the operator-wide default credentials change (seen by a watch, or by
@@ -148,13 +151,13 @@ pub async fn apply_status<K, S>(
     manager: &str,
     current: Option<&S>,
     status: &S,
-) -> Result<bool, kube::Error>
+) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current == Some(status) {
-        return Ok(false);
+        return Ok(None);
     }
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -163,13 +166,14 @@ where
     });
     // force: this manager owns the whole status of its kind; a leftover owner from an older
     // operator version must not block the write.
-    api.patch_status(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(Some(written))
 }
 
 /// The reconciler's own error inside a finalizer error, if the failure was the reconciler's
@@ -519,6 +523,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tokens: token_stores.clone(),
         failures: Failures::default(),
         own_writes: Default::default(),
+        token_status: Default::default(),
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         recent_identities: Default::default(),

@@ -35,6 +35,10 @@ pub struct FaultConfig {
     /// Only these operations (names as in `/_emulator/stats`); all Identity requests if absent.
     #[serde(default)]
     pub operations: Option<Vec<String>>,
+    /// Only requests about these identity ids (the `{id}` of the path: issue, revoke, delete,
+    /// get); all if absent. Makes some identities fail while the rest of the resource works.
+    #[serde(default)]
+    pub identities: Option<Vec<String>>,
 }
 
 fn default_retry_after() -> u64 {
@@ -52,6 +56,7 @@ impl Default for FaultConfig {
             drop_after_rate: 0.0,
             retry_after_seconds: default_retry_after(),
             operations: None,
+            identities: None,
         }
     }
 }
@@ -85,12 +90,18 @@ impl FaultConfig {
         Ok(())
     }
 
-    fn applies_to(&self, op: Option<Operation>) -> bool {
-        match (&self.operations, op) {
+    fn applies_to(&self, op: Option<Operation>, id: Option<&str>) -> bool {
+        let op_matches = match (&self.operations, op) {
             (None, _) => true,
             (Some(ops), Some(op)) => ops.iter().any(|o| o == op.as_str()),
             (Some(_), None) => false,
-        }
+        };
+        let id_matches = match (&self.identities, id) {
+            (None, _) => true,
+            (Some(ids), Some(id)) => ids.iter().any(|i| i == id),
+            (Some(_), None) => false,
+        };
+        op_matches && id_matches
     }
 }
 
@@ -130,10 +141,11 @@ impl FaultInjector {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    /// Draws the faults of one request of `op` (`None`: a request that matched no operation).
-    pub fn plan(&self, op: Option<Operation>) -> Plan {
+    /// Draws the faults of one request of `op` (`None`: a request that matched no operation)
+    /// about identity `id` (`None`: not about one identity).
+    pub fn plan(&self, op: Option<Operation>, id: Option<&str>) -> Plan {
         let c = self.config.read().unwrap_or_else(|e| e.into_inner());
-        if !c.applies_to(op) {
+        if !c.applies_to(op, id) {
             return Plan::default();
         }
         let mut rng = rand::rng();
@@ -169,7 +181,7 @@ mod tests {
     #[test]
     fn certain_faults_always_fire_and_filters_apply() {
         let f = FaultInjector::default();
-        let idle = f.plan(Some(Operation::CreateIdentity));
+        let idle = f.plan(Some(Operation::CreateIdentity), None);
         assert_eq!(
             (idle.before, idle.drop_after, idle.latency),
             (None, false, Duration::ZERO)
@@ -180,11 +192,23 @@ mod tests {
             operations: Some(vec!["issueAccessToken".into()]),
             ..FaultConfig::default()
         });
-        let p = f.plan(Some(Operation::IssueAccessToken));
+        let p = f.plan(Some(Operation::IssueAccessToken), Some("8:acs:r_a"));
         assert_eq!(p.before, Some(Injected::Status(503)));
         assert_eq!(p.retry_after_seconds, 7);
-        assert_eq!(f.plan(Some(Operation::CreateIdentity)).before, None);
-        assert_eq!(f.plan(None).before, None);
+        assert_eq!(f.plan(Some(Operation::CreateIdentity), None).before, None);
+        assert_eq!(f.plan(None, None).before, None);
+
+        // Only some identities fail; the rest of the resource works.
+        f.set(FaultConfig {
+            rate_500: 1.0,
+            identities: Some(vec!["8:acs:r_bad".into()]),
+            ..FaultConfig::default()
+        });
+        let bad = f.plan(Some(Operation::IssueAccessToken), Some("8:acs:r_bad"));
+        assert_eq!(bad.before, Some(Injected::Status(500)));
+        let good = f.plan(Some(Operation::IssueAccessToken), Some("8:acs:r_good"));
+        assert_eq!(good.before, None);
+        assert_eq!(f.plan(Some(Operation::CreateIdentity), None).before, None);
     }
 
     #[test]

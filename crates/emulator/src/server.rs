@@ -202,9 +202,10 @@ async fn handle(
     let method = req.method().as_str().to_string();
     let routed = routes::resolve(&method, &target);
     let op = routed.as_ref().ok().map(|r| r.op);
+    let about = routed.as_ref().ok().and_then(|r| r.id.clone());
     let op_name = op.map_or("unrouted", Operation::as_str);
     let request_id = req.headers().get("x-ms-client-request-id").cloned();
-    let plan = shared.faults.plan(op);
+    let plan = shared.faults.plan(op, about.as_deref());
     if !plan.latency.is_zero() {
         shared.stats.record_injected("latency");
         tokio::time::sleep(plan.latency).await;

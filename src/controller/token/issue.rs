@@ -355,14 +355,20 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     );
     status::write(ctx, token, &st).await?;
     info!(reason = reason.as_str(), revision = recorded.revision, expires_on = %recorded.expires_on, %renew, "token issued");
-    ctx.event(
-        token.as_ref(),
-        EventType::Normal,
-        event_reason,
-        "IssueToken",
-        note,
-    )
-    .await;
+    // No event for a first issuance: the person who applied the object asked for exactly this,
+    // and Ready=True/TokenIssued in status already says it. At scale it would be one event
+    // write per token (a fifth of a cold start's requests). Rotations, restores and failures
+    // keep theirs: something changed that nobody applied.
+    if reason != IssueReason::Initial {
+        ctx.event(
+            token.as_ref(),
+            EventType::Normal,
+            event_reason,
+            "IssueToken",
+            note,
+        )
+        .await;
+    }
     Ok(requeue_at(ctx, renew))
 }
 

@@ -152,6 +152,17 @@ pub fn controller(
     let by_secret = ctx.clone();
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
+    // Every version the watch delivers retires the status writes it includes.
+    let tokens = tokens.inspect({
+        let ctx = ctx.clone();
+        move |t| {
+            ctx.token_status.seen(
+                t.metadata.namespace.as_deref().unwrap_or_default(),
+                t.metadata.name.as_deref().unwrap_or_default(),
+                t.metadata.resource_version.as_deref(),
+            )
+        }
+    });
     Controller::for_shared_stream(super::triggers::meaningful_changes(tokens), reader)
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
@@ -159,9 +170,13 @@ pub fn controller(
         .owns_stream(owned)
         // A user's epoch moving (or its identity appearing) wakes all of its tokens.
         .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
-            // A user without an identity (being set up) gives its tokens nothing to do but
-            // write "waiting" again; its identity appearing, or its deletion, wakes them.
-            if u.identity_id().is_none() && u.metadata.deletion_timestamp.is_none() {
+            // A user being set up (no identity, no verdict) gives its tokens nothing to do
+            // but wait; its first status (an identity, or why not), or its deletion, wakes
+            // them.
+            if u.identity_id().is_none()
+                && u.status.is_none()
+                && u.metadata.deletion_timestamp.is_none()
+            {
                 return Vec::new();
             }
             let ns = u.namespace().unwrap_or_default();
@@ -291,10 +306,23 @@ fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String>
         .next()
 }
 
+/// How long a new token waits, without a word, for a user that has no status yet before it
+/// looks again (the user's first status normally wakes it sooner).
+const USER_SETUP_RECHECK: Duration = Duration::from_secs(30);
+
 async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let gen = token.metadata.generation;
-    let mut st = token.status.clone().unwrap_or_default();
+    // The status this process wrote last, when the cache does not show it yet.
+    let mut st = ctx
+        .token_status
+        .fresher(
+            &ns,
+            &token.name_any(),
+            token.metadata.resource_version.as_deref(),
+        )
+        .or_else(|| token.status.clone())
+        .unwrap_or_default();
     st.observed_generation = gen;
     let secret_name = token.secret_name();
     st.secret_name = Some(secret_name.clone());
@@ -336,6 +364,12 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         }
     };
     let Some(identity) = user.identity_id().map(str::to_string) else {
+        // A user with no verdict yet is being set up, the normal course of a first apply:
+        // its first status (an identity, or why not) wakes this token, so a new token writes
+        // nothing until then. Cold starts had a status write (and an event) per token here.
+        if user.status.is_none() && st.conditions.is_empty() {
+            return Ok(Action::requeue(USER_SETUP_RECHECK));
+        }
         let msg = format!("waiting for CommunicationUser {user_name} to have an identity");
         status::not_ready(&ctx, &token, st, reasons::USER_NOT_READY, msg, false).await?;
         return Ok(Action::requeue(resync));

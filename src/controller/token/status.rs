@@ -19,16 +19,25 @@ pub async fn write(
     status: &CommunicationTokenStatus,
 ) -> Result<(), Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let name = token.name_any();
     let api: Api<CommunicationToken> = Api::namespaced(ctx.client.clone(), &ns);
-    apply_status(
-        &api,
-        &token.name_any(),
-        api::TOKEN_MANAGER,
-        token.status.as_ref(),
-        status,
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
+    // Compared with the freshest status known: the cache may not show this process's last
+    // write yet.
+    let current = ctx
+        .token_status
+        .fresher(&ns, &name, token.metadata.resource_version.as_deref())
+        .or_else(|| token.status.clone());
+    let written = apply_status(&api, &name, api::TOKEN_MANAGER, current.as_ref(), status)
+        .await
+        .map_err(Error::PatchStatus)?;
+    if let Some(w) = written {
+        ctx.token_status.wrote(
+            &ns,
+            &name,
+            w.metadata.resource_version.as_deref(),
+            status.clone(),
+        );
+    }
     Ok(())
 }
 
@@ -85,7 +94,9 @@ pub async fn not_ready(
         ctx.now(),
     );
     write(ctx, token, &status).await?;
-    if previous.as_deref() != Some(reason) {
+    // A new token waiting for its new user is the normal course of a first apply, not news:
+    // only warnings, and a state a token moves into from another, get an event.
+    if previous.as_deref() != Some(reason) && (warn_event || previous.is_some()) {
         let type_ = if warn_event {
             EventType::Warning
         } else {
