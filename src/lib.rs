@@ -19,3 +19,4 @@ pub mod secret;
 pub mod server;
 pub mod stores;
 pub mod telemetry;
+pub mod token_index;

@@ -77,6 +77,7 @@ impl Context {
             tokens: Stores::new(vec![(None, tokens)]),
             failures: Failures::default(),
             own_writes: Default::default(),
+            token_index: Default::default(),
             token_status: Default::default(),
             guard: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -56,6 +56,8 @@ pub struct Context {
     pub failures: Failures,
     /// What this process last wrote to each token Secret (saves re-reading it).
     pub own_writes: own_writes::OwnWrites,
+    /// The cached tokens by user and by Secret name (`tokens_of_user`, `claimants`).
+    pub token_index: Arc<crate::token_index::TokenIndex>,
     /// The token statuses this process wrote, until the cache shows them.
     pub token_status: status_memo::StatusMemo<crate::api::CommunicationTokenStatus>,
     /// Bounds unscheduled issuances and repairs per object.
@@ -90,6 +92,31 @@ impl Context {
         } else {
             client
         })
+    }
+
+    /// The cached tokens of `user` in `ns` matching `also`, found through the index.
+    pub fn tokens_of_user(
+        &self,
+        ns: &str,
+        user: &str,
+        also: impl Fn(&CommunicationToken) -> bool,
+    ) -> Vec<Arc<CommunicationToken>> {
+        self.token_index
+            .of_user(ns, user)
+            .into_iter()
+            .filter_map(|n| self.tokens.get(ns, &n))
+            .filter(|t| t.spec.user_ref.name == user && also(t))
+            .collect()
+    }
+
+    /// The cached tokens in `ns` that write the Secret named `secret`.
+    pub fn claimants(&self, ns: &str, secret: &str) -> Vec<Arc<CommunicationToken>> {
+        self.token_index
+            .claiming(ns, secret)
+            .into_iter()
+            .filter_map(|n| self.tokens.get(ns, &n))
+            .filter(|t| t.secret_name() == secret)
+            .collect()
     }
 
     /// Publishes an event about `obj`; a failure to publish is logged, never fatal.
@@ -384,6 +411,7 @@ where
         client: &Client,
         scopes: &[Option<String>],
         config: &watcher::Config,
+        on_event: impl Fn(&watcher::Event<K>) + Clone + Send + 'static,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         scopes
             .iter()
@@ -392,6 +420,7 @@ where
                 let stream = watcher(api_for::<K>(client, scope), config.clone())
                     .default_backoff()
                     .modify(slim)
+                    .inspect_ok(on_event.clone())
                     .reflect_shared(w)
                     .for_each(|_| futures::future::ready(()));
                 tokio::spawn(stream)
@@ -480,9 +509,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         api::MANAGED_BY_LABEL,
         api::MANAGED_BY
     ));
-    let mut drivers = users.drive(&client, &scopes, &all);
-    drivers.extend(tokens.drive(&client, &scopes, &all));
-    drivers.extend(creds.drive(&client, &scopes, &not_ours));
+    let token_index = Arc::new(crate::token_index::TokenIndex::default());
+    let mut drivers = users.drive(&client, &scopes, &all, |_| {});
+    drivers.extend(tokens.drive(&client, &scopes, &all, {
+        let ix = token_index.clone();
+        move |e| ix.apply(e)
+    }));
+    drivers.extend(creds.drive(&client, &scopes, &not_ours, |_| {}));
 
     let user_stores = Stores::new(users.stores);
     let token_stores = Stores::new(tokens.stores);
@@ -521,6 +554,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ),
         users: user_stores.clone(),
         tokens: token_stores.clone(),
+        token_index,
         failures: Failures::default(),
         own_writes: Default::default(),
         token_status: Default::default(),

@@ -182,8 +182,7 @@ pub fn controller(
             let ns = u.namespace().unwrap_or_default();
             let name = u.name_any();
             by_user
-                .tokens
-                .in_namespace_where(&ns, |t| t.spec.user_ref.name == name)
+                .tokens_of_user(&ns, &name, |_| true)
                 .into_iter()
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
                 .collect::<Vec<_>>()
@@ -226,8 +225,7 @@ pub fn tokens_of_users(
         .into_iter()
         .flat_map(|u| {
             let ns = u.namespace.clone().unwrap_or_default();
-            ctx.tokens
-                .in_namespace_where(&ns, |t| t.spec.user_ref.name == u.name)
+            ctx.tokens_of_user(&ns, &u.name, |_| true)
                 .into_iter()
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
         })
@@ -289,18 +287,9 @@ fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String>
     let ns = token.namespace()?;
     let mine = token.secret_name();
     let my_key = (token.metadata.creation_timestamp.clone(), token.name_any());
-    ctx.tokens
-        .in_namespace_where(&ns, |o| {
-            // secret_name() without its allocation: this runs for every token in the namespace.
-            let claims = match &o.spec.secret_name {
-                Some(s) => *s == mine,
-                None => o.metadata.name.as_deref() == Some(mine.as_str()),
-            };
-            claims
-                && o.metadata.uid != token.metadata.uid
-                && o.metadata.deletion_timestamp.is_none()
-        })
+    ctx.claimants(&ns, &mine)
         .into_iter()
+        .filter(|o| o.metadata.uid != token.metadata.uid && o.metadata.deletion_timestamp.is_none())
         .filter(|o| (o.metadata.creation_timestamp.clone(), o.name_any()) < my_key)
         .map(|o| o.name_any())
         .next()

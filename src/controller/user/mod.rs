@@ -396,15 +396,13 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     if let Some(id) = status.identity_id.clone() {
         let user_name = user.name_any();
         let reporter = ctx
-            .tokens
-            .in_namespace_where(&ns, |t| {
-                t.spec.user_ref.name == user_name
-                    && t.status.as_ref().is_some_and(|s| {
-                        s.identity_id.as_deref() == Some(id.as_str())
-                            && s.conditions
-                                .find(types::READY)
-                                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
-                    })
+            .tokens_of_user(&ns, &user_name, |t| {
+                t.status.as_ref().is_some_and(|s| {
+                    s.identity_id.as_deref() == Some(id.as_str())
+                        && s.conditions
+                            .find(types::READY)
+                            .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
+                })
             })
             .first()
             .map(|t| t.name_any());

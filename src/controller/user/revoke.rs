@@ -53,13 +53,11 @@ pub async fn revoke_if_requested(
     let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
     let user_name = user.name_any();
     let requesters = ctx
-        .tokens
-        .in_namespace_where(&ns, |t| {
-            t.spec.user_ref.name == user_name
-                && t.status
-                    .as_ref()
-                    .and_then(|s| s.revocation_requested)
-                    .is_some_and(|e| e >= revocation.epoch)
+        .tokens_of_user(&ns, &user_name, |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.revocation_requested)
+                .is_some_and(|e| e >= revocation.epoch)
         })
         .len();
     let resuming = revocation.pending.is_some_and(|p| p > revocation.epoch);
