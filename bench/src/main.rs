@@ -92,6 +92,10 @@ struct Args {
     /// Record a `perf` profile of phase 2 (falls back to /proc accounting without perf).
     #[arg(long)]
     perf: bool,
+    /// An extra flag for the operator in phases 2 and 3 (repeatable), e.g.
+    /// `--operator-arg=--concurrency=64`.
+    #[arg(long, allow_hyphen_values = true)]
+    operator_arg: Vec<String>,
     /// The operator binary (default: `acs-identity-operator` next to this executable).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
@@ -164,6 +168,12 @@ impl Scale {
             .filter_map(|p| p.to_possible_value().map(|v| v.get_name().to_string()))
             .collect();
         label.push_str(&format!("; parts: {}", names.join(", ")));
+        if !a.operator_arg.is_empty() {
+            label.push_str(&format!(
+                "; operator flags in phases 2 and 3: {}",
+                a.operator_arg.join(" ")
+            ));
+        }
         Scale {
             label,
             parts,

@@ -1,7 +1,8 @@
 //! What bounds a figure: a `perf record` of the whole machine (software `cpu-clock` event, which
-//! works where hardware counters are not exposed) while a cold start runs, then the top symbols
-//! of the operator and of kube-apiserver from `perf report`. Without a working `perf` the
-//! phase has only the `/proc` CPU accounting (`cpu.rs`); the full reports stay beside the log.
+//! works where hardware counters are not exposed) while a cold start runs, then the operator's
+//! top symbols from `perf report` (shares of its own samples). Without a working `perf` the
+//! phase has only the `/proc` CPU accounting (`cpu.rs`). kube-apiserver is a stripped Go binary
+//! perf cannot name; docs/benchmarks.md profiles it through its own `/debug/pprof` endpoint.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +13,6 @@ pub struct Profile {
     /// Where `perf report` wrote the full text.
     pub report: PathBuf,
     pub operator: Vec<(String, f64)>,
-    pub apiserver: Vec<(String, f64)>,
 }
 
 /// A `perf record` in progress.
@@ -56,7 +56,7 @@ impl Recording {
     }
 
     /// Stops the recording (SIGINT, as perf expects) and reads the top symbols of the operator
-    /// (`operator_pid`) and of kube-apiserver.
+    /// (`operator_pid`).
     pub fn finish(mut self, operator_pid: u32) -> Profile {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
@@ -64,20 +64,12 @@ impl Recording {
         let _ = self.child.wait();
         let report = self.base.with_extension("txt");
         let operator = top(&self.data, &["--pid", &operator_pid.to_string()]);
-        let apiserver = top(&self.data, &["--comm", "kube-apiserver"]);
-        let mut text = String::new();
-        for (title, rows) in [("operator", &operator), ("kube-apiserver", &apiserver)] {
-            text.push_str(&format!("# {title}: share of its samples by symbol\n"));
-            for (sym, pct) in rows.iter() {
-                text.push_str(&format!("{pct:6.2}%  {sym}\n"));
-            }
+        let mut text = String::from("# operator: share of its samples by symbol\n");
+        for (sym, pct) in &operator {
+            text.push_str(&format!("{pct:6.2}%  {sym}\n"));
         }
         let _ = std::fs::write(&report, text);
-        Profile {
-            report,
-            operator,
-            apiserver,
-        }
+        Profile { report, operator }
     }
 }
 
@@ -85,7 +77,8 @@ impl Recording {
 fn top(data: &Path, filter: &[&str]) -> Vec<(String, f64)> {
     let out = Command::new("perf")
         .args(["report", "--stdio", "--no-children", "-g", "none"])
-        .args(["--sort", "sym", "--percent-limit", "0.5", "-i"])
+        .args(["--sort", "sym", "--percentage", "relative"])
+        .args(["--percent-limit", "0.5", "-i"])
         .arg(data)
         .args(filter)
         .stderr(Stdio::null())

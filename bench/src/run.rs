@@ -26,9 +26,9 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The operator's flags with its ACS budget lifted, watching `namespaces`: its machinery is
-/// measured, not the budget (phase 4 and 8 run with the default).
-fn lifted(namespaces: &str) -> Vec<String> {
-    [
+/// measured, not the budget (phase 4 and 8 run with the default). `extra`: `--operator-arg`.
+fn lifted(namespaces: &str, extra: &[String]) -> Vec<String> {
+    let mut flags: Vec<String> = [
         "--watch-namespaces",
         namespaces,
         "--acs-requests-per-second",
@@ -38,7 +38,9 @@ fn lifted(namespaces: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    flags.extend(extra.iter().cloned());
+    flags
 }
 
 pub async fn run(args: &Args, scale: &Scale) -> Result<report::Results, Error> {
@@ -102,7 +104,7 @@ async fn parts(
             renewal: None,
         };
         if scale.parts.contains(&Part::Scale) {
-            results.scale = Some(scale_part(&env, scale, t).await?);
+            results.scale = Some(scale_part(&env, args, scale, t).await?);
         }
         if scale.parts.contains(&Part::Compare) {
             results.compare = Some(compare_part(&env, args, scale, work_dir, t).await?);
@@ -133,7 +135,7 @@ async fn parts(
 }
 
 /// Phases 1, 2, 5, 6 and 7.
-async fn scale_part(env: &Env, scale: &Scale, t: Instant) -> Result<ScaleRun, Error> {
+async fn scale_part(env: &Env, args: &Args, scale: &Scale, t: Instant) -> Result<ScaleRun, Error> {
     step(
         t,
         "phase 1: floor (sweep, then the full workload at the best worker count)",
@@ -165,7 +167,7 @@ async fn scale_part(env: &Env, scale: &Scale, t: Instant) -> Result<ScaleRun, Er
 
     step(t, "phase 2: operator cold start");
     let ns = "bench-op";
-    let fast = lifted(ns);
+    let fast = lifted(ns, &args.operator_arg);
     let w = Workload::new("", scale.users, scale.tokens);
     let during = During {
         busy: None,
@@ -231,7 +233,8 @@ async fn compare_part(
         })
         .await?;
         let ns = format!("bench-latency-{ms}");
-        let (op, run) = phases::cold_start(env, &ns, &w, &lifted(&ns), During::default()).await?;
+        let flags = lifted(&ns, &args.operator_arg);
+        let (op, run) = phases::cold_start(env, &ns, &w, &flags, During::default()).await?;
         op.stop().await?;
         step(
             t,

@@ -94,22 +94,10 @@ pub fn rows(c: &CompareRun, rows: &mut Vec<Row>) {
             int(l.acs.total as f64)
         ),
     ));
-    let q = &c.quiet;
     rows.push((
         "Latency",
         "apply → Secret, quiet operator: p50 · p99 · max (samples)".into(),
-        format!(
-            "{} · {} · {} ({}{})",
-            ms(q.quantile(0.5)),
-            ms(q.quantile(0.99)),
-            ms(q.max()),
-            q.took.len(),
-            if q.missed > 0 {
-                format!(", {} missed", q.missed)
-            } else {
-                String::new()
-            }
-        ),
+        quantiles(&c.quiet),
     ));
     if let Some(b) = &l.probes {
         rows.push((
@@ -119,20 +107,25 @@ pub fn rows(c: &CompareRun, rows: &mut Vec<Row>) {
                 int(l.tokens as f64),
                 secs(l.t_ready)
             ),
-            format!(
-                "{} · {} · {} ({}{})",
-                ms(b.quantile(0.5)),
-                ms(b.quantile(0.99)),
-                ms(b.max()),
-                b.took.len(),
-                if b.missed > 0 {
-                    format!(", {} missed", b.missed)
-                } else {
-                    String::new()
-                }
-            ),
+            quantiles(b),
         ));
     }
+}
+
+/// `p50 · p99 · max (samples[, missed])`.
+fn quantiles(q: &crate::probe::Samples) -> String {
+    let missed = if q.missed > 0 {
+        format!(", {} missed", q.missed)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} · {} · {} ({}{missed})",
+        ms(q.quantile(0.5)),
+        ms(q.quantile(0.99)),
+        ms(q.max()),
+        q.took.len()
+    )
 }
 
 pub fn renewal_goals(r: &RenewalRun) -> Vec<Goal> {

@@ -205,15 +205,15 @@ pub fn rows(s: &ScaleRun, rows: &mut Vec<Row>) {
     if let Some(p) = &o.profile {
         let top = |v: &[(String, f64)]| {
             v.iter()
-                .take(4)
+                .take(6)
                 .map(|(s, pct)| format!("{s} {pct:.1}%"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         rows.push((
             "2 Operator",
-            "perf during T_op, top symbols: operator | kube-apiserver".into(),
-            format!("{} | {}", top(&p.operator), top(&p.apiserver)),
+            "perf during T_op: the operator's top symbols (share of its samples)".into(),
+            top(&p.operator),
         ));
     }
     let issue = o.acs.calls("issueAccessToken") as f64;
