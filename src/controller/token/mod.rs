@@ -296,22 +296,37 @@ fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String>
 }
 
 /// How long a new token waits, without a word, for a user that has no status yet before it
-/// looks again (the user's first status normally wakes it sooner).
+/// looks again (the user's first status normally wakes it sooner). A token older than this
+/// whose user still has no status (its reconcile failing before any verdict) says so.
 const USER_SETUP_RECHECK: Duration = Duration::from_secs(30);
+
+/// Created less than `USER_SETUP_RECHECK` ago (a missing timestamp counts as old).
+fn young(token: &CommunicationToken, now: jiff::Timestamp) -> bool {
+    token
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|c| now.duration_since(c.0) < jiff::SignedDuration::from_secs(30))
+}
 
 async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let gen = token.metadata.generation;
-    // The status this process wrote last, when the cache does not show it yet.
-    let mut st = ctx
-        .token_status
-        .fresher(
-            &ns,
-            &token.name_any(),
-            token.metadata.resource_version.as_deref(),
-        )
-        .or_else(|| token.status.clone())
-        .unwrap_or_default();
+    // The status this process wrote last, when the cache does not show it yet: everything
+    // below (the plan included) reads it, not the stale copy.
+    let token = match ctx.token_status.fresher(
+        &ns,
+        &token.name_any(),
+        token.metadata.resource_version.as_deref(),
+    ) {
+        Some(fresh) => {
+            let mut t = (*token).clone();
+            t.status = Some(fresh);
+            Arc::new(t)
+        }
+        None => token,
+    };
+    let mut st = token.status.clone().unwrap_or_default();
     st.observed_generation = gen;
     let secret_name = token.secret_name();
     st.secret_name = Some(secret_name.clone());
@@ -356,7 +371,7 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         // A user with no verdict yet is being set up, the normal course of a first apply:
         // its first status (an identity, or why not) wakes this token, so a new token writes
         // nothing until then. Cold starts had a status write (and an event) per token here.
-        if user.status.is_none() && st.conditions.is_empty() {
+        if user.status.is_none() && st.conditions.is_empty() && young(&token, ctx.now()) {
             return Ok(Action::requeue(USER_SETUP_RECHECK));
         }
         let msg = format!("waiting for CommunicationUser {user_name} to have an identity");

@@ -37,6 +37,15 @@ pub async fn write(
             w.metadata.resource_version.as_deref(),
             status.clone(),
         );
+        // The watch may have delivered the write before its response arrived.
+        let cached = ctx.tokens.get(&ns, &name);
+        ctx.token_status.seen(
+            &ns,
+            &name,
+            cached
+                .as_ref()
+                .and_then(|t| t.metadata.resource_version.as_deref()),
+        );
     }
     Ok(())
 }
@@ -94,9 +103,7 @@ pub async fn not_ready(
         ctx.now(),
     );
     write(ctx, token, &status).await?;
-    // A new token waiting for its new user is the normal course of a first apply, not news:
-    // only warnings, and a state a token moves into from another, get an event.
-    if previous.as_deref() != Some(reason) && (warn_event || previous.is_some()) {
+    if previous.as_deref() != Some(reason) {
         let type_ = if warn_event {
             EventType::Warning
         } else {
