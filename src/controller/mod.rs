@@ -59,7 +59,7 @@ pub struct Context {
     /// The cached tokens by user and by Secret name (`tokens_of_user`, `claimants`).
     pub token_index: Arc<crate::token_index::TokenIndex>,
     /// The token statuses this process wrote, until the cache shows them.
-    pub token_status: status_memo::StatusMemo<crate::api::CommunicationTokenStatus>,
+    pub token_status: Arc<status_memo::StatusMemo<crate::api::CommunicationTokenStatus>>,
     /// Bounds unscheduled issuances and repairs per object.
     pub guard: guard::Guard,
     /// Signalled when the operator-wide default credentials change (seen by a watch, or by
@@ -510,10 +510,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         api::MANAGED_BY
     ));
     let token_index = Arc::new(crate::token_index::TokenIndex::default());
+    let token_status: Arc<status_memo::StatusMemo<api::CommunicationTokenStatus>> = Arc::default();
     let mut drivers = users.drive(&client, &scopes, &all, |_| {});
+    // Every event of the tokens' watch keeps the index and the status memo in step (deletions
+    // included, which the controllers' subscriber streams do not carry).
     drivers.extend(tokens.drive(&client, &scopes, &all, {
-        let ix = token_index.clone();
-        move |e| ix.apply(e)
+        let (ix, memo) = (token_index.clone(), token_status.clone());
+        move |e| {
+            ix.apply(e);
+            memo.on_event(e);
+        }
     }));
     drivers.extend(creds.drive(&client, &scopes, &not_ours, |_| {}));
 

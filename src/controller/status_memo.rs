@@ -70,6 +70,22 @@ impl<S: Clone> StatusMemo<S> {
         }
     }
 
+    /// Keeps the memo in step with one watch event of the objects.
+    pub fn on_event<K: kube::Resource>(&self, event: &kube::runtime::watcher::Event<K>) {
+        use kube::runtime::watcher::Event;
+        let (o, rv) = match event {
+            Event::Apply(o) | Event::InitApply(o) => (o, o.meta().resource_version.as_deref()),
+            Event::Delete(o) => (o, None),
+            Event::Init | Event::InitDone => return,
+        };
+        let meta = o.meta();
+        self.seen(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            rv,
+        );
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.wrote

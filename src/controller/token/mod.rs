@@ -152,17 +152,6 @@ pub fn controller(
     let by_secret = ctx.clone();
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
-    // Every version the watch delivers retires the status writes it includes.
-    let tokens = tokens.inspect({
-        let ctx = ctx.clone();
-        move |t| {
-            ctx.token_status.seen(
-                t.metadata.namespace.as_deref().unwrap_or_default(),
-                t.metadata.name.as_deref().unwrap_or_default(),
-                t.metadata.resource_version.as_deref(),
-            )
-        }
-    });
     Controller::for_shared_stream(super::triggers::meaningful_changes(tokens), reader)
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
@@ -302,11 +291,10 @@ const USER_SETUP_RECHECK: Duration = Duration::from_secs(30);
 
 /// Created less than `USER_SETUP_RECHECK` ago (a missing timestamp counts as old).
 fn young(token: &CommunicationToken, now: jiff::Timestamp) -> bool {
-    token
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .is_some_and(|c| now.duration_since(c.0) < jiff::SignedDuration::from_secs(30))
+    token.metadata.creation_timestamp.as_ref().is_some_and(|c| {
+        jiff::SignedDuration::try_from(USER_SETUP_RECHECK)
+            .is_ok_and(|limit| now.duration_since(c.0) < limit)
+    })
 }
 
 async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
