@@ -170,6 +170,19 @@ pub struct RunArgs {
     /// The guard's window: this long, or the token's lifetime if that is shorter.
     #[arg(long, env = "UNSCHEDULED_ISSUANCE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub unscheduled_issuance_window: Duration,
+    /// Revocation requests of a user's tokens (scope or lifetime changes, deletions with
+    /// revokeOnDelete) become one revocation once none came for this long (at most ten times
+    /// this after the first), so a batch of edits revokes once and every sibling re-issues once.
+    /// Requests are timed in whole seconds (as status records them).
+    #[arg(long, env = "REVOCATION_COALESCE_WINDOW", default_value = "3s", value_parser = parse_duration)]
+    pub revocation_coalesce_window: Duration,
+    /// Revocations allowed per user within `--revocation-limit-window`; the requests that come
+    /// after wait and are coalesced into the next one the window allows.
+    #[arg(long, env = "REVOCATION_LIMIT", default_value_t = 5)]
+    pub revocation_limit: u32,
+    /// The window of `--revocation-limit`.
+    #[arg(long, env = "REVOCATION_LIMIT_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub revocation_limit_window: Duration,
     /// Allow `spec.identityId` (adopting an existing identity) in namespaces that use the
     /// operator-wide default credentials. Off by default: whoever can create a
     /// CommunicationUser there could otherwise take over any identity of that resource.
@@ -275,6 +288,11 @@ pub struct Guards {
     pub failure_backoff_max: Duration,
     pub unscheduled_limit: u32,
     pub unscheduled_window: Duration,
+    /// Quiet time after the last revocation request of a user before it revokes.
+    pub revocation_coalesce: Duration,
+    /// Revocations per user within `revocation_window`.
+    pub revocation_limit: u32,
+    pub revocation_window: Duration,
     pub allow_default_credentials_adoption: bool,
 }
 
@@ -284,6 +302,9 @@ impl Default for Guards {
             failure_backoff_max: Duration::from_secs(300),
             unscheduled_limit: 3,
             unscheduled_window: Duration::from_secs(600),
+            revocation_coalesce: Duration::from_secs(3),
+            revocation_limit: 5,
+            revocation_window: Duration::from_secs(600),
             allow_default_credentials_adoption: false,
         }
     }
@@ -467,6 +488,9 @@ impl Config {
                 failure_backoff_max: a.failure_backoff_max.max(Duration::from_secs(1)),
                 unscheduled_limit: a.unscheduled_issuance_limit.max(1),
                 unscheduled_window: a.unscheduled_issuance_window.max(Duration::from_secs(1)),
+                revocation_coalesce: a.revocation_coalesce_window,
+                revocation_limit: a.revocation_limit.max(1),
+                revocation_window: a.revocation_limit_window.max(Duration::from_secs(1)),
                 allow_default_credentials_adoption: a.allow_default_credentials_adoption,
             },
         })

@@ -222,6 +222,7 @@ impl Writer {
             revision: 1,
             revocation_epoch: Some(0),
             revocation_requested: None,
+            revocation_requested_at: None,
             issued_scopes: t.spec.scopes.clone(),
             issued_expires_in_minutes: Some(t.spec.expires_in_minutes),
             key_fingerprint: Some(secret::key_fingerprint(&self.sample.key)),

@@ -48,6 +48,11 @@ pub mod reasons {
     pub const ACS_ERROR: &str = "AcsError";
     pub const REVOKING: &str = "Revoking";
     pub const TOKENS_REVOKED: &str = "TokensRevoked";
+    /// A user's revocation waits: it revoked as often as its limit allows within the window.
+    pub const REVOCATION_DEFERRED: &str = "RevocationDeferred";
+    /// The Secret holds a token ACS has revoked (issued before the user's current revocation
+    /// epoch) and its replacement is not there yet.
+    pub const TOKEN_REVOKED: &str = "TokenRevoked";
     pub const DELETING: &str = "Deleting";
     pub const TOKEN_ISSUED: &str = "TokenIssued";
     pub const TOKEN_ROTATED: &str = "TokenRotated";

@@ -248,6 +248,10 @@ pub struct CommunicationTokenStatus {
     /// (after a change of scopes or lifetime, or on deletion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_requested: Option<i64>,
+    /// When this token asked for that revocation: the user revokes once no sibling has asked
+    /// for a short while, so a batch of changes costs one revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_requested_at: Option<Time>,
     /// The scopes the current token was issued with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issued_scopes: Vec<Scope>,

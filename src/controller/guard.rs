@@ -1,8 +1,11 @@
-//! The per-object guard on unscheduled work: whatever asks for it (drift, a revocation, a spec
-//! change, the rotate annotation, a key change), a token gets at most `limit` unscheduled
-//! issuances, and separately `limit` repairs, in any window. One more is deferred until the
-//! window allows it. Scheduled renewals and first issuances are not counted. This bounds the
-//! cost of any loop, including one caused by a future bug, to a few ACS calls per window.
+//! The per-object guard on unscheduled work. A token gets at most `limit` unscheduled
+//! issuances that it causes itself (drift of its token value, the rotate annotation, a new
+//! identity), and separately `limit` repairs, in any window; a user gets at most its own limit
+//! of revocations. One more is deferred until the window allows it. Scheduled renewals, first
+//! issuances and re-issues forced from outside the token (a revocation, a key change) are not
+//! counted against the token: deferring them would leave a refused token in the Secret, so
+//! their cause, the user's revocations, is what is bounded. This bounds the cost of any loop,
+//! including one caused by a future bug, to a few ACS calls per window.
 //!
 //! Kept in memory: a restart forgets it, which costs at most one more window's worth.
 
@@ -17,6 +20,8 @@ pub enum Unscheduled {
     Issue,
     /// The Secret rewritten with its same token.
     Repair,
+    /// A user's revocation of all its tokens.
+    Revocation,
 }
 
 impl Unscheduled {
@@ -25,6 +30,7 @@ impl Unscheduled {
         match self {
             Unscheduled::Issue => "issue",
             Unscheduled::Repair => "repair",
+            Unscheduled::Revocation => "revocation",
         }
     }
 }

@@ -83,9 +83,18 @@ impl Principal {
     }
 
     /// A short fingerprint of who calls which resource: what a token Secret records instead
-    /// of an access-key fingerprint, so a change of principal or endpoint re-issues.
+    /// of an access-key fingerprint, so a change of principal or endpoint re-issues, and what
+    /// the client pool keys clients by. It covers the assertion source too: client ids are not
+    /// secret, so two namespaces naming the same one are two principals, and neither may be
+    /// served by a client (and bearer token) the other's assertion obtained.
     pub fn fingerprint(&self, endpoint: &str) -> String {
         use base64::Engine;
+        let source = match &self.assertion {
+            AssertionSource::ServiceAccount { namespace, name } => {
+                format!("serviceaccount:{namespace}/{name}")
+            }
+            AssertionSource::File(path) => format!("file:{}", path.display()),
+        };
         let mut h = Sha256::new();
         for part in [
             "acs-identity-operator/entra-fingerprint",
@@ -93,6 +102,7 @@ impl Principal {
             &self.authority.to_ascii_lowercase(),
             &self.tenant_id.to_ascii_lowercase(),
             &self.client_id.to_ascii_lowercase(),
+            &source,
         ] {
             h.update(part.as_bytes());
             h.update(b"\0");
@@ -333,5 +343,20 @@ mod tests {
             principal("c1").fingerprint("https://s.communication.azure.com")
         );
         assert!(a.starts_with("entra:"));
+        // The same client id asserted by another ServiceAccount is another principal.
+        let sa = |ns: &str| {
+            Principal::new(
+                "https://login.microsoftonline.com/",
+                "t",
+                "c1",
+                AssertionSource::ServiceAccount {
+                    namespace: ns.into(),
+                    name: "wi".into(),
+                },
+            )
+            .fingerprint("https://r.communication.azure.com")
+        };
+        assert_ne!(sa("team-a"), sa("team-b"));
+        assert_ne!(sa("team-a"), a);
     }
 }

@@ -99,6 +99,9 @@ pub struct TokenSummary {
     pub not_ready: i64,
     /// Tokens whose issuance is suspended.
     pub suspended: i64,
+    /// Tokens whose Secret holds a token issued before their user's current revocation epoch
+    /// (revoked at ACS), not replaced yet.
+    pub revoked: i64,
     /// Smallest remaining validity of any issued token; `None` when there is none.
     pub min_remaining_validity_seconds: Option<f64>,
     /// Earliest expiry of any issued token, Unix seconds; `None` when there is none.
@@ -125,6 +128,7 @@ pub struct Metrics {
     identities_created: Counter,
     identities_deleted: Counter,
     tokens: Family<StateLabels, GaugeI64>,
+    tokens_revoked: GaugeI64,
     token_min_remaining_validity: Family<NoLabels, GaugeF64>,
     token_next_expiry: Family<NoLabels, GaugeF64>,
     token_next_renewal: Family<NoLabels, GaugeF64>,
@@ -166,6 +170,7 @@ impl Metrics {
         let identities_created = Counter::default();
         let identities_deleted = Counter::default();
         let tokens = Family::<StateLabels, GaugeI64>::default();
+        let tokens_revoked = GaugeI64::default();
         let token_min_remaining_validity = Family::<NoLabels, GaugeF64>::default();
         let token_next_expiry = Family::<NoLabels, GaugeF64>::default();
         let token_next_renewal = Family::<NoLabels, GaugeF64>::default();
@@ -236,6 +241,11 @@ impl Metrics {
             "CommunicationTokens, by state (ready, not_ready, suspended)",
             tokens.clone(),
         );
+        registry.register(
+            "tokens_revoked",
+            "CommunicationTokens whose Secret holds a token ACS has revoked (issued before their user's current revocation epoch) and not replaced yet; Ready is False for them once their status says so",
+            tokens_revoked.clone(),
+        );
         registry.register_with_unit(
             "token_min_remaining_validity",
             "Smallest remaining validity of any issued token; absent when there is none",
@@ -274,7 +284,7 @@ impl Metrics {
         let deferred = Family::<ActionLabels, Counter>::default();
         registry.register(
             "unscheduled_deferred",
-            "Unscheduled issuances or repairs deferred by the per-object guard, by action (issue, repair)",
+            "Unscheduled work deferred by its guard, by action (issue and repair per token, revocation per user)",
             deferred.clone(),
         );
         let ambiguous_creates = Counter::default();
@@ -321,6 +331,7 @@ impl Metrics {
             identities_created,
             identities_deleted,
             tokens,
+            tokens_revoked,
             token_min_remaining_validity,
             token_next_expiry,
             token_next_renewal,
@@ -440,6 +451,7 @@ impl Metrics {
         ] {
             self.tokens.get_or_create(&StateLabels { state }).set(value);
         }
+        self.tokens_revoked.set(s.revoked);
         set_optional(
             &self.token_min_remaining_validity,
             s.min_remaining_validity_seconds,

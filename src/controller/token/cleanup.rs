@@ -59,6 +59,9 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
                     let mut st = token.status.clone().unwrap_or_default();
                     if st.revocation_requested != Some(e) {
                         st.revocation_requested = Some(e);
+                        st.revocation_requested_at = Some(
+                            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now()),
+                        );
                         status::write(&ctx, &token, &st).await?;
                     }
                     return Err(Error::WaitingForRevocation);

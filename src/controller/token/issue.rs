@@ -63,6 +63,7 @@ async fn guarded(
     t: &Target<'_>,
     what: Unscheduled,
     record: Option<&RecordedToken>,
+    issuance: Option<IssueReason>,
     why: &str,
 ) -> Result<Option<Action>, Error> {
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
@@ -95,6 +96,20 @@ async fn guarded(
         t.token.metadata.generation,
         ctx.now(),
     );
+    if let Some(issuance) = issuance {
+        let why = format!(
+            "a new one is deferred for {}s by the guard against loops",
+            wait.as_secs().max(1)
+        );
+        status::held_token_refused(
+            &mut st,
+            t.token,
+            issuance,
+            reasons::DEFERRED,
+            &why,
+            ctx.now(),
+        );
+    }
     status::write(ctx, t.token, &st).await?;
     ctx.metrics.unscheduled_deferred(what.as_str());
     ctx.event(
@@ -114,7 +129,16 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     let Some(current) = t.current else {
         return Err(Error::Unnamed);
     };
-    if let Some(a) = guarded(ctx, &t, Unscheduled::Repair, Some(record), "Secret repair").await? {
+    if let Some(a) = guarded(
+        ctx,
+        &t,
+        Unscheduled::Repair,
+        Some(record),
+        None,
+        "Secret repair",
+    )
+    .await?
+    {
         return Ok(a);
     }
     let key = &t.creds.seal;
@@ -170,9 +194,9 @@ fn requeue_at(ctx: &Context, renew: jiff::Timestamp) -> Action {
 /// Issues a new token into the Secret.
 pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<Action, Error> {
     let token = t.token;
-    if !reason.is_scheduled() {
+    if reason.is_guarded() {
         let why = format!("a new token ({})", reason.as_str());
-        if let Some(a) = guarded(ctx, &t, Unscheduled::Issue, None, &why).await? {
+        if let Some(a) = guarded(ctx, &t, Unscheduled::Issue, None, Some(reason), &why).await? {
             return Ok(a);
         }
     }
@@ -243,7 +267,8 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
                 gen,
                 now,
             );
-            let still_valid = st.expires_on.as_ref().is_some_and(|x| x.0 > now);
+            let still_valid =
+                reason.held_token_usable() && st.expires_on.as_ref().is_some_and(|x| x.0 > now);
             if !still_valid || !e.is_transient() {
                 crate::api::set_condition(
                     &mut st.conditions,
@@ -254,6 +279,14 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
                     gen,
                     now,
                 );
+                if e.is_transient() {
+                    // Says what the Secret holds meanwhile (a revoked token, or none).
+                    let why = format!(
+                        "issuing its replacement failed ({}), retried with back-off",
+                        e.category()
+                    );
+                    status::held_token_refused(&mut st, token, reason, reason_text, &why, now);
+                }
             }
             let _ = status::write(ctx, token, &st).await;
             if !e.is_transient() && previous.as_deref() != Some(reason_text) {
@@ -269,7 +302,7 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
             return Err(Error::IssueToken(e));
         }
     };
-    if !reason.is_scheduled() {
+    if reason.is_guarded() {
         let uid = token.metadata.uid.clone().unwrap_or_default();
         ctx.guard.record(&uid, Unscheduled::Issue, Instant::now());
     }
@@ -317,6 +350,7 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     st.last_rotation_time = Some(Time(recorded.issued_at));
     if st.revocation_requested.is_some_and(|e| t.epoch > e) {
         st.revocation_requested = None;
+        st.revocation_requested_at = None;
     }
     st.handled_rotate_annotation = token.annotations().get(api::ROTATE_ANNOTATION).cloned();
     st.failed_attempts = 0;

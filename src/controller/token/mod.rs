@@ -451,7 +451,12 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
         Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
         Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
         Plan::RequestRevocation(e) => {
-            st.revocation_requested = Some(e);
+            if st.revocation_requested != Some(e) {
+                st.revocation_requested = Some(e);
+                st.revocation_requested_at = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now()),
+                );
+            }
             let msg = format!("spec changed: waiting for CommunicationUser {user_name} to revoke the tokens issued under epoch {e}");
             status::set_both(
                 &mut st,
@@ -466,7 +471,21 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
             // The user's epoch moving wakes this object through the user watch.
             Ok(Action::requeue(resync))
         }
-        Plan::WaitForRevocation => Err(Error::WaitingForRevocation),
+        Plan::WaitForRevocation(reason) => {
+            let mut held = st.clone();
+            status::held_token_refused(
+                &mut held,
+                &token,
+                reason,
+                reasons::WAITING_FOR_REVOCATION,
+                "a new token waits for the revocation in progress",
+                ctx.now(),
+            );
+            if held != st {
+                status::write(&ctx, &token, &held).await?;
+            }
+            Err(Error::WaitingForRevocation)
+        }
     }
 }
 
@@ -486,6 +505,7 @@ async fn keep(
         .is_some_and(|e| r.revocation_epoch > e)
     {
         st.revocation_requested = None;
+        st.revocation_requested_at = None;
     }
     st.failed_attempts = 0;
     ctx.failures.reset(&key_of(token));

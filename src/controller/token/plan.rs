@@ -41,9 +41,35 @@ impl IssueReason {
         }
     }
 
-    /// Scheduled issuances (the first one, renewals) are not limited by the guard.
+    /// Scheduled issuances (the first one, renewals).
     pub fn is_scheduled(self) -> bool {
         matches!(self, IssueReason::Initial | IssueReason::Renewal)
+    }
+
+    /// Issuances the token's own guard limits: unscheduled ones the token itself causes (its
+    /// token value edited or lost, the rotate annotation, a new identity of its user).
+    /// Re-issues forced from outside (a revocation, its own scope change after the revocation
+    /// it asked for, a key change) replace a token ACS refuses, so deferring them would leave a
+    /// dead token in the Secret; their cause, the user's revocations, is bounded instead.
+    pub fn is_guarded(self) -> bool {
+        matches!(
+            self,
+            IssueReason::SecretRestored | IssueReason::Forced | IssueReason::IdentityChanged
+        )
+    }
+
+    /// Whether the token the Secret holds while this issuance waits is one ACS still accepts
+    /// (until it expires): only for a renewal or a forced rotation.
+    pub fn held_token_usable(self) -> bool {
+        matches!(self, IssueReason::Renewal | IssueReason::Forced)
+    }
+
+    /// Whether the token the Secret holds was revoked at ACS.
+    pub fn held_token_revoked(self) -> bool {
+        matches!(
+            self,
+            IssueReason::Revoked | IssueReason::SpecChanged | IssueReason::KeyRotated
+        )
     }
 }
 
@@ -60,8 +86,8 @@ pub enum Plan {
     /// The spec changed: ask the user to revoke tokens issued under this epoch, then wait.
     RequestRevocation(i64),
     /// A revocation is pending (this token's or a sibling's): a token issued now would be
-    /// revoked by it.
-    WaitForRevocation,
+    /// revoked by it. Holds the issuance that waits.
+    WaitForRevocation(IssueReason),
 }
 
 /// What a reconcile observed, everything the plan depends on.
@@ -115,7 +141,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         .and_then(|s| s.revocation_requested)
         .is_some_and(|e| o.epoch <= e);
     if o.user_revoking || (requested && reason != IssueReason::SpecChanged) {
-        return Plan::WaitForRevocation;
+        return Plan::WaitForRevocation(reason);
     }
     plan
 }
@@ -322,6 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn only_issuances_the_token_causes_itself_are_guarded() {
+        use IssueReason::*;
+        let all = [
+            Initial,
+            IdentityChanged,
+            SecretRestored,
+            KeyRotated,
+            SpecChanged,
+            Revoked,
+            Forced,
+            Renewal,
+        ];
+        let guarded: Vec<_> = all.iter().filter(|r| r.is_guarded()).collect();
+        assert_eq!(guarded, [&IdentityChanged, &SecretRestored, &Forced]);
+        // While one waits, only a renewal's or a forced rotation's Secret still works.
+        let usable: Vec<_> = all.iter().filter(|r| r.held_token_usable()).collect();
+        assert_eq!(usable, [&Forced, &Renewal]);
+        let revoked: Vec<_> = all.iter().filter(|r| r.held_token_revoked()).collect();
+        assert_eq!(revoked, [&KeyRotated, &SpecChanged, &Revoked]);
+    }
+
+    #[test]
     fn nothing_is_issued_while_a_revocation_is_pending() {
         let mut t = token();
         let revoking = |t: &CommunicationToken, state: &SecretState, epoch| {
@@ -334,10 +382,13 @@ mod tests {
                 now: at(2400),
             })
         };
-        assert_eq!(revoking(&t, &intact(0, false), 0), Plan::WaitForRevocation);
+        assert_eq!(
+            revoking(&t, &intact(0, false), 0),
+            Plan::WaitForRevocation(IssueReason::Renewal)
+        );
         assert_eq!(
             revoking(&t, &SecretState::Missing, 0),
-            Plan::WaitForRevocation
+            Plan::WaitForRevocation(IssueReason::SecretRestored)
         );
         // Keeping or repairing the current token is still fine.
         assert!(matches!(
@@ -356,7 +407,7 @@ mod tests {
         t.status.as_mut().unwrap().revocation_requested = Some(0);
         assert_eq!(
             plan(&t, &SecretState::Missing, 0, 60),
-            Plan::WaitForRevocation
+            Plan::WaitForRevocation(IssueReason::SecretRestored)
         );
         t.spec.scopes = vec![Scope::Chat];
         assert_eq!(

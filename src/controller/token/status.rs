@@ -6,7 +6,7 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::plan::renewal_at;
+use super::plan::{renewal_at, IssueReason};
 use super::Error;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
@@ -76,6 +76,50 @@ pub fn set_both(
         reason,
         message.to_string(),
         generation,
+        now,
+    );
+}
+
+/// Ready=False about the token the Secret holds while its replacement (`issuance`) waits for
+/// `why`: ACS refuses it (revoked, or the Secret holds none or another identity's). Ready
+/// never stays True about a token ACS refuses. `waiting` is the reason used when it was not
+/// revoked. Nothing changes when the held token is still usable.
+pub fn held_token_refused(
+    st: &mut CommunicationTokenStatus,
+    token: &CommunicationToken,
+    issuance: IssueReason,
+    waiting: &str,
+    why: &str,
+    now: jiff::Timestamp,
+) {
+    if issuance.held_token_usable() {
+        return;
+    }
+    let secret = token.secret_name();
+    let (reason, msg) = if issuance.held_token_revoked() {
+        (
+            reasons::TOKEN_REVOKED,
+            format!(
+                "Secret {secret} holds a token ACS has revoked ({}); {why}",
+                issuance.as_str()
+            ),
+        )
+    } else {
+        (
+            waiting,
+            format!(
+                "Secret {secret} holds no usable token ({}); {why}",
+                issuance.as_str()
+            ),
+        )
+    };
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        reason,
+        msg,
+        token.metadata.generation,
         now,
     );
 }

@@ -7,6 +7,7 @@ use super::CONTROLLER;
 use crate::api::condition::types;
 use crate::api::ConditionExt;
 use crate::controller::Context;
+use kube::ResourceExt;
 
 /// Refreshes the token summary gauges from the cache every few seconds (no API calls).
 pub async fn summarize_forever(ctx: Arc<Context>) {
@@ -18,6 +19,7 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             ready: 0,
             not_ready: 0,
             suspended: 0,
+            revoked: 0,
             min_remaining_validity_seconds: None,
             next_expiry_unix: None,
             next_renewal_unix: None,
@@ -38,6 +40,17 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             let due = st.renewal_time.as_ref().is_some_and(|r| r.0 <= now);
             if due || st.observed_generation != t.metadata.generation {
                 pending_tokens += 1;
+            }
+            // Issued before the user's current epoch: ACS refuses it.
+            let user_epoch = t.namespace().and_then(|ns| {
+                ctx.users
+                    .get(&ns, &t.spec.user_ref.name)
+                    .map(|u| u.revocation_epoch())
+            });
+            if let (Some(issued), Some(current)) = (st.revocation_epoch, user_epoch) {
+                if issued < current {
+                    s.revoked += 1;
+                }
             }
             if st.conditions.is_true(types::READY) {
                 s.ready += 1;

@@ -26,6 +26,9 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
     {
         recent.remove(uid);
     }
+    if let Some(uid) = user.metadata.uid.as_deref() {
+        ctx.guard.forget(uid);
+    }
     let Some(id) = status.identity_id.clone() else {
         return Ok(Action::await_change());
     };

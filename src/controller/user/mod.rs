@@ -19,7 +19,7 @@ mod revoke;
 
 use self::cleanup::cleanup;
 use super::backoff::inputs_hash;
-use super::{apply_status, key_of, Context};
+use super::{key_of, Context};
 use crate::acs::{AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
 use crate::api::{
@@ -252,24 +252,34 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     s
 }
 
-/// Writes status if it changed.
+/// Writes status if it changed, on the resourceVersion `user` was read at (or this reconcile
+/// last wrote): a status built from a stale read fails with [`Error::Fenced`] instead of
+/// overwriting a newer one, so no write can lower the revocation epoch or drop a pending
+/// revocation. Returns the user as written, for the rest of the reconcile to build on.
 async fn write_status(
     ctx: &Context,
     user: &CommunicationUser,
     status: &CommunicationUserStatus,
-) -> Result<(), Error> {
-    let ns = user.namespace().ok_or(Error::Unnamed)?;
-    let api: Api<CommunicationUser> = Api::namespaced(ctx.client.clone(), &ns);
-    apply_status(
-        &api,
-        &user.name_any(),
-        api::USER_MANAGER,
-        user.status.as_ref(),
-        status,
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
-    Ok(())
+) -> Result<Option<Arc<CommunicationUser>>, Error> {
+    if user.status.as_ref() == Some(status) {
+        return Ok(None);
+    }
+    let rv =
+        revoke::fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
+    Ok(Some(as_written(user, status, rv)))
+}
+
+/// `user` with the status this process wrote and the resourceVersion that write returned
+/// (the status kept as sent: the apiserver's copy rounds times, and would compare unequal).
+fn as_written(
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+    resource_version: Option<String>,
+) -> Arc<CommunicationUser> {
+    let mut u = user.clone();
+    u.status = Some(status.clone());
+    u.metadata.resource_version = resource_version;
+    Arc::new(u)
 }
 
 /// Sets Ready=False with `reason`, writes status, and emits a Warning event when the reason is
@@ -359,8 +369,9 @@ pub fn external_id_for(user: &CommunicationUser) -> Option<String> {
 async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let mut status = current_status(&ctx, &user);
-    // The status this reconcile wrote last, if any.
-    let mut written: Option<CommunicationUserStatus> = None;
+    // Rebound to the user as written after each status write of this reconcile, so the next
+    // write compares with it and is fenced on its resourceVersion.
+    let mut user = user;
     status.observed_generation = user.metadata.generation;
     let resync = ctx.config.resync_period;
 
@@ -454,8 +465,9 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 user.metadata.generation,
                 ctx.now(),
             );
-            write_status(&ctx, &user, &status).await?;
-            written = Some(status.clone());
+            if let Some(w) = write_status(&ctx, &user, &status).await? {
+                user = w;
+            }
             ctx.event(
                 user.as_ref(),
                 EventType::Normal,
@@ -515,8 +527,9 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             // identity, not create a second one (GA creation is not idempotent).
             remember(&ctx, &user, &status);
             // Written at once: in GA mode this write is the only durable record.
-            write_status(&ctx, &user, &status).await?;
-            written = Some(status.clone());
+            if let Some(w) = write_status(&ctx, &user, &status).await? {
+                user = w;
+            }
             if created.created {
                 ctx.metrics.identity_created();
                 info!(identity = %id, "identity created");
@@ -544,10 +557,9 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         return Err(Error::Unnamed);
     };
 
-    match revoke::revoke_if_requested(&ctx, &user, &acs, &creds, &id, &mut status, &written).await?
-    {
+    match revoke::revoke_if_requested(&ctx, &user, &acs, &creds, &id, &mut status).await? {
         revoke::Outcome::Nothing => {}
-        revoke::Outcome::Wrote => written = Some(status.clone()),
+        revoke::Outcome::Wrote(w) => user = w,
         revoke::Outcome::Stop(action) => return Ok(action),
     }
     if status.revocation.is_none() {
@@ -571,10 +583,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         user.metadata.generation,
         ctx.now(),
     );
-    // The cached object predates this reconcile's own writes: compare with what was written.
-    if written.as_ref() != Some(&status) {
-        write_status(&ctx, &user, &status).await?;
-    }
+    write_status(&ctx, &user, &status).await?;
     ctx.failures.reset(&key_of(user.as_ref()));
     Span::current().record("identity", id.as_str());
     Ok(Action::requeue(resync))

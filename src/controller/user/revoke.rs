@@ -2,6 +2,13 @@
 //! or that are being deleted) is coalesced into one ACS revoke, after which the epoch moves
 //! and every token of the user re-issues.
 //!
+//! Coalesced in time too: the tokens' requests are served once none came for the coalescing
+//! window (at most ten windows after the first), because each revocation makes every sibling
+//! re-issue, and a GitOps sync or `kubectl apply -f dir/` changes siblings a few hundred
+//! milliseconds apart. A person's revoke annotation is served at once. Revocations are the
+//! cost that siblings cannot refuse, so they are what is bounded: at most the configured
+//! number per user and window, the requests after that waiting for the next one.
+//!
 //! Fenced, because a revoke is the one call that can silently break a token: a second revoke
 //! after a sibling re-issued at the new epoch leaves that sibling's Secret with a dead token
 //! that looks current. So the revocation is first recorded as pending with the
@@ -10,7 +17,7 @@
 //! not issue while it is pending; then the revoke; then the epoch moves. A crash in between
 //! leaves it pending, and the next reconcile finishes it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -19,11 +26,14 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
+use std::sync::Arc;
+
 use super::{acs_failed, not_ready, Error};
 use crate::acs::AcsClient;
 use crate::api::condition::{reasons, types};
-use crate::api::{self, set_condition, CommunicationUser, CommunicationUserStatus};
+use crate::api::{self, set_condition, CommunicationUser, CommunicationUserStatus, ConditionExt};
 use crate::controller::backoff::inputs_hash;
+use crate::controller::guard::Unscheduled;
 use crate::controller::{key_of, Context};
 use crate::credentials::Credentials;
 
@@ -31,8 +41,8 @@ use crate::credentials::Credentials;
 pub enum Outcome {
     /// Nothing was requested.
     Nothing,
-    /// Revoked; `status` holds what was written.
-    Wrote,
+    /// Revoked; `status` holds what was written, and this is the user as written.
+    Wrote(Arc<CommunicationUser>),
     /// The reconcile ends here with this action.
     Stop(Action),
 }
@@ -45,24 +55,52 @@ pub async fn revoke_if_requested(
     creds: &Credentials,
     id: &str,
     status: &mut CommunicationUserStatus,
-    written: &Option<CommunicationUserStatus>,
 ) -> Result<Outcome, Error> {
     let ns = user.namespace().unwrap_or_default();
     let mut revocation = status.revocation.clone().unwrap_or_default();
     let annotation = user.annotations().get(api::REVOKE_ANNOTATION).cloned();
     let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
     let user_name = user.name_any();
-    let requesters = ctx
+    let requested_at: Vec<Option<jiff::Timestamp>> = ctx
         .tokens_of_user(&ns, &user_name, |t| {
             t.status
                 .as_ref()
                 .and_then(|s| s.revocation_requested)
                 .is_some_and(|e| e >= revocation.epoch)
         })
-        .len();
+        .iter()
+        .map(|t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.revocation_requested_at.as_ref())
+                .map(|at| at.0)
+        })
+        .collect();
+    let requesters = requested_at.len();
     let resuming = revocation.pending.is_some_and(|p| p > revocation.epoch);
     if !(annotation_pending || requesters > 0 || resuming) {
         return Ok(Outcome::Nothing);
+    }
+    if !resuming {
+        let guards = &ctx.config.guards;
+        if !annotation_pending {
+            if let Some(wait) = coalescing(&requested_at, guards.revocation_coalesce, ctx.now()) {
+                return Ok(Outcome::Stop(Action::requeue(wait)));
+            }
+        }
+        let uid = user.metadata.uid.as_deref().unwrap_or_default();
+        if let Err(wait) = ctx.guard.check(
+            uid,
+            Unscheduled::Revocation,
+            guards.revocation_limit,
+            guards.revocation_window,
+            Instant::now(),
+        ) {
+            deferred(ctx, user, status, requesters, wait).await?;
+            return Ok(Outcome::Stop(Action::requeue(
+                wait + Duration::from_millis(100),
+            )));
+        }
     }
 
     // A failing revoke backs off whatever wakes the user (every requesting token does).
@@ -92,14 +130,16 @@ pub async fn revoke_if_requested(
         user.metadata.generation,
         ctx.now(),
     );
-    // What this reconcile already wrote is newer than the cached resourceVersion.
-    let rv = if written.is_some() {
-        None
-    } else {
-        user.metadata.resource_version.clone()
-    };
-    fenced_write(ctx, user, status, rv).await?;
+    // `user` is as read, or as this reconcile last wrote it.
+    let rv = fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
+    let pending = super::as_written(user, status, rv);
 
+    if let Some(uid) = user.metadata.uid.as_deref() {
+        // Counted when attempted: a failing revoke backs off on its own, and a storm of
+        // requests must not turn into a storm of calls either way.
+        ctx.guard
+            .record(uid, Unscheduled::Revocation, Instant::now());
+    }
     match acs.revoke_tokens(id).await {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {
@@ -110,12 +150,12 @@ pub async fn revoke_if_requested(
                 pending_since: None,
                 ..revocation
             });
-            not_ready_after_write(ctx, user, st, msg).await?;
+            not_ready(ctx, &pending, st, reasons::IDENTITY_NOT_FOUND, msg).await?;
             return Ok(Outcome::Stop(Action::requeue(ctx.config.resync_period)));
         }
         Err(e) => {
             // The pending revocation stays recorded; the retry finishes it.
-            acs_failed(ctx, user, status.clone(), &e, "revoke tokens").await?;
+            acs_failed(ctx, &pending, status.clone(), &e, "revoke tokens").await?;
             return Err(Error::RevokeTokens(e));
         }
     }
@@ -146,7 +186,7 @@ pub async fn revoke_if_requested(
     );
     // Not fenced: the pending record above already serialized this revocation, and an
     // unrelated metadata change (an annotation) must not cost a second revoke.
-    fenced_write(ctx, user, status, None).await?;
+    let rv = fenced_write(ctx, user, status, None).await?;
     ctx.event(
         user,
         EventType::Normal,
@@ -158,17 +198,88 @@ pub async fn revoke_if_requested(
         ),
     )
     .await;
-    Ok(Outcome::Wrote)
+    Ok(Outcome::Wrote(super::as_written(user, status, rv)))
+}
+
+/// How long the coalescing window still runs for requests made at `requested_at`: until no
+/// request came for `window`, and at most ten windows after the first. A request with no time
+/// (written by an older release) does not hold the revocation back.
+fn coalescing(
+    requested_at: &[Option<jiff::Timestamp>],
+    window: Duration,
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    if requested_at.iter().any(Option::is_none) {
+        return None;
+    }
+    let first = requested_at.iter().flatten().min()?;
+    let last = requested_at.iter().flatten().max()?;
+    let window = jiff::SignedDuration::try_from(window).ok()?;
+    let quiet = *last + window;
+    let cap = first.checked_add(window * 10).ok()?;
+    let until = quiet.min(cap);
+    Duration::try_from(until.duration_since(now))
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
+/// The user has revoked as often as its window allows: says so once (a Warning event and the
+/// Ready reason, which stays True: the identity is fine and every Secret still holds a valid
+/// token) and waits.
+async fn deferred(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+    requesters: usize,
+    wait: Duration,
+) -> Result<(), Error> {
+    let was = status
+        .conditions
+        .find(types::READY)
+        .is_some_and(|c| c.reason == reasons::REVOCATION_DEFERRED);
+    if was {
+        return Ok(());
+    }
+    let guards = &ctx.config.guards;
+    let msg = format!(
+        "a revocation requested by {requesters} token(s) is deferred for {}s: {} revocations already happened within {}s (the limit per user); the requests are served together then, and every Secret keeps its valid token meanwhile",
+        wait.as_secs().max(1),
+        guards.revocation_limit,
+        guards.revocation_window.as_secs()
+    );
+    let mut st = status.clone();
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        true,
+        reasons::REVOCATION_DEFERRED,
+        msg.clone(),
+        user.metadata.generation,
+        ctx.now(),
+    );
+    fenced_write(ctx, user, &st, user.metadata.resource_version.clone()).await?;
+    ctx.metrics
+        .unscheduled_deferred(Unscheduled::Revocation.as_str());
+    ctx.event(
+        user,
+        EventType::Warning,
+        reasons::REVOCATION_DEFERRED,
+        "RevokeTokens",
+        msg,
+    )
+    .await;
+    Ok(())
 }
 
 /// Writes the whole status by server-side apply, with `resource_version` as a precondition
-/// when given: a conflict becomes [`Error::Fenced`] and nothing else happens.
-async fn fenced_write(
+/// when given: a conflict becomes [`Error::Fenced`] and nothing else happens. Returns the
+/// resourceVersion written.
+pub(super) async fn fenced_write(
     ctx: &Context,
     user: &CommunicationUser,
     status: &CommunicationUserStatus,
     resource_version: Option<String>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let api: Api<CommunicationUser> = Api::namespaced(ctx.client.clone(), &ns);
     let mut meta = serde_json::json!({ "name": user.name_any() });
@@ -189,23 +300,10 @@ async fn fenced_write(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.metadata.resource_version),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Fenced),
         Err(e) => Err(Error::PatchStatus(e)),
     }
-}
-
-/// `not_ready` compares with the cached status, which this reconcile already changed by its
-/// pending write; force the write by comparing with nothing.
-async fn not_ready_after_write(
-    ctx: &Context,
-    user: &CommunicationUser,
-    status: CommunicationUserStatus,
-    msg: String,
-) -> Result<(), Error> {
-    let mut stale = user.clone();
-    stale.status = None;
-    not_ready(ctx, &stale, status, reasons::IDENTITY_NOT_FOUND, msg).await
 }
 
 #[cfg(test)]
@@ -214,6 +312,32 @@ mod tests {
     use super::*;
     use crate::api::CommunicationUserSpec;
     use crate::controller::fixtures::status as failure;
+
+    #[test]
+    fn requests_are_coalesced_until_none_came_for_a_window_and_at_most_ten_windows() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_700_000_000 + s).unwrap();
+        let w = Duration::from_secs(2);
+        // One request: the window runs from it.
+        assert_eq!(
+            coalescing(&[Some(at(0))], w, at(1)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(coalescing(&[Some(at(0))], w, at(2)), None);
+        // A later request holds it open from the later one.
+        assert_eq!(
+            coalescing(&[Some(at(0)), Some(at(1))], w, at(2)),
+            Some(Duration::from_secs(1))
+        );
+        // Requests that never stop coming are served ten windows after the first.
+        assert_eq!(coalescing(&[Some(at(0)), Some(at(19))], w, at(20)), None);
+        assert_eq!(
+            coalescing(&[Some(at(0)), Some(at(19))], w, at(19)),
+            Some(Duration::from_secs(1))
+        );
+        // A request without a time (an older release wrote it) does not wait.
+        assert_eq!(coalescing(&[Some(at(0)), None], w, at(0)), None);
+        assert_eq!(coalescing(&[], w, at(0)), None);
+    }
 
     #[tokio::test]
     async fn a_revocation_decided_on_a_stale_read_is_fenced_off_by_its_resource_version() {
