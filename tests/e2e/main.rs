@@ -19,6 +19,7 @@ mod ownership;
 mod requests;
 mod revocation_fence;
 mod rollout;
+mod rollout_late;
 mod sibling_batch;
 mod smoke;
 mod support;

@@ -19,7 +19,7 @@ const RESTARTED_FOR: &str = "communication.acs.dev/restarted-for";
 /// The coalescing window of these tests (the default is 10 s).
 const WINDOW: &str = "2s";
 
-async fn operator(env: &TestEnv, acs: &Acs) -> OperatorArgs {
+pub(crate) async fn operator(env: &TestEnv, acs: &Acs) -> OperatorArgs {
     put_secret(
         env,
         "acs-credentials",
@@ -43,7 +43,7 @@ fn pod_template(name: &str) -> serde_json::Value {
     })
 }
 
-async fn deployment(env: &TestEnv, name: &str, opted_in: bool) {
+pub(crate) async fn deployment(env: &TestEnv, name: &str, opted_in: bool) {
     let mut d = json!({
         "metadata": {"name": name},
         "spec": {
@@ -61,7 +61,7 @@ async fn deployment(env: &TestEnv, name: &str, opted_in: bool) {
 }
 
 /// A token of `user` restarting `targets` (kind, name).
-async fn token(env: &TestEnv, name: &str, user: &str, targets: &[(&str, &str)]) {
+pub(crate) async fn token(env: &TestEnv, name: &str, user: &str, targets: &[(&str, &str)]) {
     let mut spec = token_spec(user);
     spec.rollout_restart_targets = targets
         .iter()
@@ -70,7 +70,7 @@ async fn token(env: &TestEnv, name: &str, user: &str, targets: &[(&str, &str)]) 
     create_token(env, name, spec).await;
 }
 
-async fn generation(env: &TestEnv, name: &str) -> i64 {
+pub(crate) async fn generation(env: &TestEnv, name: &str) -> i64 {
     env.api::<Deployment>()
         .get(name)
         .await
@@ -95,7 +95,7 @@ async fn restarted_for(env: &TestEnv, name: &str) -> Option<String> {
 
 /// Waits until the Deployment's generation is `want`, then asserts it stays there for
 /// `hold` (a second restart would move it).
-async fn generation_settles_at(env: &TestEnv, name: &str, want: i64, hold: Duration) {
+pub(crate) async fn generation_settles_at(env: &TestEnv, name: &str, want: i64, hold: Duration) {
     crate::support::eventually("the restart", CONVERGE, || async {
         let g = generation(env, name).await;
         if g >= want {
@@ -118,7 +118,7 @@ async fn generation_settles_at(env: &TestEnv, name: &str, want: i64, hold: Durat
     }
 }
 
-async fn revision(env: &TestEnv, name: &str, want: i64) -> CommunicationToken {
+pub(crate) async fn revision(env: &TestEnv, name: &str, want: i64) -> CommunicationToken {
     let tokens: Api<CommunicationToken> = env.api();
     wait_for(
         &tokens,
@@ -138,7 +138,7 @@ async fn revision(env: &TestEnv, name: &str, want: i64) -> CommunicationToken {
     .unwrap()
 }
 
-async fn annotate<K>(api: &Api<K>, name: &str, key: &str, value: &str)
+pub(crate) async fn annotate<K>(api: &Api<K>, name: &str, key: &str, value: &str)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {

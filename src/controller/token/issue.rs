@@ -353,6 +353,7 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         st.revocation_requested_at = None;
     }
     st.handled_rotate_annotation = token.annotations().get(api::ROTATE_ANNOTATION).cloned();
+    super::restart::note_issued(ctx, token, &mut st, recorded.revision - 1);
     st.failed_attempts = 0;
     let renew = renewal_at(token, &recorded);
     let (event_reason, note) = match reason {

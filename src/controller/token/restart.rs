@@ -5,7 +5,14 @@
 //! first seen (a new token, a target added, a workload that opts in later, the feature just
 //! enabled) records the current revision and is not restarted; a newer revision restarts it
 //! once. So an operator restart, a resync, a sibling created or deleted, or an annotation
-//! stripped by a GitOps tool restarts nothing. A restart sets one pod-template annotation to a
+//! stripped by a GitOps tool restarts nothing. Two exceptions make "first seen" mean "what the
+//! workload can have seen": a target not yet recorded when this operator issues a new
+//! revision (with the feature already on for this token) is recorded at the previous
+//! revision, so the new one restarts it once; and a workload created after the current
+//! revision was issued is recorded at that revision, since its pods started with it. A target
+//! that is missing or has not opted in is looked at again on a schedule that starts at 15 s
+//! and stretches to 10 minutes (one GET each time), so one applied after its tokens is
+//! recorded before their next rotation. A restart sets one pod-template annotation to a
 //! hash of the revisions of every token the workload depends on, like `kubectl rollout
 //! restart` sets `restartedAt`: siblings re-issued together (a revocation) compute the same
 //! value once all are done and the coalescing window has passed, so the first restarts the
@@ -37,6 +44,51 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "communication.acs.dev/restarted-for"
 const RETRY: Duration = Duration::from_secs(60);
 /// A sibling stuck in its re-issue (failing) holds a restart at most this many windows.
 const MAX_WAIT_WINDOWS: u32 = 12;
+/// A missing or not opted-in target is looked at again after a quarter of the time it has
+/// been so, within these bounds.
+const RECHECK_MIN: Duration = Duration::from_secs(15);
+const RECHECK_MAX: Duration = Duration::from_secs(600);
+
+/// Called when this operator issued revision `st.revision` over `previous`: targets it has
+/// not recorded yet are recorded at `previous`, so the new revision restarts them once (a
+/// workload applied after its tokens, not yet looked at). Only once the feature has been
+/// evaluated for this token by an operator that has it on: enabling it (or upgrading to it)
+/// restarts nothing.
+pub fn note_issued(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: &mut CommunicationTokenStatus,
+    previous: i64,
+) {
+    let evaluated = st
+        .conditions
+        .find(types::ROLLOUT_RESTART)
+        .is_some_and(|c| c.reason != reasons::ROLLOUT_RESTART_DISABLED);
+    if !ctx.config.rollout_restart || !evaluated || previous <= 0 {
+        return;
+    }
+    for target in &token.spec.rollout_restart_targets {
+        let seen = st
+            .restarted_workloads
+            .iter()
+            .any(|w| w.kind == target.kind && w.name == target.name);
+        if !seen {
+            st.restarted_workloads.push(RestartedWorkload {
+                kind: target.kind,
+                name: target.name.clone(),
+                observed_revision: previous,
+                restarted_at: None,
+                revisions_hash: None,
+            });
+        }
+    }
+}
+
+/// When to look again at a target that is missing or has not opted in, `age` after the
+/// condition started saying so.
+fn recheck_after(age: Duration) -> Duration {
+    (age / 4).clamp(RECHECK_MIN, RECHECK_MAX)
+}
 
 /// One dependent token as seen now.
 struct Dependent {
@@ -68,7 +120,7 @@ pub async fn ensure(
         return None;
     }
     let ns = token.namespace().unwrap_or_default();
-    let mut problems = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     let mut wait: Option<Duration> = None;
     for target in targets {
         if !ctx.config.rollout_restart {
@@ -99,6 +151,21 @@ pub async fn ensure(
         .conditions
         .find(types::ROLLOUT_RESTART)
         .map(|c| (c.status.clone(), c.message.clone()));
+    // A target that may appear or opt in later is looked at again, less often the longer it
+    // has been missing (the condition's transition time).
+    if problems
+        .iter()
+        .any(|p| p.reason == reasons::TARGET_NOT_FOUND || p.reason == reasons::TARGET_NOT_OPTED_IN)
+    {
+        let since = st
+            .conditions
+            .find(types::ROLLOUT_RESTART)
+            .filter(|c| c.status == "False")
+            .and_then(|c| Duration::try_from(now.duration_since(c.last_transition_time.0)).ok())
+            .unwrap_or_default();
+        let again = recheck_after(since);
+        wait = Some(wait.map_or(again, |x: Duration| x.min(again)));
+    }
     if problems.is_empty() {
         crate::api::set_condition(
             &mut st.conditions,
@@ -186,6 +253,16 @@ async fn restart_one(
         .map(str::to_string);
     let revision = st.revision;
     let seen = |w: &RestartedWorkload| w.kind == target.kind && w.name == target.name;
+    // Created after the current revision was issued: its pods started with it.
+    let created_after = match (&obj.metadata.creation_timestamp, &st.last_rotation_time) {
+        (Some(created), Some(issued)) => created.0 > issued.0,
+        _ => false,
+    };
+    if created_after {
+        if let Some(w) = st.restarted_workloads.iter_mut().find(|w| seen(w)) {
+            w.observed_revision = w.observed_revision.max(revision);
+        }
+    }
     match st.restarted_workloads.iter().find(|w| seen(w)) {
         None => {
             // First sight: its pods already run with this token (or wait for its Secret).
@@ -327,6 +404,23 @@ mod tests {
             changed: None,
             reissuing: false,
         }
+    }
+
+    #[test]
+    fn a_missing_target_is_looked_at_less_often_the_longer_it_is_missing() {
+        assert_eq!(recheck_after(Duration::ZERO), RECHECK_MIN);
+        assert_eq!(
+            recheck_after(Duration::from_secs(120)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(recheck_after(Duration::from_secs(86_400)), RECHECK_MAX);
+        // Over a day missing: about 160 reads, not one per reconcile or per second.
+        let (mut t, mut reads) = (Duration::ZERO, 0);
+        while t < Duration::from_secs(86_400) {
+            t += recheck_after(t);
+            reads += 1;
+        }
+        assert!(reads < 200, "{reads}");
     }
 
     #[test]

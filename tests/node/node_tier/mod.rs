@@ -3,5 +3,6 @@
 
 mod chart;
 mod cluster;
+mod late_targets;
 mod release;
 mod workloads;

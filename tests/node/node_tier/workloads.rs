@@ -28,7 +28,7 @@ fn example(file: &str) -> String {
     )
 }
 
-async fn running_pod(api: &Api<Pod>, selector: &str) -> Pod {
+pub(crate) async fn running_pod(api: &Api<Pod>, selector: &str) -> Pod {
     eventually(
         &format!("a Running pod {selector}"),
         Duration::from_secs(120),
@@ -46,7 +46,7 @@ async fn running_pod(api: &Api<Pod>, selector: &str) -> Pod {
     .await
 }
 
-async fn logs(api: &Api<Pod>, pod: &str) -> String {
+pub(crate) async fn logs(api: &Api<Pod>, pod: &str) -> String {
     api.logs(
         pod,
         &LogParams {
@@ -79,7 +79,7 @@ fn prefix(token: &str) -> &str {
 }
 
 /// What the example app prints for a token: the first 12 hex digits of its SHA-256.
-fn fingerprint(token: &str) -> String {
+pub(crate) fn fingerprint(token: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest
