@@ -86,6 +86,16 @@ impl Credentials {
     pub fn fingerprint(&self) -> &str {
         self.seal.fingerprint()
     }
+
+    /// What a cached ACS client may be shared by: the fingerprint, and for Entra credentials
+    /// the assertion source too (the same client id named in another namespace is another
+    /// principal, with its own bearer tokens).
+    pub fn client_key(&self) -> String {
+        match &self.auth {
+            Auth::Key(_) => self.fingerprint().to_string(),
+            Auth::Entra(p) => format!("{}|{}", self.fingerprint(), p.source_key()),
+        }
+    }
 }
 
 /// Why no usable credentials were found. Messages name the Secret and key, never the value.

@@ -69,6 +69,8 @@ pub mod reasons {
     pub const DEFERRED: &str = "Deferred";
     /// The Secret was rewritten with its same, still valid token.
     pub const SECRET_REPAIRED: &str = "SecretRepaired";
+    /// An immutable token Secret was deleted and created to hold a new token (event).
+    pub const SECRET_REPLACED: &str = "SecretReplaced";
     /// `spec.identityId` names an identity another CommunicationUser already manages.
     pub const IDENTITY_IN_USE: &str = "IdentityInUse";
     /// Adoption is refused under the operator-wide default credentials.

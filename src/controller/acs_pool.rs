@@ -80,7 +80,7 @@ impl AcsPool {
         entra: Option<&EntraTokens>,
     ) -> Result<AcsClient, AcsError> {
         let endpoint = endpoint_key(&creds.endpoint);
-        let fingerprint = creds.fingerprint().to_string();
+        let fingerprint = creds.client_key();
         let mut state = self.state();
         state.tick += 1;
         let tick = state.tick;

@@ -30,8 +30,10 @@ impl Failures {
 
     /// Before an ACS call: `Some(wait)` while the object failed with these same `inputs` and
     /// its back-off has not run out (no call now); otherwise `None`, and the attempt is tied
-    /// to `inputs`. Other inputs than the last failure's start the count over: one prompt
-    /// attempt.
+    /// to `inputs`. Other inputs than the last failure's get one prompt attempt, but keep the
+    /// count: the object is still failing, so that attempt is a single request (no client
+    /// retries) and a next failure backs off from where it was. Otherwise every edit or new
+    /// rotate-annotation value of a failing object would buy a fresh, retried attempt.
     pub fn try_attempt(&self, key: &str, inputs: u64, now: Instant) -> Option<Duration> {
         self.with(|m| {
             let e = m.entry(key.to_string()).or_insert(Entry {
@@ -40,11 +42,8 @@ impl Failures {
                 inputs,
             });
             if e.inputs != inputs {
-                *e = Entry {
-                    count: 0,
-                    retry_at: None,
-                    inputs,
-                };
+                e.retry_at = None;
+                e.inputs = inputs;
                 return None;
             }
             e.retry_at
@@ -125,9 +124,9 @@ mod tests {
         assert_eq!(f.try_attempt("k", 7, t0 + Duration::from_secs(10)), None);
         // Same inputs again: still held at an earlier instant.
         assert!(f.try_attempt("k", 7, t0 + Duration::from_secs(1)).is_some());
-        // New inputs: one prompt attempt, the count starts over.
+        // New inputs: one prompt attempt; still failing, so the count stays.
         assert_eq!(f.try_attempt("k", 8, t0 + Duration::from_secs(1)), None);
-        assert_eq!(f.get("k"), 0);
+        assert_eq!(f.get("k"), 1);
     }
 
     #[test]

@@ -82,19 +82,26 @@ impl Principal {
         format!("client id {} in tenant {}", self.client_id, self.tenant_id)
     }
 
-    /// A short fingerprint of who calls which resource: what a token Secret records instead
-    /// of an access-key fingerprint, so a change of principal or endpoint re-issues, and what
-    /// the client pool keys clients by. It covers the assertion source too: client ids are not
-    /// secret, so two namespaces naming the same one are two principals, and neither may be
-    /// served by a client (and bearer token) the other's assertion obtained.
-    pub fn fingerprint(&self, endpoint: &str) -> String {
-        use base64::Engine;
-        let source = match &self.assertion {
+    /// Where the assertion comes from, as a key: client ids are not secret, so two
+    /// namespaces naming the same one are two principals, and neither may be served by a
+    /// client (and bearer token) the other's assertion obtained. Part of the client pool's key
+    /// (the token cache keys by the whole principal already).
+    pub fn source_key(&self) -> String {
+        match &self.assertion {
             AssertionSource::ServiceAccount { namespace, name } => {
                 format!("serviceaccount:{namespace}/{name}")
             }
             AssertionSource::File(path) => format!("file:{}", path.display()),
-        };
+        }
+    }
+
+    /// A short fingerprint of who calls which resource: what a token Secret records instead
+    /// of an access-key fingerprint, so a change of principal or endpoint re-issues. It leaves
+    /// the assertion source out on purpose: it is what existing Secrets record (a new formula
+    /// would re-issue every token on Entra credentials at an upgrade), and a namespace cannot
+    /// use a Secret it cannot read; the client pool keys by the source as well.
+    pub fn fingerprint(&self, endpoint: &str) -> String {
+        use base64::Engine;
         let mut h = Sha256::new();
         for part in [
             "acs-identity-operator/entra-fingerprint",
@@ -102,7 +109,6 @@ impl Principal {
             &self.authority.to_ascii_lowercase(),
             &self.tenant_id.to_ascii_lowercase(),
             &self.client_id.to_ascii_lowercase(),
-            &source,
         ] {
             h.update(part.as_bytes());
             h.update(b"\0");
@@ -343,6 +349,8 @@ mod tests {
             principal("c1").fingerprint("https://s.communication.azure.com")
         );
         assert!(a.starts_with("entra:"));
+        // Stable across releases: what existing token Secrets record.
+        assert_eq!(a, "entra:IrrEDyrasaGNcG_w");
         // The same client id asserted by another ServiceAccount is another principal.
         let sa = |ns: &str| {
             Principal::new(
@@ -354,9 +362,9 @@ mod tests {
                     name: "wi".into(),
                 },
             )
-            .fingerprint("https://r.communication.azure.com")
+            .source_key()
         };
         assert_ne!(sa("team-a"), sa("team-b"));
-        assert_ne!(sa("team-a"), a);
+        assert_ne!(sa("team-a"), principal("c1").source_key());
     }
 }

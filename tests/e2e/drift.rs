@@ -236,3 +236,52 @@ async fn unscheduled_issuances_are_bounded_by_the_guard_and_the_next_is_deferred
     );
     assert_eq!(acs.calls("issueAccessToken").await - issued, 3);
 }
+
+/// Issue 21, item 8: a token Secret made `immutable: true` (by a person or a policy tool) cannot
+/// take a new token; a rotation replaces it (deleted at its UID and resourceVersion, created
+/// mutable) with a Warning event, instead of renewals stopping silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immutable_token_secret_is_replaced_by_the_next_rotation() {
+    let (env, acs, _op) = setup("drift-immutable", &[]).await;
+    let secrets: Api<Secret> = env.api();
+    let before = secrets.get("web").await.unwrap();
+    secrets
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"immutable": true})),
+        )
+        .await
+        .unwrap();
+    let issued = acs.calls("issueAccessToken").await;
+    let tokens: Api<CommunicationToken> = env.api();
+    tokens
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "communication.acs.dev/rotate": "1"
+            }}})),
+        )
+        .await
+        .unwrap();
+    let old_token = token_of(&before);
+    let old_uid = before.metadata.uid.clone();
+    let after = wait_secret(&env, "a new token in a replaced Secret", move |s| {
+        token_of(s) != old_token && s.metadata.uid != old_uid
+    })
+    .await;
+    assert_ne!(after.immutable, Some(true), "the replacement is mutable");
+    let token = String::from_utf8(token_of(&after)).unwrap();
+    let (valid, reason) = acs.validate(&token).await;
+    assert!(valid, "{reason}");
+    wait_for(&tokens, "web", CONVERGE, "Ready", token_ready(""))
+        .await
+        .unwrap();
+    wait_event(&env, |(reason, _, _)| reason == "SecretReplaced").await;
+    assert_eq!(
+        acs.calls("issueAccessToken").await - issued,
+        1,
+        "one issuance for the rotation"
+    );
+}

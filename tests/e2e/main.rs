@@ -9,6 +9,7 @@ mod acs_endpoints;
 mod admission;
 mod backoff;
 mod chart;
+mod deletion_refused;
 mod drift;
 mod entra;
 mod fencing;

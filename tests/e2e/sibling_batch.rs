@@ -474,3 +474,107 @@ async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_t
     )
     .await;
 }
+
+/// Ready tells the truth (issue 26, item 2): after a revocation whose re-issues keep failing,
+/// every token says `Ready=False TokenRevoked` and the gauge counts them; once ACS recovers,
+/// every Secret holds a valid token, every token is Ready and the gauge is back to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_whose_reissue_fails_is_not_ready_and_counted() {
+    let env = TestEnv::new("batch-truth").await;
+    let acs = Acs::start().await;
+    put_secret(
+        &env,
+        "acs-credentials",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    let op = Operator::spawn(
+        OperatorArgs::new(&env, &acs)
+            .arg("--failure-backoff-max")
+            .arg("4s"),
+    );
+    op.wait_ready().await;
+    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    let users: Api<CommunicationUser> = env.api();
+    wait_for(&users, "alice", CONVERGE, "user Ready", user_ready(""))
+        .await
+        .unwrap();
+    let tokens: Api<CommunicationToken> = env.api();
+    let names = ["a", "b", "c"];
+    for n in names {
+        create_token(&env, n, token_spec("alice")).await;
+    }
+    for n in names {
+        wait_for(&tokens, n, CONVERGE, "Ready", token_ready(""))
+            .await
+            .unwrap();
+    }
+    acs.set_faults(serde_json::json!({"rate500": 1.0, "operations": ["issueAccessToken"]}))
+        .await;
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"communication.acs.dev/revoke": "1"}}});
+    users
+        .patch("alice", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    for n in names {
+        let t = wait_for(
+            &tokens,
+            n,
+            CONVERGE,
+            "TokenRevoked",
+            token_ready("TokenRevoked"),
+        )
+        .await
+        .unwrap();
+        let (valid, _) = acs.validate(&secret_token(&env, n).await.unwrap()).await;
+        assert!(!valid, "{n}: the Secret's token is revoked");
+        let ready = t
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "False", "{n}");
+    }
+    crate::support::eventually("the gauge counts them", CONVERGE, || async {
+        let v = op.metric("acs_identity_operator_tokens_revoked").await;
+        if v == 3.0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+    acs.clear_faults().await;
+    for n in names {
+        wait_for(
+            &tokens,
+            n,
+            CONVERGE,
+            "re-issued",
+            |t: Option<&CommunicationToken>| {
+                t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                    s.revocation_epoch == Some(1)
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            },
+        )
+        .await;
+        let (valid, reason) = acs.validate(&secret_token(&env, n).await.unwrap()).await;
+        assert!(valid, "{n}: {reason}");
+    }
+    crate::support::eventually("the gauge back to 0", CONVERGE, || async {
+        let v = op.metric("acs_identity_operator_tokens_revoked").await;
+        if v == 0.0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+}

@@ -96,5 +96,7 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
     if let Some(uid) = token.metadata.uid.as_deref() {
         ctx.guard.forget(uid);
     }
+    ctx.failures
+        .reset(&crate::controller::key_of(token.as_ref()));
     Ok(Action::await_change())
 }

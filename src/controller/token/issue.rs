@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -73,12 +73,28 @@ async fn guarded(
         return Ok(None);
     };
     let mut st = t.status.clone();
+    if let Some(issuance) = issuance {
+        // Whatever was deferred before, Ready says what the Secret holds now (a deferred forced
+        // rotation keeps a usable token; a Secret deleted meanwhile does not).
+        let why = "a new one is deferred by the guard against loops (see the Issuing condition)";
+        status::held_token_refused(
+            &mut st,
+            t.token,
+            issuance,
+            reasons::DEFERRED,
+            why,
+            ctx.now(),
+        );
+    }
     let was = st
         .conditions
         .find(types::ISSUING)
         .is_some_and(|c| c.reason == reasons::DEFERRED);
     if was {
         // Already said; a rewrite would only cost a write per wake-up.
+        if st != t.status {
+            status::write(ctx, t.token, &st).await?;
+        }
         return Ok(Some(Action::requeue(wait + Duration::from_millis(100))));
     }
     let msg = format!(
@@ -96,20 +112,6 @@ async fn guarded(
         t.token.metadata.generation,
         ctx.now(),
     );
-    if let Some(issuance) = issuance {
-        let why = format!(
-            "a new one is deferred for {}s by the guard against loops",
-            wait.as_secs().max(1)
-        );
-        status::held_token_refused(
-            &mut st,
-            t.token,
-            issuance,
-            reasons::DEFERRED,
-            &why,
-            ctx.now(),
-        );
-    }
     status::write(ctx, t.token, &st).await?;
     ctx.metrics.unscheduled_deferred(what.as_str());
     ctx.event(
@@ -149,7 +151,17 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
     ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
     let name = t.token.secret_name();
-    match write_secret(ctx, t.token, &name, &desired, false, &t.status, record).await? {
+    match write_secret(
+        ctx,
+        t.token,
+        &name,
+        &desired,
+        Write::Replace,
+        &t.status,
+        record,
+    )
+    .await?
+    {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -336,8 +348,13 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     let Some(desired) = desired else {
         return Err(Error::Unnamed);
     };
-    let create = t.current.is_none();
-    match write_secret(ctx, token, &name, &desired, create, &st, &recorded).await? {
+    let how = match t.current {
+        None => Write::Create,
+        // An immutable Secret cannot take new data: it is replaced (and only here).
+        Some(c) if c.immutable == Some(true) => Write::Recreate,
+        Some(_) => Write::Replace,
+    };
+    match write_secret(ctx, token, &name, &desired, how, &st, &recorded).await? {
         Written::Ok => {}
         Written::Refused(a) => return Ok(a),
     }
@@ -407,20 +424,33 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     Ok(requeue_at(ctx, renew))
 }
 
+/// How the Secret is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// A new Secret: fails if someone else created it meanwhile.
+    Create,
+    /// Replace at the `resourceVersion` read: fails if it changed since.
+    Replace,
+    /// Delete at the UID and `resourceVersion` read, then create: for an immutable Secret, which
+    /// a person or a policy tool made so and which can hold no new token otherwise. The
+    /// replacement is mutable; pods that mount it see the new token as with any rotation.
+    Recreate,
+}
+
 enum Written {
     Ok,
     /// The apiserver refused the Secret in a way retrying cannot fix; status says why.
     Refused(Action),
 }
 
-/// Creates (`create`) or replaces the Secret; a refusal is written to status `st` (the one
-/// this reconcile prepared).
+/// Creates, replaces or recreates the Secret (`how`); a refusal is written to status `st` (the
+/// one this reconcile prepared).
 async fn write_secret(
     ctx: &Context,
     token: &Arc<CommunicationToken>,
     name: &str,
     desired: &Secret,
-    create: bool,
+    how: Write,
     st: &CommunicationTokenStatus,
     record: &RecordedToken,
 ) -> Result<Written, Error> {
@@ -430,11 +460,41 @@ async fn write_secret(
         field_manager: Some(api::TOKEN_MANAGER.to_string()),
         ..PostParams::default()
     };
-    let result = if create {
-        api.create(&pp, desired).await
-    } else {
-        api.replace(name, &pp, desired).await
+    let result = match how {
+        Write::Create => api.create(&pp, desired).await,
+        Write::Replace => api.replace(name, &pp, desired).await,
+        Write::Recreate => {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: desired.metadata.uid.clone(),
+                    resource_version: desired.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            // A conflict (changed or gone since it was read) retries with a fresh read.
+            api.delete(name, &dp).await.map_err(Error::ApplySecret)?;
+            let mut fresh = desired.clone();
+            fresh.immutable = None;
+            fresh.metadata.resource_version = None;
+            fresh.metadata.uid = None;
+            fresh.metadata.creation_timestamp = None;
+            let created = api.create(&pp, &fresh).await;
+            if created.is_ok() {
+                let msg = format!("Secret {name} was immutable and could not take the new token: it was replaced (deleted and created, not immutable)");
+                info!(secret = %name, "immutable secret replaced");
+                ctx.event(
+                    token.as_ref(),
+                    EventType::Warning,
+                    reasons::SECRET_REPLACED,
+                    "IssueToken",
+                    msg,
+                )
+                .await;
+            }
+            created
+        }
     };
+    let create = how != Write::Replace;
     match result {
         Ok(written) => {
             if let Some(rv) = written.metadata.resource_version.as_deref() {
@@ -533,7 +593,11 @@ mod tests {
                 &token(),
                 "web",
                 &secret().unwrap(),
-                create,
+                if create {
+                    Write::Create
+                } else {
+                    Write::Replace
+                },
                 &st,
                 &record,
             )

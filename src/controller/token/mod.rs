@@ -298,6 +298,21 @@ fn young(token: &CommunicationToken, now: jiff::Timestamp) -> bool {
 }
 
 async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = observe_plan_act(token.clone(), ctx.clone()).await;
+    if let Err(e) = &result {
+        // A failure on any path (credentials, reading the Secret, issuing, writing it) leaves
+        // the Secret as it was: Ready must not stay True over a token ACS revoked meanwhile.
+        if !matches!(e, Error::WaitingForRevocation) {
+            status::revoked_while_failing(&ctx, &token, e.category()).await;
+        }
+    }
+    result
+}
+
+async fn observe_plan_act(
+    token: Arc<CommunicationToken>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let gen = token.metadata.generation;
     // The status this process wrote last, when the cache does not show it yet: everything

@@ -48,6 +48,9 @@ const MAX_WAIT_WINDOWS: u32 = 12;
 /// been so, within these bounds.
 const RECHECK_MIN: Duration = Duration::from_secs(15);
 const RECHECK_MAX: Duration = Duration::from_secs(600);
+/// How much later than a revision's issuance a workload must be created to be taken as
+/// having started with it.
+const CREATED_AFTER_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
 
 /// Called when this operator issued revision `st.revision` over `previous`: targets it has
 /// not recorded yet are recorded at `previous`, so the new revision restarts them once (a
@@ -253,9 +256,11 @@ async fn restart_one(
         .map(str::to_string);
     let revision = st.revision;
     let seen = |w: &RestartedWorkload| w.kind == target.kind && w.name == target.name;
-    // Created after the current revision was issued: its pods started with it.
+    // Created well after the current revision was issued: its pods started with it. The
+    // margin covers the issuance itself (the time is taken before the ACS call and the Secret
+    // write) and clock skew, and errs towards one restart too many.
     let created_after = match (&obj.metadata.creation_timestamp, &st.last_rotation_time) {
-        (Some(created), Some(issued)) => created.0 > issued.0,
+        (Some(created), Some(issued)) => created.0 > issued.0 + CREATED_AFTER_MARGIN,
         _ => false,
     };
     if created_after {

@@ -92,7 +92,9 @@ pub fn held_token_refused(
     why: &str,
     now: jiff::Timestamp,
 ) {
-    if issuance.held_token_usable() {
+    // A renewal's token is usable until it expires.
+    let expired = st.expires_on.as_ref().is_some_and(|e| e.0 <= now);
+    if issuance.held_token_usable() && !expired {
         return;
     }
     let secret = token.secret_name();
@@ -122,6 +124,49 @@ pub fn held_token_refused(
         token.metadata.generation,
         now,
     );
+}
+
+/// After a failed reconcile: if the status says Ready about a token issued before its user's
+/// current revocation epoch (ACS refuses it), says instead that it is revoked and its re-issue
+/// failed. Best effort (a failing write is retried with the reconcile); writes only on that
+/// transition.
+pub async fn revoked_while_failing(ctx: &Context, token: &CommunicationToken, category: &str) {
+    let (Some(ns), name) = (token.namespace(), token.name_any()) else {
+        return;
+    };
+    let Some(current) = ctx
+        .token_status
+        .fresher(&ns, &name, token.metadata.resource_version.as_deref())
+        .or_else(|| token.status.clone())
+    else {
+        return;
+    };
+    let Some(user) = ctx.users.get(&ns, &token.spec.user_ref.name) else {
+        return;
+    };
+    let (Some(issued), epoch) = (current.revocation_epoch, user.revocation_epoch()) else {
+        return;
+    };
+    if issued >= epoch || !current.conditions.is_true(types::READY) {
+        return;
+    }
+    let mut st = current.clone();
+    let msg = format!(
+        "Secret {} holds a token ACS has revoked (issued under revocation epoch {issued}, the user's is {epoch}); its re-issue failed ({category}) and is retried with back-off",
+        token.secret_name()
+    );
+    set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        reasons::TOKEN_REVOKED,
+        msg,
+        token.metadata.generation,
+        ctx.now(),
+    );
+    if let Err(e) = write(ctx, token, &st).await {
+        tracing::debug!(error = %e, "could not report the revoked token");
+    }
 }
 
 /// Ready=False with `reason`; an event when the reason is new (a Warning if `warn_event`).

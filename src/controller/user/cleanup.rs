@@ -1,5 +1,8 @@
 //! Deleting a CommunicationUser: delete its ACS identity (unless `Retain`), also when the
-//! namespace is being torn down and its credentials went first.
+//! namespace is being torn down and its credentials went first. A deletion ACS refuses (401 or
+//! 403: a regenerated key, a removed role, an identity of another resource) is reported and
+//! backs off like any failure; in a terminating namespace it lets go after a bounded number of
+//! attempts, naming the identity left in ACS, so no namespace wedges on it.
 
 use std::sync::Arc;
 
@@ -19,15 +22,22 @@ use crate::controller::{key_of, Context};
 const TERMINATING_NAMESPACE_ATTEMPTS: u32 = 3;
 
 pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let done = delete_identity(user.clone(), ctx.clone()).await?;
+    // Gone for good: nothing keyed by this object may stay behind.
+    ctx.failures.reset(&key_of(user.as_ref()));
+    if let Some(uid) = user.metadata.uid.as_deref() {
+        ctx.guard.forget(uid);
+    }
+    Ok(done)
+}
+
+async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let status = current_status(&ctx, &user);
     if let (Some(uid), Ok(mut recent)) =
         (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
     {
         recent.remove(uid);
-    }
-    if let Some(uid) = user.metadata.uid.as_deref() {
-        ctx.guard.forget(uid);
     }
     let Some(id) = status.identity_id.clone() else {
         return Ok(Action::await_change());
@@ -64,11 +74,7 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
             match last {
                 Some(c) => c,
                 None => {
-                    let terminating = Api::<Namespace>::all(ctx.client.clone())
-                        .get_metadata_opt(&ns)
-                        .await
-                        .map_err(Error::ReadNamespace)?
-                        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+                    let terminating = terminating(&ctx, &ns).await?;
                     let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
                     if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
                         let msg = format!("namespace {ns} is being deleted and its credentials are gone: identity {id} was not deleted from ACS; delete it with the ACS tools if needed");
@@ -114,7 +120,47 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
         }
         // Already gone (deleted by hand or by an earlier attempt): nothing left to do.
         Err(e) if e.is_not_found() => info!(identity = %id, "identity already gone"),
-        Err(e) => return Err(Error::DeleteIdentity(e)),
+        Err(e) => {
+            let Some(reason) = crate::controller::credential_reason(&e) else {
+                return Err(Error::DeleteIdentity(e));
+            };
+            let terminating = terminating(&ctx, &ns).await?;
+            let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
+            if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
+                let msg = format!("namespace {ns} is being deleted and ACS refused to delete identity {id} ({}): it was left in ACS; delete it with the ACS tools if needed", e.category());
+                warn!(identity = %id, "{msg}");
+                ctx.event(
+                    user.as_ref(),
+                    EventType::Warning,
+                    "IdentityNotDeleted",
+                    "DeleteIdentity",
+                    msg,
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
+            let msg = format!(
+                "cannot delete identity {id}: ACS refused ({}): {}. Fix the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity",
+                e.category(),
+                super::error_chain(&e)
+            );
+            let status = user.status.clone().unwrap_or_default();
+            let _ = not_ready(&ctx, &user, status, reason, msg).await;
+            if terminating {
+                // Retried quickly (backoff), so the bound above is reached in seconds.
+                return Err(Error::CleanupRetry);
+            }
+            return Err(Error::DeleteIdentity(e));
+        }
     }
     Ok(Action::await_change())
+}
+
+/// The namespace is being deleted (or already gone).
+async fn terminating(ctx: &Context, ns: &str) -> Result<bool, Error> {
+    Ok(Api::<Namespace>::all(ctx.client.clone())
+        .get_metadata_opt(ns)
+        .await
+        .map_err(Error::ReadNamespace)?
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
 }

@@ -231,6 +231,16 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
 fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error(CONTROLLER, err.category());
     let key = key_of(user.as_ref());
+    if fenced(err) {
+        // Not a failure: this reconcile read a cache that did not show the latest write yet
+        // (often its own); the watch delivers it within moments. Read again soon, backing off
+        // should the cache stay behind, but without holding the next ACS call.
+        let n = ctx.failures.record(&key);
+        let d =
+            crate::rotation::failure_backoff(n, None, ctx.config.guards.failure_backoff_max, &key);
+        tracing::debug!(retry_in = ?d, "status write fenced off by a newer resourceVersion; reading again");
+        return Action::requeue(d);
+    }
     let n = ctx.failures.record(&key);
     // Permanent failures back off too: a fix arrives as a change (spec, credentials), which
     // the back-off lets through at once.
@@ -238,6 +248,14 @@ fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) ->
     ctx.failures.retry_at(&key, std::time::Instant::now() + d);
     warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, transient = err.is_transient(), "reconcile failed");
     Action::requeue(d)
+}
+
+fn fenced(err: &Error) -> bool {
+    match err {
+        Error::Fenced => true,
+        Error::Finalizer(e) => super::reconciler_error(e).is_some_and(fenced),
+        _ => false,
+    }
 }
 
 /// The error and its sources, for logs. ACS and credential errors never carry secrets.
@@ -267,6 +285,18 @@ async fn write_status(
     let rv =
         revoke::fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
     Ok(Some(as_written(user, status, rv)))
+}
+
+/// The first record of a new identity, written unfenced: in GA mode it is the only durable
+/// record of the identity, so an unrelated change of the object (a label) must not make it
+/// fail; a user without an identity has no revocation state a stale read could lower.
+async fn write_identity(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+) -> Result<Arc<CommunicationUser>, Error> {
+    let rv = revoke::fenced_write(ctx, user, status, None).await?;
+    Ok(as_written(user, status, rv))
 }
 
 /// `user` with the status this process wrote and the resourceVersion that write returned
@@ -465,9 +495,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
                 user.metadata.generation,
                 ctx.now(),
             );
-            if let Some(w) = write_status(&ctx, &user, &status).await? {
-                user = w;
-            }
+            user = write_identity(&ctx, &user, &status).await?;
             ctx.event(
                 user.as_ref(),
                 EventType::Normal,
@@ -527,9 +555,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
             // identity, not create a second one (GA creation is not idempotent).
             remember(&ctx, &user, &status);
             // Written at once: in GA mode this write is the only durable record.
-            if let Some(w) = write_status(&ctx, &user, &status).await? {
-                user = w;
-            }
+            user = write_identity(&ctx, &user, &status).await?;
             if created.created {
                 ctx.metrics.identity_created();
                 info!(identity = %id, "identity created");

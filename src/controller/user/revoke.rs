@@ -134,9 +134,9 @@ pub async fn revoke_if_requested(
     let rv = fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
     let pending = super::as_written(user, status, rv);
 
-    if let Some(uid) = user.metadata.uid.as_deref() {
-        // Counted when attempted: a failing revoke backs off on its own, and a storm of
-        // requests must not turn into a storm of calls either way.
+    if let (Some(uid), false) = (user.metadata.uid.as_deref(), resuming) {
+        // Counted once per revocation, when it starts: the retries of a failing one back off
+        // on their own and must not use up the limit for the requests after it.
         ctx.guard
             .record(uid, Unscheduled::Revocation, Instant::now());
     }
@@ -215,7 +215,7 @@ fn coalescing(
     let first = requested_at.iter().flatten().min()?;
     let last = requested_at.iter().flatten().max()?;
     let window = jiff::SignedDuration::try_from(window).ok()?;
-    let quiet = *last + window;
+    let quiet = last.checked_add(window).ok()?;
     let cap = first.checked_add(window * 10).ok()?;
     let until = quiet.min(cap);
     Duration::try_from(until.duration_since(now))
@@ -241,8 +241,12 @@ async fn deferred(
         return Ok(());
     }
     let guards = &ctx.config.guards;
+    let asked = match requesters {
+        0 => "the revoke annotation".to_string(),
+        n => format!("{n} token(s)"),
+    };
     let msg = format!(
-        "a revocation requested by {requesters} token(s) is deferred for {}s: {} revocations already happened within {}s (the limit per user); the requests are served together then, and every Secret keeps its valid token meanwhile",
+        "a revocation requested by {asked} is deferred for {}s: {} revocations already happened within {}s (the limit per user); the requests are served together then, and every Secret keeps its valid token meanwhile",
         wait.as_secs().max(1),
         guards.revocation_limit,
         guards.revocation_window.as_secs()
