@@ -563,7 +563,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         token_index,
         failures: Failures::default(),
         own_writes: Default::default(),
-        token_status: Default::default(),
+        token_status,
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         recent_identities: Default::default(),

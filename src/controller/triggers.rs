@@ -24,24 +24,33 @@ fn fingerprint<K: Resource>(obj: &K) -> u64 {
 }
 
 /// Drops the events of `stream` that change nothing [`fingerprint`] covers. Entries are kept
-/// per UID; a deleted object's entry is removed when its deletion is seen.
+/// per UID; a deleted object's entry is removed when its deletion is seen, and, since the
+/// subscriber stream does not carry deletions, the entries of objects no longer in `live`
+/// (the controller's store) are pruned whenever the map has doubled since the last prune.
 pub fn meaningful_changes<K>(
     stream: impl Stream<Item = Arc<K>> + Send + 'static,
+    live: impl Fn() -> Vec<Arc<K>> + Send + Sync + 'static,
 ) -> impl Stream<Item = Arc<K>> + Send + 'static
 where
     K: Resource + Send + Sync + 'static,
 {
-    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     stream.filter(move |obj| {
         let pass = match (obj.meta().uid.clone(), seen.lock()) {
             (Some(uid), Ok(mut seen)) => {
                 let f = fingerprint(obj.as_ref());
-                let changed = seen.insert(uid.clone(), f) != Some(f);
+                let changed = seen.map.insert(uid.clone(), f) != Some(f);
                 // A terminating object without finalizers is about to go: forget it.
                 if obj.meta().deletion_timestamp.is_some()
                     && obj.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
                 {
-                    seen.remove(&uid);
+                    seen.map.remove(&uid);
+                }
+                if seen.map.len() > 2 * seen.after_prune + PRUNE_SLACK {
+                    let uids: std::collections::HashSet<String> =
+                        live().iter().filter_map(|o| o.meta().uid.clone()).collect();
+                    seen.map.retain(|u, _| uids.contains(u) || *u == uid);
+                    seen.after_prune = seen.map.len();
                 }
                 changed
             }
@@ -49,6 +58,15 @@ where
         };
         futures::future::ready(pass)
     })
+}
+
+/// Entries the map may hold beyond twice its size after the last prune.
+const PRUNE_SLACK: usize = 64;
+
+#[derive(Default)]
+struct Seen {
+    map: HashMap<String, u64>,
+    after_prune: usize,
 }
 
 #[cfg(test)]
@@ -74,6 +92,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_of_objects_gone_from_the_store_are_pruned() {
+        let with_uid = |uid: usize| {
+            let mut u = (*user(1, None, 0)).clone();
+            u.metadata.uid = Some(format!("uid-{uid}"));
+            Arc::new(u)
+        };
+        // 200 objects seen once, none of them live any more, then the first one again with
+        // the same fingerprint: its entry was pruned, so it passes (without the prune it would
+        // have been dropped as unchanged, and every entry kept forever).
+        let mut events: Vec<_> = (0..200).map(with_uid).collect();
+        events.push(with_uid(0));
+        let passed = meaningful_changes(futures::stream::iter(events), Vec::new)
+            .count()
+            .await;
+        assert_eq!(passed, 201);
+        // With the objects live, nothing is pruned: the repeat is dropped.
+        let live: Vec<_> = (0..200).map(with_uid).collect();
+        let mut events: Vec<_> = (0..200).map(with_uid).collect();
+        events.push(with_uid(0));
+        let passed = meaningful_changes(futures::stream::iter(events), move || live.clone())
+            .count()
+            .await;
+        assert_eq!(passed, 200);
+    }
+
+    #[tokio::test]
     async fn status_only_changes_are_dropped_and_spec_or_annotation_changes_pass() {
         let events = vec![
             user(1, None, 0),
@@ -83,7 +127,7 @@ mod tests {
             user(2, Some("x"), 2), // annotation
             user(2, Some("x"), 3), // status write: dropped
         ];
-        let passed: Vec<_> = meaningful_changes(futures::stream::iter(events))
+        let passed: Vec<_> = meaningful_changes(futures::stream::iter(events), Vec::new)
             .map(|u| (u.metadata.generation, u.metadata.annotations.is_some()))
             .collect()
             .await;

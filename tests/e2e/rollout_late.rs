@@ -10,7 +10,9 @@ use acs_identity_operator::api::{CommunicationToken, CommunicationUserSpec};
 use kube::api::Api;
 
 use crate::harness::*;
-use crate::rollout::{annotate, deployment, generation_settles_at, operator, revision, token};
+use crate::rollout::{
+    annotate, deployment, generation, generation_settles_at, operator, revision, token,
+};
 use crate::support::{wait_for, TestEnv};
 
 /// Waits for the token's RolloutRestart condition to have `status`.
@@ -126,4 +128,47 @@ async fn enabling_the_feature_on_existing_workloads_restarts_nothing_until_the_n
     annotate(&tokens, "app", "communication.acs.dev/rotate", "2").await;
     revision(&env, "app", 3).await;
     generation_settles_at(&env, "app", 2, Duration::from_secs(5)).await;
+}
+
+/// Issue 21, item 7: a workload names the tokens allowed to restart it (`"true"` stays "any
+/// token of the namespace"); another token naming it gets `TargetNotOptedIn` and restarts nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_opted_in_for_named_tokens_is_restarted_by_those_only() {
+    let env = TestEnv::new("rollout-named").await;
+    let acs = Acs::start().await;
+    let op = Operator::spawn(operator(&env, &acs).await);
+    op.wait_ready().await;
+    deployment(&env, "app", false).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = env.api();
+    annotate(
+        &deployments,
+        "app",
+        "communication.acs.dev/restart-on-rotation",
+        "chat, join",
+    )
+    .await;
+    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    for name in ["calls", "chat"] {
+        token(&env, name, "alice", &[("Deployment", "app")]).await;
+        revision(&env, name, 1).await;
+    }
+    let t = rollout_condition(&env, "calls", "False").await;
+    let c = t
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RolloutRestart")
+        .unwrap();
+    assert_eq!(c.reason, "TargetNotOptedIn", "{}", c.message);
+    rollout_condition(&env, "chat", "True").await;
+    let tokens: Api<CommunicationToken> = env.api();
+    // A Deployment's generation also counts annotation changes (the opt-in above).
+    let g0 = generation(&env, "app").await;
+    annotate(&tokens, "calls", "communication.acs.dev/rotate", "1").await;
+    revision(&env, "calls", 2).await;
+    generation_settles_at(&env, "app", g0, Duration::from_secs(4)).await;
+    annotate(&tokens, "chat", "communication.acs.dev/rotate", "1").await;
+    revision(&env, "chat", 2).await;
+    generation_settles_at(&env, "app", g0 + 1, Duration::from_secs(5)).await;
 }

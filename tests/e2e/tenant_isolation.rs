@@ -102,3 +102,174 @@ async fn a_namespace_naming_another_teams_client_id_is_refused_in_both_orders() 
     assert_eq!(live_identities(&acs).await, 2, "alice and alice2 only");
     op.stop();
 }
+
+/// Issue 21, item 7: a CommunicationToken may not name the operator's sealing-key Secret (in a
+/// namespace where the key does not exist yet, it would otherwise create a Secret the operator
+/// then reads as its key).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_may_not_name_the_operators_sealing_key_secret() {
+    use acs_identity_operator::api::{CommunicationToken, CommunicationUserSpec};
+    use k8s_openapi::api::core::v1::Secret;
+
+    let env = TestEnv::new("iso-seal").await;
+    let acs = Acs::start().await;
+    put_secret(
+        &env,
+        "acs-credentials",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    let op = Operator::spawn(
+        OperatorArgs::new(&env, &acs)
+            .arg("--sealing-key-secret")
+            .arg(&format!("{}/seal", env.ns())),
+    );
+    op.wait_ready().await;
+    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    let mut spec = token_spec("alice");
+    spec.secret_name = Some("seal".into());
+    create_token(&env, "web", spec).await;
+    let tokens: Api<CommunicationToken> = env.api();
+    let t = wait_for(
+        &tokens,
+        "web",
+        CONVERGE,
+        "SecretConflict",
+        token_ready("SecretConflict"),
+    )
+    .await
+    .unwrap();
+    let msg = &t.status.unwrap().conditions[0].message;
+    assert!(msg.contains("sealing key"), "{msg}");
+    assert!(
+        env.api::<Secret>().get_opt("seal").await.unwrap().is_none(),
+        "no Secret of that name was created"
+    );
+    assert_eq!(
+        acs.calls("issueAccessToken").await,
+        0,
+        "no token issued for it"
+    );
+}
+
+/// Issue 21, item 5: the revocation epoch never moves backwards. The revoke annotation loops
+/// while the credentials Secret is deleted and re-created (each wakes the user, some with a
+/// cache that lags its last write); every user status written is seen by a watch, and no
+/// epoch is lower than one seen before; at the end no revocation is pending and every Secret
+/// holds a valid token of the final epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_revocation_epoch_never_moves_backwards() {
+    use acs_identity_operator::api::{CommunicationToken, CommunicationUserSpec};
+    use futures::TryStreamExt;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::{watcher, WatchStreamExt};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let env = TestEnv::new("iso-epoch").await;
+    let acs = Acs::start().await;
+    put_secret(
+        &env,
+        "acs-credentials",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    let op = Operator::spawn(
+        OperatorArgs::new(&env, &acs)
+            .arg("--revocation-limit")
+            .arg("100"),
+    );
+    op.wait_ready().await;
+    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    let users: Api<CommunicationUser> = env.api();
+    wait_for(&users, "alice", CONVERGE, "Ready", user_ready(""))
+        .await
+        .unwrap();
+    let tokens: Api<CommunicationToken> = env.api();
+    for n in ["a", "b"] {
+        create_token(&env, n, token_spec("alice")).await;
+        wait_for(&tokens, n, CONVERGE, "Ready", token_ready(""))
+            .await
+            .unwrap();
+    }
+    // Every epoch the apiserver ever stores for the user, in order.
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let watch = tokio::spawn({
+        let (users, seen) = (users.clone(), seen.clone());
+        async move {
+            let cfg = watcher::Config::default().fields("metadata.name=alice");
+            let mut stream = std::pin::pin!(watcher(users, cfg).applied_objects());
+            while let Ok(Some(u)) = stream.try_next().await {
+                let epoch = u.revocation_epoch();
+                seen.lock().unwrap().push(epoch);
+            }
+        }
+    });
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = env.api();
+    for i in 1..=10 {
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            "communication.acs.dev/revoke": format!("loop-{i}"),
+        }}});
+        users
+            .patch("alice", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let _ = secrets.delete("acs-credentials", &Default::default()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        put_secret(
+            &env,
+            "acs-credentials",
+            "connectionString",
+            &acs.connection_string(),
+        )
+        .await;
+    }
+    let u = wait_for(
+        &users,
+        "alice",
+        Duration::from_secs(120),
+        "the last value handled, nothing pending",
+        |u: Option<&CommunicationUser>| {
+            u.and_then(|u| u.status.as_ref())
+                .and_then(|s| s.revocation.as_ref())
+                .is_some_and(|r| {
+                    r.handled_annotation.as_deref() == Some("loop-10") && r.pending.is_none()
+                })
+        },
+    )
+    .await
+    .unwrap();
+    let epoch = u.revocation_epoch();
+    assert!(epoch >= 1, "{epoch}");
+    for n in ["a", "b"] {
+        wait_for(
+            &tokens,
+            n,
+            CONVERGE,
+            "the final epoch",
+            move |t: Option<&CommunicationToken>| {
+                t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                    s.revocation_epoch == Some(epoch)
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            },
+        )
+        .await;
+        let (valid, reason) = acs.validate(&secret_token(&env, n).await.unwrap()).await;
+        assert!(valid, "{n}: {reason}");
+    }
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "the epoch moved backwards: {seen:?}"
+    );
+    eprintln!(
+        "figure: 10 revoke values with the credentials deleted and re-created each time: {} revocations, epochs seen {seen:?}",
+        acs.revocations(u.identity_id().unwrap()).await
+    );
+}

@@ -40,6 +40,27 @@ pub async fn delete_owned_secret(ctx: &Context, token: &CommunicationToken) -> R
     }
 }
 
+/// The revocation epoch recorded on the token's Secret, if this token controls one.
+async fn held_epoch(ctx: &Context, token: &CommunicationToken) -> Result<Option<i64>, Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(s) = api
+        .get_opt(&token.secret_name())
+        .await
+        .map_err(Error::ReadSecret)?
+    else {
+        return Ok(None);
+    };
+    if !secret::is_controlled_by(&s, token) {
+        return Ok(None);
+    }
+    Ok(s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(secret::annotations::REVOCATION_EPOCH))
+        .and_then(|e| e.parse().ok()))
+}
+
 pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let user = ctx
@@ -48,7 +69,15 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
         .filter(|u| u.metadata.deletion_timestamp.is_none());
     // Deleting the user deletes the identity, which revokes everything: no separate revoke.
     if let (true, Some(user)) = (token.spec.revoke_on_delete, user) {
-        let issued_epoch = token.status.as_ref().and_then(|s| s.revocation_epoch);
+        // The epoch the Secret's token was issued under, as the Secret records it: the cached
+        // status may lag a re-issue that raced this deletion, and judging by it would skip the
+        // revocation of a token that is still valid.
+        let in_secret = held_epoch(&ctx, &token).await?;
+        let issued_epoch = token
+            .status
+            .as_ref()
+            .and_then(|s| s.revocation_epoch)
+            .max(in_secret);
         let user_ready = user
             .status
             .as_ref()

@@ -152,57 +152,61 @@ pub fn controller(
     let by_secret = ctx.clone();
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
-    Controller::for_shared_stream(super::triggers::meaningful_changes(tokens), reader)
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+    Controller::for_shared_stream(
+        super::triggers::meaningful_changes(tokens, {
+            let live = reader.clone();
+            move || live.state()
+        }),
+        reader,
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+    .owns_stream(owned)
+    // A user's epoch moving (or its identity appearing) wakes all of its tokens.
+    .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
+        // A user being set up (no identity, no verdict) gives its tokens nothing to do
+        // but wait; its first status (an identity, or why not), or its deletion, wakes
+        // them.
+        if u.identity_id().is_none()
+            && u.status.is_none()
+            && u.metadata.deletion_timestamp.is_none()
+        {
+            return Vec::new();
+        }
+        let ns = u.namespace().unwrap_or_default();
+        let name = u.name_any();
+        by_user
+            .tokens_of_user(&ns, &name, |_| true)
+            .into_iter()
+            .map(|t| ObjectRef::from_obj(t.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    // New or rotated credentials wake exactly the tokens whose user resolves to them (key
+    // rotation), in every namespace for the operator-wide default; any other Secret of
+    // the namespace wakes none.
+    .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
+        let ns = s.namespace().unwrap_or_default();
+        let name = s.name_any();
+        // The default Secret's users may be served by other controllers (one per watched
+        // namespace): signal them all, users and tokens, through `default_changed`.
+        if super::user::is_default_secret(&by_secret, &ns, &name) {
+            let _ = by_secret.default_changed.send(());
+            return Vec::new();
+        }
+        tokens_of_users(
+            &by_secret,
+            super::user::users_using_secret(&by_secret, &ns, &name),
         )
-        .owns_stream(owned)
-        // A user's epoch moving (or its identity appearing) wakes all of its tokens.
-        .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
-            // A user being set up (no identity, no verdict) gives its tokens nothing to do
-            // but wait; its first status (an identity, or why not), or its deletion, wakes
-            // them.
-            if u.identity_id().is_none()
-                && u.status.is_none()
-                && u.metadata.deletion_timestamp.is_none()
-            {
-                return Vec::new();
-            }
-            let ns = u.namespace().unwrap_or_default();
-            let name = u.name_any();
-            by_user
-                .tokens_of_user(&ns, &name, |_| true)
-                .into_iter()
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        // New or rotated credentials wake exactly the tokens whose user resolves to them (key
-        // rotation), in every namespace for the operator-wide default; any other Secret of
-        // the namespace wakes none.
-        .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
-            let ns = s.namespace().unwrap_or_default();
-            let name = s.name_any();
-            // The default Secret's users may be served by other controllers (one per watched
-            // namespace): signal them all, users and tokens, through `default_changed`.
-            if super::user::is_default_secret(&by_secret, &ns, &name) {
-                let _ = by_secret.default_changed.send(());
-                return Vec::new();
-            }
-            tokens_of_users(
-                &by_secret,
-                super::user::users_using_secret(&by_secret, &ns, &name),
-            )
-        })
-        // The unwatched default credentials changed (polled).
-        .reconcile_on(default_changed)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "token reconcile trigger error");
-            }
-            futures::future::ready(())
-        })
+    })
+    // The unwatched default credentials changed (polled).
+    .reconcile_on(default_changed)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "token reconcile trigger error");
+        }
+        futures::future::ready(())
+    })
 }
 
 /// The tokens of these users.
@@ -341,6 +345,16 @@ async fn observe_plan_act(
         let msg = format!("Secret {secret_name} is already used by CommunicationToken {other}; choose another secretName");
         status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    // The operator's own sealing key is never a token Secret: a token created before the key
+    // would otherwise hand the operator a key of the requester's choosing.
+    let (seal_ns, seal_name) = &ctx.config.entra.sealing_key_secret;
+    if *seal_ns == ns && *seal_name == secret_name {
+        let msg = format!(
+            "Secret {secret_name} is the operator's sealing key; choose another secretName"
+        );
+        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
     if token.spec.suspend {
         let msg = "issuing and renewing are suspended (spec.suspend)".to_string();

@@ -238,10 +238,14 @@ async fn restart_one(
             message: format!("{what} not found in namespace {ns}"),
         });
     };
-    if obj.annotations().get(OPT_IN_ANNOTATION).map(String::as_str) != Some("true") {
+    let me = token.name_any();
+    if !opted_in(
+        obj.annotations().get(OPT_IN_ANNOTATION).map(String::as_str),
+        &me,
+    ) {
         return Err(Problem {
             reason: reasons::TARGET_NOT_OPTED_IN,
-            message: format!("{what} has not opted in: annotate it with {OPT_IN_ANNOTATION}=\"true\" to let token rotations restart it"),
+            message: format!("{what} has not opted in for CommunicationToken {me}: annotate it with {OPT_IN_ANNOTATION} set to a comma-separated list of the CommunicationTokens allowed to restart it (or \"true\" for any token of the namespace)"),
         });
     }
     let spec = &obj.data["spec"];
@@ -331,6 +335,16 @@ async fn restart_one(
     )
     .await;
     Ok(None)
+}
+
+/// Whether the workload's opt-in annotation lets CommunicationToken `token` restart it: a
+/// comma-separated list of token names, or `"true"` for any token of the namespace.
+fn opted_in(annotation: Option<&str>, token: &str) -> bool {
+    match annotation.map(str::trim) {
+        Some("true") => true,
+        Some(list) => list.split(',').map(str::trim).any(|n| n == token),
+        None => false,
+    }
 }
 
 fn resource(kind: WorkloadKind) -> ApiResource {
@@ -426,6 +440,18 @@ mod tests {
             reads += 1;
         }
         assert!(reads < 200, "{reads}");
+    }
+
+    #[test]
+    fn a_workload_opts_in_for_named_tokens_or_for_any() {
+        assert!(opted_in(Some("true"), "calls"));
+        assert!(opted_in(Some("calls, chat"), "calls"));
+        assert!(opted_in(Some("chat,calls"), "calls"));
+        assert!(!opted_in(Some("chat"), "calls"));
+        assert!(!opted_in(Some("calls-2"), "calls"));
+        assert!(!opted_in(Some(""), "calls"));
+        assert!(!opted_in(Some("false"), "calls"));
+        assert!(!opted_in(None, "calls"));
     }
 
     #[test]

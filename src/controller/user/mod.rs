@@ -112,48 +112,52 @@ pub fn controller(
     let lookup = ctx.clone();
     let cred_lookup = ctx.clone();
     // Only changes a reconcile must act on: its own status writes never wake it.
-    Controller::for_shared_stream(super::triggers::meaningful_changes(users), reader)
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
-        )
-        // A token asking for a revocation, or finding the identity gone, wakes its user.
-        .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
-            // Only a revocation request concerns the user: waking it on every token change
-            // cost ~13 reconciles per user in a cold start of 5 tokens each, and each extra
-            // reconcile may read a cache that lags its own status write.
-            let st = t.status.as_ref()?;
-            let lost = st
-                .conditions
-                .find(types::READY)
-                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND);
-            if st.revocation_requested.is_none() && !lost {
-                return None;
-            }
-            t.namespace()
-                .map(|ns| ObjectRef::new(&t.spec.user_ref.name).within(&ns))
-        })
-        // A credentials Secret created or changed later wakes the users that may use it.
-        .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
-            let ns = s.namespace().unwrap_or_default();
-            let name = s.name_any();
-            // The default Secret wakes its users through `default_changed` (the token
-            // controller's mapper sends that signal once for both).
-            if is_default_secret(&cred_lookup, &ns, &name) {
-                return Vec::new();
-            }
-            users_using_secret(&cred_lookup, &ns, &name)
-        })
-        // The unwatched default credentials changed (polled).
-        .reconcile_on(default_changed)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(move |r| {
-            let _ = &lookup;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "user reconcile trigger error");
-            }
-            futures::future::ready(())
-        })
+    Controller::for_shared_stream(
+        super::triggers::meaningful_changes(users, {
+            let live = reader.clone();
+            move || live.state()
+        }),
+        reader,
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+    // A token asking for a revocation, or finding the identity gone, wakes its user.
+    .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
+        // Only a revocation request concerns the user: waking it on every token change
+        // cost ~13 reconciles per user in a cold start of 5 tokens each, and each extra
+        // reconcile may read a cache that lags its own status write.
+        let st = t.status.as_ref()?;
+        let lost = st
+            .conditions
+            .find(types::READY)
+            .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND);
+        if st.revocation_requested.is_none() && !lost {
+            return None;
+        }
+        t.namespace()
+            .map(|ns| ObjectRef::new(&t.spec.user_ref.name).within(&ns))
+    })
+    // A credentials Secret created or changed later wakes the users that may use it.
+    .watches_shared_stream(creds, move |s: Arc<PartialObjectMeta<Secret>>| {
+        let ns = s.namespace().unwrap_or_default();
+        let name = s.name_any();
+        // The default Secret wakes its users through `default_changed` (the token
+        // controller's mapper sends that signal once for both).
+        if is_default_secret(&cred_lookup, &ns, &name) {
+            return Vec::new();
+        }
+        users_using_secret(&cred_lookup, &ns, &name)
+    })
+    // The unwatched default credentials changed (polled).
+    .reconcile_on(default_changed)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(move |r| {
+        let _ = &lookup;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "user reconcile trigger error");
+        }
+        futures::future::ready(())
+    })
 }
 
 /// True when Secret `ns/name` is the operator-wide default credentials.
