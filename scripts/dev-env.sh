@@ -102,6 +102,7 @@ up_node() {
     "$HELM" upgrade --install acs charts/acs-identity-operator --namespace acs-system --kubeconfig "$KUBECONFIG" \
     --set image.repository="${ACS_OPERATOR_IMAGE%:*}" --set image.tag="${ACS_OPERATOR_IMAGE##*:}" \
     --set image.pullPolicy=Never --set acs.caBundle.configMap=acs-emulator-ca \
+    --set-json "acs.allowedEndpointHosts=[\"*.communication.azure.com\",\"*.communication.azure.us\",\"$ACS_NODE_BRIDGE_IP\"]" \
     --set-json "extraEnv=[{\"name\":\"KUBERNETES_SERVICE_HOST\",\"value\":\"$ACS_NODE_BRIDGE_IP\"},{\"name\":\"KUBERNETES_SERVICE_PORT\",\"value\":\"$api_port\"}]" \
     --wait --timeout 180s >/dev/null || { down; exit 1; }
   local pod_ip
@@ -164,6 +165,7 @@ up() {
   say "starting the operator"
   local port; port=$(free_port)
   "$bin_dir/acs-identity-operator" run --kubeconfig "$KUBECONFIG" --acs-ca-cert "$dir/acs-ca.pem" \
+    --allowed-endpoint-hosts "*.communication.azure.com,*.communication.azure.us,127.0.0.1" \
     --metrics-addr "127.0.0.1:$port" --log-level info >"$dir/operator.log" 2>&1 &
   echo $! >"$dir/operator.pid"
   wait_until "the operator" 60 curl -sf "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/operator.log" >&2; down; exit 1; }

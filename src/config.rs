@@ -170,6 +170,11 @@ pub struct RunArgs {
     /// The guard's window: this long, or the token's lifetime if that is shorter.
     #[arg(long, env = "UNSCHEDULED_ISSUANCE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub unscheduled_issuance_window: Duration,
+    /// The hosts ACS requests may go to, comma-separated: `*.domain` (any subdomain) or an
+    /// exact host (`127.0.0.1` for a local emulator). Credentials naming any other endpoint are
+    /// refused (`EndpointNotAllowed`) before a request is sent.
+    #[arg(long, env = "ALLOWED_ENDPOINT_HOSTS", default_value = crate::endpoint_allow::DEFAULT)]
+    pub allowed_endpoint_hosts: String,
     /// Revocation requests of a user's tokens (scope or lifetime changes, deletions with
     /// revokeOnDelete) become one revocation once none came for this long (at most ten times
     /// this after the first), so a batch of edits revokes once and every sibling re-issues once.
@@ -269,6 +274,8 @@ pub struct Config {
     /// Send ACS requests to `http://` endpoints (development only).
     pub allow_insecure_http: bool,
     pub acs_request_timeout: Duration,
+    /// The hosts ACS requests may go to.
+    pub allowed_endpoint_hosts: crate::endpoint_allow::AllowedHosts,
     pub default_credentials: Option<DefaultCredentials>,
     pub default_workload_identity: Option<DefaultWorkloadIdentity>,
     pub entra: EntraConfig,
@@ -327,6 +334,8 @@ pub enum ConfigError {
     DefaultCredentialsFormat,
     #[error("--sealing-key-secret must be namespace/name")]
     SealingKeySecretFormat,
+    #[error("--allowed-endpoint-hosts: {0}")]
+    AllowedEndpointHosts(String),
     #[error("set at most one of --default-credentials-secret and --default-credentials-endpoint")]
     TwoDefaults,
     #[error(
@@ -419,6 +428,9 @@ impl Config {
                 .map(|(ns, n)| (ns.to_string(), n.to_string()))
                 .ok_or(ConfigError::SealingKeySecretFormat)?,
         };
+        let allowed_endpoint_hosts =
+            crate::endpoint_allow::AllowedHosts::parse(&a.allowed_endpoint_hosts)
+                .map_err(ConfigError::AllowedEndpointHosts)?;
         let entra = EntraConfig {
             authority_host: a.entra_authority_host.clone(),
             default_tenant_id: nonempty(&a.entra_tenant_id),
@@ -474,6 +486,7 @@ impl Config {
             acs_ca_pem,
             allow_insecure_http: a.allow_insecure_http,
             acs_request_timeout: a.acs_request_timeout,
+            allowed_endpoint_hosts,
             default_credentials,
             default_workload_identity,
             entra,

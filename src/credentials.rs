@@ -101,6 +101,8 @@ impl Credentials {
 /// Why no usable credentials were found. Messages name the Secret and key, never the value.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
+    #[error("endpoint host {host} is not an allowed ACS host ({allowed}); no request is sent there: fix the endpoint, or have the operator's administrator add the host (flag --allowed-endpoint-hosts, chart value acs.allowedEndpointHosts)")]
+    EndpointNotAllowed { host: String, allowed: String },
     #[error("credentials Secret {namespace}/{name} not found")]
     SecretNotFound { namespace: String, name: String },
     #[error("no credentials: set spec.credentials, create Secret {namespace}/acs-credentials with key connectionString, or label the namespace to use the operator's default credentials")]
@@ -169,6 +171,7 @@ impl CredentialsError {
                 api::condition::reasons::TOKEN_REQUEST_NOT_ALLOWED
             }
             Self::Kube(_) | Self::Sealing(_) => api::condition::reasons::ACS_ERROR,
+            Self::EndpointNotAllowed { .. } => api::condition::reasons::ENDPOINT_NOT_ALLOWED,
             _ => api::condition::reasons::CREDENTIALS_NOT_FOUND,
         }
     }
@@ -194,6 +197,8 @@ pub struct CredentialsResolver {
     /// Namespaces seen opted in, and when.
     opt_in: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     entra: Option<Entra>,
+    /// The hosts credentials may name; `None` checks nothing (narrow unit tests only).
+    allowed: Option<crate::endpoint_allow::AllowedHosts>,
 }
 
 /// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
@@ -221,6 +226,7 @@ impl CredentialsResolver {
             cache: Arc::default(),
             opt_in: Arc::default(),
             entra,
+            allowed: None,
         }
     }
 
@@ -230,7 +236,33 @@ impl CredentialsResolver {
     }
 
     /// Resolves the credentials of a resource in `namespace` with an optional reference.
+    /// Refuses credentials whose endpoint is not an allowed host (see [`crate::endpoint_allow`]).
+    pub fn with_allowed_hosts(mut self, allowed: crate::endpoint_allow::AllowedHosts) -> Self {
+        self.allowed = Some(allowed);
+        self
+    }
+
+    fn check_endpoint(&self, c: Credentials) -> Result<Credentials, CredentialsError> {
+        match &self.allowed {
+            Some(a) if !a.permits(&c.endpoint) => Err(CredentialsError::EndpointNotAllowed {
+                host: crate::endpoint_allow::host_only(&c.endpoint),
+                allowed: a.describe(),
+            }),
+            _ => Ok(c),
+        }
+    }
+
+    /// The credentials for a resource of `namespace`, if their endpoint is an allowed host.
     pub async fn resolve(
+        &self,
+        namespace: &str,
+        reference: Option<&CredentialsRef>,
+    ) -> Result<Credentials, CredentialsError> {
+        let c = self.resolve_any_endpoint(namespace, reference).await?;
+        self.check_endpoint(c)
+    }
+
+    async fn resolve_any_endpoint(
         &self,
         namespace: &str,
         reference: Option<&CredentialsRef>,
@@ -456,6 +488,16 @@ impl CredentialsResolver {
     /// The last credentials seen for a Secret, even if it is gone now: lets a finalizer delete
     /// an identity while its namespace is being torn down and the Secret went first.
     pub fn last_known(&self, namespace: &str, name: &str, key: &str) -> Option<Credentials> {
+        let known = self.last_known_any_endpoint(namespace, name, key)?;
+        self.check_endpoint(known).ok()
+    }
+
+    fn last_known_any_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Option<Credentials> {
         let c = self.cache.lock().ok()?;
         match c
             .get(&(namespace.to_string(), name.to_string()))?

@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+pub mod endpoint_allow;
 pub mod entra;
 pub mod kube_version;
 pub mod leader;

@@ -78,6 +78,14 @@ impl Operator {
             .env_remove("ACS_REQUESTS_PER_SECOND")
             .env_remove("ACS_REQUEST_BURST")
             .env_remove("WATCH_NAMESPACES")
+            // The emulator listens on loopback; a flag in `extra` still wins over this.
+            .env(
+                "ALLOWED_ENDPOINT_HOSTS",
+                format!(
+                    "{},127.0.0.1",
+                    acs_identity_operator::endpoint_allow::DEFAULT
+                ),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

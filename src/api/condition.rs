@@ -26,6 +26,8 @@ pub mod reasons {
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
     pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
     pub const RESOURCE_MISMATCH: &str = "ResourceMismatch";
+    /// The credentials name an endpoint that is not an allowed ACS host: nothing is sent.
+    pub const ENDPOINT_NOT_ALLOWED: &str = "EndpointNotAllowed";
     /// The ServiceAccount named by `workloadIdentity` has not opted in to token requests.
     pub const TOKEN_REQUEST_NOT_ALLOWED: &str = "TokenRequestNotAllowed";
     /// The operator may not request tokens for the ServiceAccount (its RBAC).

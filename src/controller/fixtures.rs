@@ -37,6 +37,7 @@ impl Context {
             acs_ca_pem: None,
             allow_insecure_http: false,
             acs_request_timeout: Duration::from_secs(5),
+            allowed_endpoint_hosts: Default::default(),
             default_credentials: None,
             default_workload_identity: None,
             entra: crate::config::EntraConfig {

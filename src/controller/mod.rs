@@ -557,7 +557,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             cred_store.clone(),
             config.default_credentials.clone(),
             Some(entra),
-        ),
+        )
+        .with_allowed_hosts(config.allowed_endpoint_hosts.clone()),
         users: user_stores.clone(),
         tokens: token_stores.clone(),
         token_index,

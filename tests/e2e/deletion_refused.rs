@@ -11,22 +11,14 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams};
 
 use crate::harness::*;
-use crate::support::{wait_for, TestEnv};
+use crate::support::wait_for;
 
 /// The back-off cap of this test (the default is 5 minutes).
 const CAP: &str = "4s";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_identity_deletion_reports_backs_off_and_never_wedges_its_namespace() {
-    let env = TestEnv::new("delete-refused").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("delete-refused").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--failure-backoff-max")

@@ -218,6 +218,8 @@ pub struct OperatorArgs {
     pub ca: Option<PathBuf>,
     pub extra: Vec<String>,
     pub identity: String,
+    /// Hosts added to the operator's allowed ACS endpoints (the emulator's).
+    pub allowed_hosts: Vec<String>,
     pub log_level: String,
     /// Extra environment variables of the child.
     pub env: Vec<(String, String)>,
@@ -235,6 +237,9 @@ impl OperatorArgs {
             ca: Some(acs.ca_path.clone()),
             extra: vec![],
             identity: format!("op-{}", env.ns()),
+            allowed_hosts: vec![acs_identity_operator::endpoint_allow::host_only(
+                &acs.emu.endpoint(),
+            )],
             log_level: "info,acs_identity_operator=trace".into(),
             env: vec![],
             bare: false,
@@ -264,10 +269,24 @@ impl Operator {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
+        // The emulator's host joins the allowed ACS endpoints (the chart's list when bare).
+        let allowed = |base: &str| {
+            std::iter::once(base.to_string())
+                .chain(args.allowed_hosts.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         if args.bare {
             cmd.env_clear()
                 .args(&args.extra)
-                .envs(args.env.iter().map(|(k, v)| (k, v)))
+                .envs(args.env.iter().map(|(k, v)| {
+                    let v = if k == "ALLOWED_ENDPOINT_HOSTS" {
+                        allowed(v)
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                }))
                 .env("METRICS_ADDR", metrics.to_string());
         } else {
             cmd.arg("run")
@@ -287,6 +306,11 @@ impl Operator {
             if let Some(ca) = &args.ca {
                 cmd.arg("--acs-ca-cert").arg(ca);
             }
+            // An environment variable, so a test's own `--allowed-endpoint-hosts` overrides it.
+            cmd.env(
+                "ALLOWED_ENDPOINT_HOSTS",
+                allowed(acs_identity_operator::endpoint_allow::DEFAULT),
+            );
             cmd.args(&args.extra)
                 .envs(args.env.iter().map(|(k, v)| (k, v)));
         }
@@ -496,6 +520,46 @@ pub async fn create_user(
     api.create(&PostParams::default(), &CommunicationUser::new(name, spec))
         .await
         .expect("create user")
+}
+
+/// A fresh namespace whose `acs-credentials` Secret names a fresh emulator.
+#[allow(dead_code)]
+pub async fn keyed_namespace(test: &str) -> (TestEnv, Acs) {
+    let env = TestEnv::new(test).await;
+    let acs = Acs::start().await;
+    put_secret(
+        &env,
+        "acs-credentials",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    (env, acs)
+}
+
+/// Creates user `name` (default spec), waits until it is Ready and returns its identity id.
+#[allow(dead_code)]
+pub async fn ready_user_id(env: &TestEnv, name: &str) -> String {
+    create_user(env, name, CommunicationUserSpec::default()).await;
+    let users: Api<CommunicationUser> = env.api();
+    let u = crate::support::wait_for(&users, name, CONVERGE, "user Ready", user_ready(""))
+        .await
+        .expect("user");
+    u.identity_id().expect("identity").to_string()
+}
+
+/// Creates a token of `user` per name (default spec) and waits until each is Ready.
+#[allow(dead_code)]
+pub async fn ready_tokens(env: &TestEnv, user: &str, names: &[&str]) {
+    for n in names {
+        create_token(env, n, token_spec(user)).await;
+    }
+    let tokens: Api<CommunicationToken> = env.api();
+    for n in names {
+        crate::support::wait_for(&tokens, n, CONVERGE, "token Ready", token_ready(""))
+            .await
+            .expect("token");
+    }
 }
 
 /// A token spec with defaults for `user`.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use acs_identity_operator::api::token::Scope;
-use acs_identity_operator::api::{CommunicationToken, CommunicationUser, CommunicationUserSpec};
+use acs_identity_operator::api::{CommunicationToken, CommunicationUser};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -110,15 +110,8 @@ fn spawn_sampler(
 }
 
 async fn sequential_rounds(label: &str, siblings: usize, revoke_latency_ms: u64) {
-    let env = TestEnv::new(label).await;
-    let acs = Arc::new(Acs::start().await);
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace(label).await;
+    let acs = Arc::new(acs);
     // The per-user revocation limit is lifted: twenty rounds are twenty revocations, which is
     // what this test counts. The per-token guard keeps its default: revocation-forced
     // re-issues are not charged to it.
@@ -130,12 +123,8 @@ async fn sequential_rounds(label: &str, siblings: usize, revoke_latency_ms: u64)
             .arg("100"),
     );
     op.wait_ready().await;
-    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    let id = ready_user_id(&env, "alice").await;
     let users: Api<CommunicationUser> = env.api();
-    let u = wait_for(&users, "alice", CONVERGE, "user Ready", user_ready(""))
-        .await
-        .unwrap();
-    let id = u.identity_id().unwrap().to_string();
     let tokens: Api<CommunicationToken> = env.api();
     let names: Vec<String> = (0..siblings).map(|i| format!("t{i}")).collect();
     for n in &names {
@@ -253,27 +242,14 @@ async fn sequential_rounds(label: &str, siblings: usize, revoke_latency_ms: u64)
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_siblings_revoke_once_per_round_and_the_long_lived_one_stays_valid() {
     const DELETE_ROUNDS: usize = 4;
-    let env = TestEnv::new("batch-delete").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("batch-delete").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--revocation-coalesce-window")
             .arg("2s"),
     );
     op.wait_ready().await;
-    create_user(&env, "alice", CommunicationUserSpec::default()).await;
-    let users: Api<CommunicationUser> = env.api();
-    let u = wait_for(&users, "alice", CONVERGE, "user Ready", user_ready(""))
-        .await
-        .unwrap();
-    let id = u.identity_id().unwrap().to_string();
+    let id = ready_user_id(&env, "alice").await;
     let tokens: Api<CommunicationToken> = env.api();
     create_token(&env, "long-lived", token_spec("alice")).await;
     wait_for(&tokens, "long-lived", CONVERGE, "Ready", token_ready(""))
@@ -353,15 +329,7 @@ async fn deleted_siblings_revoke_once_per_round_and_the_long_lived_one_stays_val
 /// revocation when the window allows; every Secret holds a valid token all along.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_the_next() {
-    let env = TestEnv::new("batch-storm").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("batch-storm").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--revocation-limit")
@@ -370,12 +338,8 @@ async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_t
             .arg("20s"),
     );
     op.wait_ready().await;
-    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    let id = ready_user_id(&env, "alice").await;
     let users: Api<CommunicationUser> = env.api();
-    let u = wait_for(&users, "alice", CONVERGE, "user Ready", user_ready(""))
-        .await
-        .unwrap();
-    let id = u.identity_id().unwrap().to_string();
     let tokens: Api<CommunicationToken> = env.api();
     for n in ["a", "b"] {
         create_token(&env, n, token_spec("alice")).await;
@@ -480,26 +444,15 @@ async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_t
 /// every Secret holds a valid token, every token is Ready and the gauge is back to 0.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_token_whose_reissue_fails_is_not_ready_and_counted() {
-    let env = TestEnv::new("batch-truth").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("batch-truth").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--failure-backoff-max")
             .arg("4s"),
     );
     op.wait_ready().await;
-    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    ready_user_id(&env, "alice").await;
     let users: Api<CommunicationUser> = env.api();
-    wait_for(&users, "alice", CONVERGE, "user Ready", user_ready(""))
-        .await
-        .unwrap();
     let tokens: Api<CommunicationToken> = env.api();
     let names = ["a", "b", "c"];
     for n in names {

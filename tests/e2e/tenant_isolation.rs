@@ -111,15 +111,7 @@ async fn a_token_may_not_name_the_operators_sealing_key_secret() {
     use acs_identity_operator::api::{CommunicationToken, CommunicationUserSpec};
     use k8s_openapi::api::core::v1::Secret;
 
-    let env = TestEnv::new("iso-seal").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("iso-seal").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--sealing-key-secret")
@@ -160,33 +152,22 @@ async fn a_token_may_not_name_the_operators_sealing_key_secret() {
 /// holds a valid token of the final epoch.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_revocation_epoch_never_moves_backwards() {
-    use acs_identity_operator::api::{CommunicationToken, CommunicationUserSpec};
+    use acs_identity_operator::api::CommunicationToken;
     use futures::TryStreamExt;
     use kube::api::{Patch, PatchParams};
     use kube::runtime::{watcher, WatchStreamExt};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    let env = TestEnv::new("iso-epoch").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("iso-epoch").await;
     let op = Operator::spawn(
         OperatorArgs::new(&env, &acs)
             .arg("--revocation-limit")
             .arg("100"),
     );
     op.wait_ready().await;
-    create_user(&env, "alice", CommunicationUserSpec::default()).await;
+    ready_user_id(&env, "alice").await;
     let users: Api<CommunicationUser> = env.api();
-    wait_for(&users, "alice", CONVERGE, "Ready", user_ready(""))
-        .await
-        .unwrap();
     let tokens: Api<CommunicationToken> = env.api();
     for n in ["a", "b"] {
         create_token(&env, n, token_spec("alice")).await;
@@ -272,4 +253,82 @@ async fn the_revocation_epoch_never_moves_backwards() {
         "figure: 10 revoke values with the credentials deleted and re-created each time: {} revocations, epochs seen {seen:?}",
         acs.revocations(u.identity_id().unwrap()).await
     );
+}
+
+/// Issue 21, item 2: a bearer token (or a signed request) goes only to an allowed ACS host.
+/// Credentials naming another endpoint (here the same emulator reached as `localhost`, which
+/// the operator does not allow; it allows the ACS domains and, in these tests, `127.0.0.1`)
+/// are refused with `EndpointNotAllowed` before any request: no identity call, no Entra
+/// exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_naming_a_host_that_is_not_allowed_send_nothing() {
+    use acs_identity_operator::api::{CommunicationUserSpec, CredentialsRef};
+
+    let env = TestEnv::new("iso-endpoint").await;
+    let acs = entra_acs(&env).await;
+    let elsewhere = acs.emu.endpoint().replace("127.0.0.1", "localhost");
+    assert_ne!(elsewhere, acs.emu.endpoint());
+    let key_conn = acs.connection_string().replace("127.0.0.1", "localhost");
+    put_secret(&env, "elsewhere", "connectionString", &key_conn).await;
+    let app = federated_client(
+        &acs,
+        &env,
+        "iso-endpoint",
+        &subject(&env, "acs-wi"),
+        &["Communication and Email Service Owner"],
+    )
+    .await;
+    workload_identity_sa(&env, "acs-wi", &app, true).await;
+    let op = Operator::spawn(entra_operator(&env, &acs));
+    op.wait_ready().await;
+    create_user(
+        &env,
+        "keyed",
+        CommunicationUserSpec {
+            credentials: Some(CredentialsRef::from_secret("elsewhere", "connectionString")),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_user(
+        &env,
+        "bearer",
+        CommunicationUserSpec {
+            credentials: Some(CredentialsRef::from_service_account(&elsewhere, "acs-wi")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let users: Api<CommunicationUser> = env.api();
+    for name in ["keyed", "bearer"] {
+        let u = wait_for(
+            &users,
+            name,
+            CONVERGE,
+            "EndpointNotAllowed",
+            user_ready("EndpointNotAllowed"),
+        )
+        .await
+        .unwrap();
+        let msg = &u.status.unwrap().conditions[0].message;
+        assert!(
+            msg.contains("localhost") && msg.contains("--allowed-endpoint-hosts"),
+            "{msg}"
+        );
+    }
+    // Nothing reached the emulator for them: no identity call, no Entra token request.
+    let stats = acs.stats().await;
+    assert_eq!(acs.calls("createIdentity").await, 0, "{stats}");
+    assert_eq!(
+        stats["entra"]["tokenRequests"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum::<u64>()),
+        0,
+        "{stats}"
+    );
+    // The allowed host, same emulator: served.
+    create_user(&env, "allowed", entra_user(&acs, "acs-wi")).await;
+    wait_for(&users, "allowed", CONVERGE, "Ready", user_ready(""))
+        .await
+        .unwrap();
 }

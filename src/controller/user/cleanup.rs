@@ -75,19 +75,9 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
                 Some(c) => c,
                 None => {
                     let terminating = terminating(&ctx, &ns).await?;
-                    let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
-                    if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
+                    if terminating && out_of_attempts(&ctx, &user) {
                         let msg = format!("namespace {ns} is being deleted and its credentials are gone: identity {id} was not deleted from ACS; delete it with the ACS tools if needed");
-                        warn!(identity = %id, "{msg}");
-                        ctx.event(
-                            user.as_ref(),
-                            EventType::Warning,
-                            "IdentityNotDeleted",
-                            "DeleteIdentity",
-                            msg,
-                        )
-                        .await;
-                        return Ok(Action::await_change());
+                        return Ok(let_go(&ctx, &user, &id, msg).await);
                     }
                     let msg = format!("cannot delete identity {id}: {}. Restore the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity", e.message());
                     let status = user.status.clone().unwrap_or_default();
@@ -125,19 +115,9 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
                 return Err(Error::DeleteIdentity(e));
             };
             let terminating = terminating(&ctx, &ns).await?;
-            let attempts = ctx.failures.get(&key_of(user.as_ref())) + 1;
-            if terminating && attempts >= TERMINATING_NAMESPACE_ATTEMPTS {
+            if terminating && out_of_attempts(&ctx, &user) {
                 let msg = format!("namespace {ns} is being deleted and ACS refused to delete identity {id} ({}): it was left in ACS; delete it with the ACS tools if needed", e.category());
-                warn!(identity = %id, "{msg}");
-                ctx.event(
-                    user.as_ref(),
-                    EventType::Warning,
-                    "IdentityNotDeleted",
-                    "DeleteIdentity",
-                    msg,
-                )
-                .await;
-                return Ok(Action::await_change());
+                return Ok(let_go(&ctx, &user, &id, msg).await);
             }
             let msg = format!(
                 "cannot delete identity {id}: ACS refused ({}): {}. Fix the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity",
@@ -154,6 +134,25 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
         }
     }
     Ok(Action::await_change())
+}
+
+/// This deletion has been tried as often as a terminating namespace waits for it.
+fn out_of_attempts(ctx: &Context, user: &CommunicationUser) -> bool {
+    ctx.failures.get(&key_of(user)) + 1 >= TERMINATING_NAMESPACE_ATTEMPTS
+}
+
+/// Lets the finalizer go without deleting identity `id`, saying so (log and Warning event).
+async fn let_go(ctx: &Context, user: &CommunicationUser, id: &str, msg: String) -> Action {
+    warn!(identity = %id, "{msg}");
+    ctx.event(
+        user,
+        EventType::Warning,
+        "IdentityNotDeleted",
+        "DeleteIdentity",
+        msg,
+    )
+    .await;
+    Action::await_change()
 }
 
 /// The namespace is being deleted (or already gone).

@@ -66,6 +66,15 @@ pub fn install(acs: &Acs, tag: &str, extra: &[&str]) {
     let image_tag = format!("image.tag={tag}");
     let env_json = format!("extraEnv={env}");
     let ca_value = format!("acs.caBundle.configMap={CA_CONFIGMAP}");
+    // The emulator listens on the bridge: its host joins the chart's allowed ACS hosts.
+    let allowed = format!(
+        "acs.allowedEndpointHosts={}",
+        serde_json::json!([
+            "*.communication.azure.com",
+            "*.communication.azure.us",
+            node.bridge_ip
+        ])
+    );
     args.extend([
         "--set",
         &image_repo,
@@ -77,6 +86,8 @@ pub fn install(acs: &Acs, tag: &str, extra: &[&str]) {
         &ca_value,
         "--set-json",
         &env_json,
+        "--set-json",
+        &allowed,
     ]);
     args.extend(extra);
     helm(&args);
