@@ -17,15 +17,32 @@ use crate::secret;
 
 /// Deletes the token's Secret if (and only if) this CommunicationToken controls it.
 pub async fn delete_owned_secret(ctx: &Context, token: &CommunicationToken) -> Result<bool, Error> {
+    match owned_secret(ctx, token).await? {
+        Some(s) => delete_secret(ctx, token, &s).await,
+        None => Ok(false),
+    }
+}
+
+/// The token's Secret, if this CommunicationToken controls it.
+async fn owned_secret(ctx: &Context, token: &CommunicationToken) -> Result<Option<Secret>, Error> {
+    let ns = token.namespace().ok_or(Error::Unnamed)?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let found = api
+        .get_opt(&token.secret_name())
+        .await
+        .map_err(Error::ReadSecret)?;
+    Ok(found.filter(|s| secret::is_controlled_by(s, token)))
+}
+
+/// Deletes Secret `s` of `token`, at its UID (one recreated meanwhile is not touched).
+async fn delete_secret(
+    ctx: &Context,
+    token: &CommunicationToken,
+    s: &Secret,
+) -> Result<bool, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = token.secret_name();
-    let Some(s) = api.get_opt(&name).await.map_err(Error::ReadSecret)? else {
-        return Ok(false);
-    };
-    if !secret::is_controlled_by(&s, token) {
-        return Ok(false);
-    }
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             uid: s.metadata.uid.clone(),
@@ -40,29 +57,19 @@ pub async fn delete_owned_secret(ctx: &Context, token: &CommunicationToken) -> R
     }
 }
 
-/// The revocation epoch recorded on the token's Secret, if this token controls one.
-async fn held_epoch(ctx: &Context, token: &CommunicationToken) -> Result<Option<i64>, Error> {
-    let ns = token.namespace().ok_or(Error::Unnamed)?;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(s) = api
-        .get_opt(&token.secret_name())
-        .await
-        .map_err(Error::ReadSecret)?
-    else {
-        return Ok(None);
-    };
-    if !secret::is_controlled_by(&s, token) {
-        return Ok(None);
-    }
-    Ok(s.metadata
+/// The revocation epoch a token Secret records.
+fn held_epoch(s: &Secret) -> Option<i64> {
+    s.metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(secret::annotations::REVOCATION_EPOCH))
-        .and_then(|e| e.parse().ok()))
+        .and_then(|e| e.parse().ok())
 }
 
 pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
+    // Read once: for the epoch its token was issued under, and to delete it at its UID.
+    let owned = owned_secret(&ctx, &token).await?;
     let user = ctx
         .users
         .get(&ns, &token.spec.user_ref.name)
@@ -72,7 +79,7 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
         // The epoch the Secret's token was issued under, as the Secret records it: the cached
         // status may lag a re-issue that raced this deletion, and judging by it would skip the
         // revocation of a token that is still valid.
-        let in_secret = held_epoch(&ctx, &token).await?;
+        let in_secret = owned.as_ref().and_then(held_epoch);
         let issued_epoch = token
             .status
             .as_ref()
@@ -121,7 +128,9 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
             }
         }
     }
-    delete_owned_secret(&ctx, &token).await?;
+    if let Some(s) = &owned {
+        delete_secret(&ctx, &token, s).await?;
+    }
     if let Some(uid) = token.metadata.uid.as_deref() {
         ctx.guard.forget(uid);
     }

@@ -41,11 +41,6 @@ impl IssueReason {
         }
     }
 
-    /// Scheduled issuances (the first one, renewals).
-    pub fn is_scheduled(self) -> bool {
-        matches!(self, IssueReason::Initial | IssueReason::Renewal)
-    }
-
     /// Issuances the token's own guard limits: unscheduled ones the token itself causes (its
     /// token value edited or lost, the rotate annotation, a new identity of its user).
     /// Re-issues forced from outside (a revocation, its own scope change after the revocation
