@@ -7,10 +7,11 @@
 # Usage: scripts/bench.sh                full run, release build: the scale phases at 4,000 users
 #                                        and 20,000 tokens, the comparison and renewal phases at
 #                                        1,000 and 5,000 (about 45 min), with a perf profile
-#        scripts/bench.sh --phases scale|compare|renewal   one part (they combine: scale,compare)
+#        scripts/bench.sh --phases scale|compare|renewal|churn   one part (they combine: scale,compare)
 #        scripts/bench.sh --smoke        20 users, 100 tokens, debug build (the one scripts/test.sh
-#                                        builds), about a minute and a half; fails if an exact goal
-#                                        (zero calls, the floor's model matching the counters) is missed
+#                                        builds), about two and a half minutes; fails if an exact goal
+#                                        (zero calls, the floor's model matching the counters, the
+#                                        tables back after the churn) is missed
 #        scripts/bench.sh [--smoke] ARGS more acs-bench flags, e.g. --tokens 2000 --output FILE
 # Env:   ACS_OPERATOR_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
 #        CARGO_TARGET_DIR     Rust build dir (default: <cache root>/target)

@@ -199,7 +199,41 @@ pub struct CredentialsResolver {
     entra: Option<Entra>,
     /// The hosts credentials may name; `None` checks nothing (narrow unit tests only).
     allowed: Option<crate::endpoint_allow::AllowedHosts>,
+    sweeps: Arc<Sweeps>,
 }
+
+/// When a credential cache drops its useless entries: at an insertion, once it holds 256, and
+/// after each sweep once it has doubled (so a large live cache is not swept at every miss).
+#[derive(Debug)]
+pub(crate) struct SweepAt(std::sync::atomic::AtomicUsize);
+
+impl Default for SweepAt {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(256))
+    }
+}
+
+impl SweepAt {
+    pub(crate) fn due(&self, len: usize) -> bool {
+        len >= self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn swept(&self, len: usize) {
+        self.0
+            .store((2 * len).max(256), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The sweep thresholds of the three credential caches.
+#[derive(Debug, Default)]
+pub(crate) struct Sweeps {
+    secrets: SweepAt,
+    namespaces: SweepAt,
+    pub(crate) accounts: SweepAt,
+}
+
+/// How long what was read of a Secret gone from the cache is kept.
+const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
 /// are reused before they are read again.
@@ -209,6 +243,8 @@ pub const UNWATCHED_TTL: std::time::Duration = std::time::Duration::from_secs(30
 struct CachedSecret {
     resource_version: String,
     fetched_at: std::time::Instant,
+    /// When a sweep first found the Secret gone from the cache of Secrets.
+    gone_since: Option<std::time::Instant>,
     keys: HashMap<String, Result<Arc<ConnectionString>, ConnectionStringError>>,
 }
 
@@ -227,6 +263,7 @@ impl CredentialsResolver {
             opt_in: Arc::default(),
             entra,
             allowed: None,
+            sweeps: Arc::default(),
         }
     }
 
@@ -363,6 +400,11 @@ impl CredentialsResolver {
         let opted = selector_matches(selector, &labels);
         if let Ok(mut m) = self.opt_in.lock() {
             if opted {
+                // Expired entries are worth nothing (namespaces deleted leave theirs).
+                if self.sweeps.namespaces.due(m.len()) {
+                    m.retain(|_, at| at.elapsed() < UNWATCHED_TTL);
+                    self.sweeps.namespaces.swept(m.len());
+                }
                 m.insert(namespace.to_string(), std::time::Instant::now());
             } else {
                 m.remove(namespace);
@@ -411,6 +453,10 @@ impl CredentialsResolver {
                     })?;
                 let entry = parse_secret(&secret);
                 if let Ok(mut c) = self.cache.lock() {
+                    if self.sweeps.secrets.due(c.len()) {
+                        self.sweep(&mut c);
+                        self.sweeps.secrets.swept(c.len());
+                    }
                     c.insert(cache_key, entry.clone());
                 }
                 entry
@@ -436,6 +482,36 @@ impl CredentialsResolver {
                 key: key.to_string(),
             }),
         }
+    }
+
+    /// Drops what was read of Secrets gone from the cache of Secrets for [`FORGET_AFTER`]:
+    /// their last known value serves a cleanup racing the Secret's deletion (a namespace
+    /// being deleted), not more. Unwatched Secrets are never in that cache: theirs go
+    /// [`FORGET_AFTER`] after a sweep first sees them, and are read again when needed.
+    fn sweep(&self, c: &mut HashMap<(String, String), CachedSecret>) {
+        let now = std::time::Instant::now();
+        c.retain(|(ns, name), e| {
+            if self.secrets.get(ns, name).is_some() {
+                e.gone_since = None;
+                return true;
+            }
+            let since = *e.gone_since.get_or_insert(now);
+            now.duration_since(since) < FORGET_AFTER
+        });
+    }
+
+    /// Entries of the credential caches: Secrets read, namespaces seen opted in,
+    /// ServiceAccounts found usable.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let len = |m: Option<usize>| m.unwrap_or_default();
+        (
+            len(self.cache.lock().ok().map(|m| m.len())),
+            len(self.opt_in.lock().ok().map(|m| m.len())),
+            len(self
+                .entra
+                .as_ref()
+                .and_then(|e| e.accounts.lock().ok().map(|m| m.len()))),
+        )
     }
 
     /// Forgets what was read of a Secret, so the next resolve reads it again.
@@ -536,6 +612,7 @@ fn parse_secret(secret: &Secret) -> CachedSecret {
         add(k, v.as_bytes());
     }
     CachedSecret {
+        gone_since: None,
         resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
         fetched_at: std::time::Instant::now(),
         keys,
@@ -608,5 +685,52 @@ mod tests {
         };
         assert!(!err.message().contains("c2VjcmV0"), "{}", err.message());
         assert_eq!(c.keys.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn what_was_read_of_a_secret_outlives_its_deletion_by_the_grace_only() {
+        use kube::runtime::{reflector, watcher};
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let (store, mut writer) = reflector::store::<PartialObjectMeta<Secret>>();
+        let mut live = PartialObjectMeta::<Secret>::default();
+        live.metadata.namespace = Some("ns".into());
+        live.metadata.name = Some("live".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(live));
+        let r = CredentialsResolver::new(client, Stores::new(vec![(None, store)]), None, None);
+        let mut c: HashMap<(String, String), CachedSecret> = ["live", "gone", "long-gone"]
+            .into_iter()
+            .map(|n| {
+                (
+                    ("ns".to_string(), n.to_string()),
+                    parse_secret(&Secret::default()),
+                )
+            })
+            .collect();
+        let long_ago = std::time::Instant::now() - FORGET_AFTER - std::time::Duration::from_secs(1);
+        c.get_mut(&("ns".into(), "long-gone".into()))
+            .unwrap()
+            .gone_since = Some(long_ago);
+        // Read long ago but still there, or gone just now: kept (a cleanup racing the
+        // deletion reads the last known key).
+        c.get_mut(&("ns".into(), "live".into())).unwrap().fetched_at = long_ago;
+        r.sweep(&mut c);
+        let mut kept: Vec<&str> = c.keys().map(|(_, n)| n.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["gone", "live"]);
+        assert!(c[&("ns".into(), "gone".into())].gone_since.is_some());
+        assert!(c[&("ns".into(), "live".into())].gone_since.is_none());
+    }
+
+    #[test]
+    fn a_cache_is_swept_from_256_entries_and_then_each_time_it_doubles() {
+        let s = SweepAt::default();
+        assert!(!s.due(255));
+        assert!(s.due(256));
+        s.swept(200);
+        assert!(!s.due(399));
+        assert!(s.due(400));
+        s.swept(10);
+        assert!(s.due(256));
     }
 }

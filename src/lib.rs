@@ -14,6 +14,7 @@ pub mod entra;
 pub mod kube_version;
 pub mod leader;
 pub mod metrics;
+pub mod relist;
 pub mod rotation;
 pub mod sealing;
 pub mod secret;

@@ -1,5 +1,6 @@
 //! The operator's own HTTP endpoint: `/metrics` for Prometheus, `/healthz` for liveness and
-//! `/readyz` for readiness (false until the controllers' caches have synced).
+//! `/readyz` for readiness (false until the controllers' caches have synced, and while a watch
+//! fails).
 //!
 //! Plain hyper over HTTP/1.1 is enough here: three fixed routes, scraped by Prometheus and probed
 //! by the kubelet, both of which speak HTTP/1.1.
@@ -8,8 +9,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -29,19 +30,93 @@ use crate::metrics::{Metrics, CONTENT_TYPE};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether the operator is ready to serve; shared between the controllers (which set it once
-/// their caches have synced) and `/readyz`. Starts not ready.
+/// their caches have synced), their watches (one failing or ended makes the operator not
+/// ready: its caches are stale) and `/readyz`. Starts not ready.
 #[derive(Clone, Default, Debug)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessInner>);
 
-impl Readiness {
-    /// Marks the operator ready or not ready.
-    pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+#[derive(Default, Debug)]
+struct ReadinessInner {
+    synced: AtomicBool,
+    watches: Mutex<Vec<Arc<WatchState>>>,
+}
+
+/// How long after its last error a watch counts as recovered even without an event: a watch
+/// that restarts from a known resourceVersion delivers nothing until something changes, and a
+/// watch still failing errs again within its back-off's longest step (30 s).
+pub const QUIET_RECOVERY: Duration = Duration::from_secs(60);
+
+/// What `/readyz` knows of one watch.
+#[derive(Default, Debug)]
+pub struct WatchState {
+    last_error: Mutex<Option<Instant>>,
+    ended: AtomicBool,
+}
+
+impl WatchState {
+    /// The watch failed at `at`.
+    pub fn failed(&self, at: Instant) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(at);
     }
 
-    /// Whether the operator is ready.
+    /// The watch delivered an event; returns whether it was failing.
+    pub fn delivered(&self) -> bool {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some()
+    }
+
+    /// The watch's task ended.
+    pub fn ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    fn failing(&self, now: Instant) -> bool {
+        self.ended.load(Ordering::SeqCst)
+            || self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| now.saturating_duration_since(at) < QUIET_RECOVERY)
+    }
+}
+
+impl Readiness {
+    /// Marks the caches synced (or the operator stopping).
+    pub fn set_ready(&self, ready: bool) {
+        self.0.synced.store(ready, Ordering::SeqCst);
+    }
+
+    /// A new watch to follow.
+    pub fn watch(&self) -> Arc<WatchState> {
+        let w = Arc::new(WatchState::default());
+        self.0
+            .watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(w.clone());
+        w
+    }
+
+    /// Watches failing now (an error within [`QUIET_RECOVERY`] and no event since) or ended.
+    pub fn failing_watches(&self, now: Instant) -> usize {
+        self.0
+            .watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|w| w.failing(now))
+            .count()
+    }
+
+    /// Whether the operator is ready: caches synced and every watch healthy.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.synced.load(Ordering::SeqCst) && self.failing_watches(Instant::now()) == 0
     }
 }
 
@@ -160,6 +235,10 @@ fn route_parts(
     }
     match path {
         "/metrics" => {
+            // Computed at scrape time, so the gauge cannot lag a watch's recovery.
+            metrics
+                .runtime
+                .set_watches_failing(readiness.failing_watches(Instant::now()));
             let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -48,6 +48,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
     }
 
     /// The cached object named `name` in `namespace`.
+    /// Every cached object of every scope.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.scopes.iter().flat_map(|(_, s)| s.state()).collect()
+    }
+
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         self.store_for(Some(namespace))?
             .get(&ObjectRef::new(name).within(namespace))

@@ -100,6 +100,34 @@ impl TokenIndex {
         })
     }
 
+    /// Drops the tokens of `scope` that a complete list of its watch did not show (deleted
+    /// while the watch was down: no deletion event ever comes for them).
+    pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<Key> = inner
+            .keys
+            .keys()
+            .filter(|(ns, name)| listed.stale(scope, ns, name))
+            .cloned()
+            .collect();
+        for (ns, name) in stale {
+            inner.unlink(&ns, &name);
+        }
+    }
+
+    /// Tokens indexed.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lookup(&self, f: impl Fn(&Inner) -> Option<HashSet<String>>) -> Vec<String> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let mut v: Vec<String> = f(&inner).unwrap_or_default().into_iter().collect();
@@ -156,5 +184,30 @@ mod tests {
         let inner = ix.inner.read().unwrap();
         assert_eq!(inner.keys.len(), 2);
         assert!(!inner.by_secret.contains_key(&("a".into(), "t1".into())));
+    }
+
+    #[test]
+    fn a_relist_drops_the_tokens_deleted_while_the_watch_was_down() {
+        let ix = TokenIndex::default();
+        ix.apply(&watcher::Event::Apply(token("a", "kept", "alice", None)));
+        ix.apply(&watcher::Event::Apply(token("a", "gone", "alice", None)));
+        ix.apply(&watcher::Event::Apply(token("b", "other", "alice", None)));
+        let mut relist = crate::relist::Relist::default();
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(token("a", "kept", "alice", None)),
+        ] {
+            assert!(relist.on_event(&e).is_none());
+        }
+        let listed = relist
+            .on_event::<CommunicationToken>(&watcher::Event::InitDone)
+            .unwrap();
+        // The watch of namespace a: b's token is another watch's.
+        ix.retain_listed(Some("a"), &listed);
+        assert_eq!(ix.of_user("a", "alice"), ["kept"]);
+        assert!(ix.claiming("a", "gone").is_empty());
+        assert_eq!(ix.len(), 2);
+        ix.retain_listed(None, &listed);
+        assert_eq!(ix.len(), 1);
     }
 }

@@ -5,6 +5,7 @@
 //! operator's counters) is missed.
 
 mod baseline;
+mod churn;
 mod cpu;
 mod emulator;
 mod error;
@@ -40,6 +41,8 @@ enum Part {
     Compare,
     /// Phase 8: renewal under the real limits with permanently failing tokens.
     Renewal,
+    /// Phase 9: tokens created and deleted in rounds; memory and tables back where they were.
+    Churn,
 }
 
 #[derive(Parser, Debug)]
@@ -53,7 +56,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "scale,compare,renewal"
+        default_value = "scale,compare,renewal,churn"
     )]
     phases: Vec<Part>,
     /// CommunicationUsers of the scale phases (default 4,000; smoke 20).
@@ -89,6 +92,16 @@ struct Args {
     /// Permanently failing tokens beside phase 8's healthy ones (default 100; smoke 5).
     #[arg(long)]
     failing_tokens: Option<usize>,
+    /// Tokens phase 9 creates and deletes (default 20,000; smoke 100).
+    #[arg(long)]
+    churn_tokens: Option<usize>,
+    /// Tokens per round of phase 9 (default 5,000; smoke 50).
+    #[arg(long)]
+    churn_batch: Option<usize>,
+    /// How long phase 9 waits for the operator's event cache to go idle before reading RSS
+    /// (default 420 s: its 6 minutes and a margin; smoke 0).
+    #[arg(long)]
+    churn_settle_seconds: Option<u64>,
     /// Record a `perf` profile of phase 2 (falls back to /proc accounting without perf).
     #[arg(long)]
     perf: bool,
@@ -135,6 +148,7 @@ struct Scale {
     latency_samples: usize,
     renewal_lifetime: Duration,
     failing_tokens: usize,
+    churn: churn::ChurnPlan,
     perf: bool,
 }
 
@@ -156,7 +170,10 @@ impl Scale {
             report::int(users as f64),
             report::int(tokens as f64)
         );
-        if parts.iter().any(|p| *p != Part::Scale) {
+        if parts
+            .iter()
+            .any(|p| matches!(p, Part::Compare | Part::Renewal))
+        {
             label.push_str(&format!(
                 "; comparison and renewal: {} users, {} tokens",
                 report::int(compare_users as f64),
@@ -207,6 +224,16 @@ impl Scale {
                 1200
             })),
             failing_tokens: pick(a.failing_tokens, 100, 5),
+            churn: churn::ChurnPlan {
+                users: if smoke { 5 } else { 100 },
+                tokens: pick(a.churn_tokens, 20000, 100),
+                batch: pick(a.churn_batch, 5000, 50),
+                settle: Duration::from_secs(a.churn_settle_seconds.unwrap_or(if smoke {
+                    0
+                } else {
+                    420
+                })),
+            },
             perf: a.perf,
         }
     }

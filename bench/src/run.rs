@@ -8,7 +8,7 @@ use crate::phases::{self, Busy, During, Env};
 use crate::probe::{self, Probe};
 use crate::report::{self, CompareRun, LatencyRun, ScaleRun};
 use crate::workload::{self, Workload};
-use crate::{baseline, emulator, floor, operator, renewal, Args, Part, Scale};
+use crate::{baseline, churn, emulator, floor, operator, renewal, Args, Part, Scale};
 
 /// Prints a progress line on stderr, so stdout holds only the table.
 fn step(started: Instant, text: &str) {
@@ -102,6 +102,7 @@ async fn parts(
             scale: None,
             compare: None,
             renewal: None,
+            churn: None,
         };
         if scale.parts.contains(&Part::Scale) {
             results.scale = Some(scale_part(&env, args, scale, t).await?);
@@ -126,6 +127,18 @@ async fn parts(
                 lifetime: scale.renewal_lifetime,
             };
             results.renewal = Some(renewal::run(&env, &plan).await?);
+        }
+        if scale.parts.contains(&Part::Churn) {
+            step(
+                t,
+                &format!(
+                    "phase 9: churn, {} tokens created and deleted in rounds of {}",
+                    scale.churn.tokens, scale.churn.batch
+                ),
+            );
+            let ns = "bench-churn";
+            results.churn =
+                Some(churn::run(&env, &lifted(ns, &args.operator_arg), ns, &scale.churn).await?);
         }
         Ok(results)
     }

@@ -19,6 +19,11 @@ use crate::leader::LeaderGate;
 /// (one per ServiceAccount in use). One more replaces the least recently used one.
 const KEYS_PER_ENDPOINT: usize = 8;
 
+/// Endpoints kept (their budgets and clients). Credentials may name any allowed host, and
+/// `*.communication.azure.com` has no end of names: one more endpoint than this drops the
+/// least recently used one (a later use builds its client and budget again).
+const MAX_ENDPOINTS: usize = 256;
+
 /// Requests per second and burst of each endpoint's budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
@@ -36,11 +41,13 @@ pub struct AcsPool {
 
 #[derive(Default)]
 struct State {
-    /// Normalised endpoint → its budget, created on first use and kept: one per ACS resource
-    /// the credentials ever named, a handful of numbers each.
+    /// Normalised endpoint → its budget, created on first use and kept with the endpoint
+    /// (see `MAX_ENDPOINTS`), a handful of numbers each.
     limiters: HashMap<String, RateLimiter>,
     /// Normalised endpoint → (key fingerprint, client, last use), at most `KEYS_PER_ENDPOINT`.
     clients: HashMap<String, Vec<Cached>>,
+    /// Normalised endpoint → its last use; at most `MAX_ENDPOINTS`.
+    endpoints: HashMap<String, u64>,
     /// Increases at every lookup; orders the last uses.
     tick: u64,
     /// Clients built so far.
@@ -84,6 +91,9 @@ impl AcsPool {
         let mut state = self.state();
         state.tick += 1;
         let tick = state.tick;
+        if state.endpoints.insert(endpoint.clone(), tick).is_none() {
+            state.evict_beyond(MAX_ENDPOINTS);
+        }
         if let Some(cached) = state
             .clients
             .get_mut(&endpoint)
@@ -143,6 +153,36 @@ impl AcsPool {
             used: tick,
         });
         Ok(client)
+    }
+}
+
+impl State {
+    /// Drops the least recently used endpoints until at most `max` are kept.
+    fn evict_beyond(&mut self, max: usize) {
+        while self.endpoints.len() > max {
+            let Some(oldest) = self
+                .endpoints
+                .iter()
+                .min_by_key(|(_, used)| **used)
+                .map(|(e, _)| e.clone())
+            else {
+                return;
+            };
+            self.endpoints.remove(&oldest);
+            self.limiters.remove(&oldest);
+            self.clients.remove(&oldest);
+        }
+    }
+}
+
+impl AcsPool {
+    /// Endpoints and clients kept.
+    pub fn sizes(&self) -> (usize, usize) {
+        let state = self.state();
+        (
+            state.endpoints.len(),
+            state.clients.values().map(Vec::len).sum(),
+        )
     }
 }
 
@@ -363,5 +403,28 @@ mod tests {
         pool.client(&conn("https://a.communication.azure.com", KEY_1), None)
             .unwrap();
         assert!(pool.state().limiters.is_empty());
+    }
+
+    #[tokio::test]
+    async fn endpoints_beyond_the_bound_drop_the_least_recently_used() {
+        let pool = pool();
+        let name = |i: usize| format!("https://r{i}.communication.azure.com");
+        for i in 0..MAX_ENDPOINTS {
+            pool.client(&conn(&name(i), KEY_1), None).unwrap();
+        }
+        // r0 used again: r1 is now the least recently used.
+        pool.client(&conn(&name(0), KEY_1), None).unwrap();
+        for i in MAX_ENDPOINTS..MAX_ENDPOINTS + 10 {
+            pool.client(&conn(&name(i), KEY_1), None).unwrap();
+        }
+        assert_eq!(pool.sizes(), (MAX_ENDPOINTS, MAX_ENDPOINTS));
+        let state = pool.state();
+        assert_eq!(state.limiters.len(), MAX_ENDPOINTS);
+        assert!(state.clients.contains_key(&endpoint_key(&name(0))));
+        assert!(!state.clients.contains_key(&endpoint_key(&name(1))));
+        assert!(!state.limiters.contains_key(&endpoint_key(&name(1))));
+        assert!(state
+            .clients
+            .contains_key(&endpoint_key(&name(MAX_ENDPOINTS + 9))));
     }
 }

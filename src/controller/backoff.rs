@@ -53,6 +53,20 @@ impl Failures {
         .flatten()
     }
 
+    /// Objects with failure state.
+    pub fn len(&self) -> usize {
+        self.with(|m| m.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the entries whose key `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.with(|m| m.retain(|k, _| keep(k)));
+    }
+
     /// Records a failure and returns the new count.
     pub fn record(&self, key: &str) -> u32 {
         self.with(|m| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 use kube::Client;
 use serde_json::Value;
@@ -62,11 +62,12 @@ impl Context {
             controller: crate::api::MANAGED_BY.to_string(),
             instance: Some("test".into()),
         };
+        let metrics = Arc::new(Metrics::new());
         let ctx = Context {
             client: client.clone(),
             config,
-            metrics: Arc::new(Metrics::new()),
-            recorder: Recorder::new(client.clone(), reporter),
+            metrics: metrics.clone(),
+            recorder: super::events::Events::new(client.clone(), reporter),
             acs: AcsPool::new(crate::acs::ClientOptions::default(), None),
             credentials: CredentialsResolver::new(
                 client.clone(),
@@ -83,6 +84,8 @@ impl Context {
             guard: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),
+            watches: super::watch_health::WatchHealth::new(Default::default(), metrics),
+            change_filters: Default::default(),
             clock: Arc::new(jiff::Timestamp::now),
         };
         (Arc::new(ctx), ApiServer(handle))

@@ -82,6 +82,26 @@ impl Guard {
         }
     }
 
+    /// Guard entries (object and kind of work).
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the entries whose every record is older than `window` ending `now` (the longest
+    /// window any check uses): they can no longer defer anything.
+    pub fn prune(&self, window: Duration, now: Instant) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+            });
+        }
+    }
+
     /// Forgets a deleted object.
     pub fn forget(&self, uid: &str) {
         if let Ok(mut m) = self.0.lock() {
@@ -119,5 +139,24 @@ mod tests {
         );
         g.forget("u");
         assert_eq!(g.check("u", Unscheduled::Issue, 3, w, t), Ok(()));
+    }
+
+    #[test]
+    fn entries_past_every_window_are_pruned() {
+        let g = Guard::default();
+        let t0 = Instant::now();
+        g.record("old", Unscheduled::Issue, t0);
+        g.record("new", Unscheduled::Revocation, t0 + Duration::from_secs(50));
+        g.prune(Duration::from_secs(60), t0 + Duration::from_secs(70));
+        assert_eq!(g.len(), 1);
+        assert!(g
+            .check(
+                "new",
+                Unscheduled::Revocation,
+                1,
+                Duration::from_secs(60),
+                t0 + Duration::from_secs(70)
+            )
+            .is_err());
     }
 }

@@ -3,27 +3,30 @@
 
 pub mod acs_pool;
 pub mod backoff;
+pub mod events;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fixtures;
 pub mod guard;
 pub mod own_writes;
+pub mod shared_watch;
 pub mod status_memo;
+pub mod tables;
 pub mod token;
 pub mod triggers;
 pub mod user;
+pub mod watch_health;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::events::{Event, EventType, Reporter};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -38,6 +41,7 @@ use crate::server::Readiness;
 
 use self::acs_pool::AcsPool;
 use self::backoff::Failures;
+use self::shared_watch::{ignore_events, scopes, Drivers, Shared};
 use crate::stores::Stores;
 
 /// A clock, injected so tests can fix time.
@@ -48,7 +52,7 @@ pub struct Context {
     pub client: Client,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub recorder: events::Events,
     pub acs: AcsPool,
     pub credentials: CredentialsResolver,
     pub users: Stores<CommunicationUser>,
@@ -70,6 +74,10 @@ pub struct Context {
     /// a second identity (GA creation is not idempotent).
     pub recent_identities:
         std::sync::Mutex<std::collections::HashMap<String, crate::api::CommunicationUserStatus>>,
+    /// Health of the watches (the controllers' own watches report here too).
+    pub watches: watch_health::WatchHealth,
+    /// The controllers' change filters (pruned and measured by [`tables::report`]).
+    pub change_filters: triggers::ChangeFilters,
     pub clock: Clock,
 }
 
@@ -212,6 +220,27 @@ pub fn reconciler_error<E: std::error::Error + 'static>(
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => Some(e),
         _ => None,
+    }
+}
+
+/// Whether removing the finalizer found the object gone: a reconcile of a cached copy that
+/// lagged the previous, successful cleanup (the finalizer was already removed and the object
+/// deleted). Nothing failed; recording it would keep a failure entry for an object that no
+/// longer exists and log a warning for every such lag.
+pub fn gone_at_finalizer_removal<E: std::error::Error + 'static>(
+    e: &kube::runtime::finalizer::Error<E>,
+) -> bool {
+    matches!(
+        e,
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404
+    )
+}
+
+/// Forgets the per-object state of an object that is gone (its failures and guard entries).
+pub fn forget_object<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
+    ctx.failures.reset(&key_of(obj));
+    if let Some(uid) = obj.meta().uid.as_deref() {
+        ctx.guard.forget(uid);
     }
 }
 
@@ -370,83 +399,6 @@ fn shutdown_signal() -> Shutdown {
     f.shared()
 }
 
-/// Strips what the operator never reads, so 5,000 cached objects stay small.
-fn slim<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-    if let Some(a) = obj.meta_mut().annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// One shared reflector per watched scope: the store, plus a stream per subscriber.
-struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
-    stores: Vec<(Option<String>, reflector::Store<K>)>,
-    writers: Vec<reflector::store::Writer<K>>,
-}
-
-impl<K> Shared<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    fn new(scopes: &[Option<String>], buffer: usize) -> Self {
-        let (stores, writers) = scopes
-            .iter()
-            .map(|scope| {
-                let (r, w) = reflector::store_shared(buffer);
-                ((scope.clone(), r), w)
-            })
-            .unzip();
-        Self { stores, writers }
-    }
-
-    /// Spawns one watch per scope feeding its store and subscribers; the writers are consumed.
-    fn drive(
-        &mut self,
-        client: &Client,
-        scopes: &[Option<String>],
-        config: &watcher::Config,
-        on_event: impl Fn(&watcher::Event<K>) + Clone + Send + 'static,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        scopes
-            .iter()
-            .zip(std::mem::take(&mut self.writers))
-            .map(|(scope, w)| {
-                let stream = watcher(api_for::<K>(client, scope), config.clone())
-                    .default_backoff()
-                    .modify(slim)
-                    .inspect_ok(on_event.clone())
-                    .reflect_shared(w)
-                    .for_each(|_| futures::future::ready(()));
-                tokio::spawn(stream)
-            })
-            .collect()
-    }
-}
-
-fn scopes(config: &Config) -> Vec<Option<String>> {
-    if config.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        config.watch_namespaces.iter().cloned().map(Some).collect()
-    }
-}
-
-fn api_for<K>(client: &Client, scope: &Option<String>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs the operator until a shutdown signal (`Ok`) or the loss of leadership
 /// ([`RunError::LeadershipLost`], so the process exits non-zero and restarts with fresh caches).
 pub async fn run(config: Config) -> Result<(), RunError> {
@@ -511,17 +463,44 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     ));
     let token_index = Arc::new(crate::token_index::TokenIndex::default());
     let token_status: Arc<status_memo::StatusMemo<api::CommunicationTokenStatus>> = Arc::default();
-    let mut drivers = users.drive(&client, &scopes, &all, |_| {});
+    let watches = watch_health::WatchHealth::new(readiness.clone(), metrics.clone());
+    let mut drivers = Drivers(Vec::new(), watches.clone());
+    drivers.0.extend(users.drive(
+        &client,
+        &scopes,
+        &all,
+        (&watches, "CommunicationUser"),
+        ignore_events,
+    ));
     // Every event of the tokens' watch keeps the index and the status memo in step (deletions
-    // included, which the controllers' subscriber streams do not carry).
-    drivers.extend(tokens.drive(&client, &scopes, &all, {
-        let (ix, memo) = (token_index.clone(), token_status.clone());
-        move |e| {
-            ix.apply(e);
-            memo.on_event(e);
-        }
-    }));
-    drivers.extend(creds.drive(&client, &scopes, &not_ours, |_| {}));
+    // included, which the controllers' subscriber streams do not carry; and, at the end of a
+    // relist, the deletions the watch missed while it was down).
+    drivers.0.extend(tokens.drive(
+        &client,
+        &scopes,
+        &all,
+        (&watches, "CommunicationToken"),
+        |scope| {
+            let (ix, memo) = (token_index.clone(), token_status.clone());
+            let scope = scope.map(str::to_string);
+            let mut relist = crate::relist::Relist::default();
+            move |e: &watcher::Event<CommunicationToken>| {
+                ix.apply(e);
+                memo.on_event(e);
+                if let Some(listed) = relist.on_event(e) {
+                    ix.retain_listed(scope.as_deref(), &listed);
+                    memo.retain_listed(scope.as_deref(), &listed);
+                }
+            }
+        },
+    ));
+    drivers.0.extend(creds.drive(
+        &client,
+        &scopes,
+        &not_ours,
+        (&watches, "Secret/credentials"),
+        ignore_events,
+    ));
 
     let user_stores = Stores::new(users.stores);
     let token_stores = Stores::new(tokens.stores);
@@ -550,7 +529,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         client: client.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: events::Events::new(client.clone(), reporter),
         acs: AcsPool::new(acs_options, acs_pool::budget(&config)),
         credentials: CredentialsResolver::new(
             client.clone(),
@@ -568,8 +547,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         recent_identities: Default::default(),
+        watches: watches.clone(),
+        change_filters: Default::default(),
         clock: Arc::new(jiff::Timestamp::now),
     });
+
+    // Every replica prunes and reports its tables, the leader or not.
+    let tables = tokio::spawn(tables::report_forever(ctx.clone()));
 
     // Ready once every cache has its initial list. The credentials cache counts too: a
     // reconcile before it is filled would find no credentials, mark every object NotReady and
@@ -632,6 +616,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         shutdown.clone()
     };
 
+    // Watches ending from here on end on purpose, not as failures.
+    let stop: Shutdown = {
+        let (stop, watches) = (stop.clone(), watches.clone());
+        let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            stop.await;
+            watches.stopping();
+        });
+        f.shared()
+    };
+
     // The default credentials Secret outside the watched namespaces has no watch: poll it so
     // a key rotation there still reaches the tokens that use it.
     let default_changed = ctx.default_changed.clone();
@@ -668,6 +662,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let summary = tokio::spawn(token::summarize_forever(ctx.clone()));
     futures::future::join_all(controllers).await;
     summary.abort();
+    tables.abort();
     if let Some(p) = poller {
         p.abort();
     }
@@ -676,9 +671,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             warn!(error = %err, "failed to release the lease");
         }
     }
-    for d in drivers {
-        d.abort();
-    }
+    drop(drivers);
     readiness.set_ready(false);
     if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
         server.abort();

@@ -94,6 +94,33 @@ impl OwnWrites {
         (e.resource_version == seen && e.generation == generation).then(|| e.record.clone())
     }
 
+    /// Drops the Secrets of `scope` a complete list of the watch did not show.
+    pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
+        let keep = |(ns, name): &Key| !listed.stale(scope, ns, name);
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| keep(k));
+        self.wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| keep(k));
+    }
+
+    /// Secrets whose resourceVersion is known, and Secrets whose last write is remembered.
+    pub fn len(&self) -> (usize, usize) {
+        (
+            self.seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len(),
+            self.wrote
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len(),
+        )
+    }
+
     /// Forgets what was written (the Secret is gone or no longer ours to trust).
     pub fn forget(&self, ns: &str, name: &str) {
         self.wrote
@@ -142,5 +169,31 @@ mod tests {
         w.observed("ns", "s", None);
         w.observed("ns", "s", Some("7"));
         assert_eq!(w.unchanged("ns", "s", Some(1)), None);
+    }
+
+    #[test]
+    fn a_relist_drops_the_secrets_deleted_while_the_watch_was_down() {
+        use k8s_openapi::api::core::v1::Secret;
+        use kube::api::PartialObjectMeta;
+        use kube::runtime::watcher::Event;
+        let w = OwnWrites::default();
+        for name in ["kept", "gone"] {
+            w.observed("ns", name, Some("5"));
+            w.wrote("ns", name, "5", Some(1), record());
+        }
+        w.observed("other", "s", Some("5"));
+        let mut meta = PartialObjectMeta::<Secret>::default();
+        meta.metadata.namespace = Some("ns".into());
+        meta.metadata.name = Some("kept".into());
+        let mut relist = crate::relist::Relist::default();
+        relist.on_event::<PartialObjectMeta<Secret>>(&Event::Init);
+        relist.on_event(&Event::InitApply(meta));
+        let listed = relist
+            .on_event::<PartialObjectMeta<Secret>>(&Event::InitDone)
+            .unwrap();
+        w.retain_listed(Some("ns"), &listed);
+        assert_eq!(w.len(), (2, 1));
+        assert_eq!(w.unchanged("ns", "kept", Some(1)), Some(record()));
+        assert_eq!(w.unchanged("ns", "gone", Some(1)), None);
     }
 }

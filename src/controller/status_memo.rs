@@ -86,8 +86,20 @@ impl<S: Clone> StatusMemo<S> {
         );
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Drops the writes to objects of `scope` a complete list of the watch did not show.
+    pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
+        self.wrote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(ns, name), _| !listed.stale(scope, ns, name));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes not yet delivered by the watch.
+    pub fn len(&self) -> usize {
         self.wrote
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

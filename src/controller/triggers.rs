@@ -26,17 +26,24 @@ fn fingerprint<K: Resource>(obj: &K) -> u64 {
 /// Drops the events of `stream` that change nothing [`fingerprint`] covers. Entries are kept
 /// per UID; a deleted object's entry is removed when its deletion is seen, and, since the
 /// subscriber stream does not carry deletions, the entries of objects no longer in `live`
-/// (the controller's store) are pruned whenever the map has doubled since the last prune.
+/// (the controller's store) are pruned whenever the map has doubled since the last prune, and
+/// by [`ChangeFilters::prune`] (every few seconds), so an idle operator's map matches its store.
 pub fn meaningful_changes<K>(
     stream: impl Stream<Item = Arc<K>> + Send + 'static,
     live: impl Fn() -> Vec<Arc<K>> + Send + Sync + 'static,
+    filters: &ChangeFilters,
+    table: &'static str,
 ) -> impl Stream<Item = Arc<K>> + Send + 'static
 where
     K: Resource + Send + Sync + 'static,
 {
-    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let filter = Arc::new(Filter {
+        seen: Mutex::default(),
+        live: Box::new(live),
+    });
+    filters.register(table, filter.clone());
     stream.filter(move |obj| {
-        let pass = match (obj.meta().uid.clone(), seen.lock()) {
+        let pass = match (obj.meta().uid.clone(), filter.seen.lock()) {
             (Some(uid), Ok(mut seen)) => {
                 let f = fingerprint(obj.as_ref());
                 let changed = seen.map.insert(uid.clone(), f) != Some(f);
@@ -47,10 +54,7 @@ where
                     seen.map.remove(&uid);
                 }
                 if seen.map.len() > 2 * seen.after_prune + PRUNE_SLACK {
-                    let uids: std::collections::HashSet<String> =
-                        live().iter().filter_map(|o| o.meta().uid.clone()).collect();
-                    seen.map.retain(|u, _| uids.contains(u) || *u == uid);
-                    seen.after_prune = seen.map.len();
+                    filter.prune_locked(&mut seen, Some(&uid));
                 }
                 changed
             }
@@ -67,6 +71,73 @@ const PRUNE_SLACK: usize = 64;
 struct Seen {
     map: HashMap<String, u64>,
     after_prune: usize,
+}
+
+type Live<K> = Box<dyn Fn() -> Vec<Arc<K>> + Send + Sync>;
+
+struct Filter<K> {
+    seen: Mutex<Seen>,
+    live: Live<K>,
+}
+
+impl<K: Resource> Filter<K> {
+    /// Keeps the entries of live objects (and of `keep`, the object being filtered).
+    fn prune_locked(&self, seen: &mut Seen, keep: Option<&str>) {
+        let uids: std::collections::HashSet<String> = (self.live)()
+            .iter()
+            .filter_map(|o| o.meta().uid.clone())
+            .collect();
+        seen.map
+            .retain(|u, _| uids.contains(u) || Some(u.as_str()) == keep);
+        seen.after_prune = seen.map.len();
+    }
+}
+
+/// A filter's map, pruned and measured from outside its stream.
+trait Prunable: Send + Sync {
+    /// Prunes the entries of objects gone; returns the entries left.
+    fn prune(&self) -> usize;
+}
+
+impl<K: Resource + Send + Sync> Prunable for Filter<K> {
+    fn prune(&self) -> usize {
+        let Ok(mut seen) = self.seen.lock() else {
+            return 0;
+        };
+        if !seen.map.is_empty() {
+            self.prune_locked(&mut seen, None);
+        }
+        seen.map.len()
+    }
+}
+
+/// Every change filter of the process, by table name.
+#[derive(Default)]
+pub struct ChangeFilters(Mutex<Vec<(&'static str, Arc<dyn Prunable>)>>);
+
+impl ChangeFilters {
+    fn register(&self, table: &'static str, f: Arc<dyn Prunable>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((table, f));
+        }
+    }
+
+    /// Prunes every filter; returns the entries left per table (filters of one table summed).
+    pub fn prune(&self) -> Vec<(&'static str, usize)> {
+        let filters: Vec<_> = match self.0.lock() {
+            Ok(v) => v.clone(),
+            Err(_) => return Vec::new(),
+        };
+        let mut sizes: Vec<(&'static str, usize)> = Vec::new();
+        for (table, f) in filters {
+            let n = f.prune();
+            match sizes.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, total)) => *total += n,
+                None => sizes.push((table, n)),
+            }
+        }
+        sizes
+    }
 }
 
 #[cfg(test)]
@@ -103,17 +174,27 @@ mod tests {
         // have been dropped as unchanged, and every entry kept forever).
         let mut events: Vec<_> = (0..200).map(with_uid).collect();
         events.push(with_uid(0));
-        let passed = meaningful_changes(futures::stream::iter(events), Vec::new)
-            .count()
-            .await;
+        let passed = meaningful_changes(
+            futures::stream::iter(events),
+            Vec::new,
+            &ChangeFilters::default(),
+            "t",
+        )
+        .count()
+        .await;
         assert_eq!(passed, 201);
         // With the objects live, nothing is pruned: the repeat is dropped.
         let live: Vec<_> = (0..200).map(with_uid).collect();
         let mut events: Vec<_> = (0..200).map(with_uid).collect();
         events.push(with_uid(0));
-        let passed = meaningful_changes(futures::stream::iter(events), move || live.clone())
-            .count()
-            .await;
+        let passed = meaningful_changes(
+            futures::stream::iter(events),
+            move || live.clone(),
+            &ChangeFilters::default(),
+            "t",
+        )
+        .count()
+        .await;
         assert_eq!(passed, 200);
     }
 
@@ -127,13 +208,46 @@ mod tests {
             user(2, Some("x"), 2), // annotation
             user(2, Some("x"), 3), // status write: dropped
         ];
-        let passed: Vec<_> = meaningful_changes(futures::stream::iter(events), Vec::new)
-            .map(|u| (u.metadata.generation, u.metadata.annotations.is_some()))
-            .collect()
-            .await;
+        let passed: Vec<_> = meaningful_changes(
+            futures::stream::iter(events),
+            Vec::new,
+            &ChangeFilters::default(),
+            "t",
+        )
+        .map(|u| (u.metadata.generation, u.metadata.annotations.is_some()))
+        .collect()
+        .await;
         assert_eq!(
             passed,
             vec![(Some(1), false), (Some(2), false), (Some(2), true)]
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_filter_is_pruned_to_its_live_objects() {
+        let filters = ChangeFilters::default();
+        let live: Arc<Mutex<Vec<Arc<CommunicationUser>>>> = Arc::default();
+        let events: Vec<_> = (0..3)
+            .map(|i| {
+                let mut u = (*user(1, None, 0)).clone();
+                u.metadata.uid = Some(format!("uid-{i}"));
+                Arc::new(u)
+            })
+            .collect();
+        live.lock().unwrap().push(events[0].clone());
+        let l = live.clone();
+        let passed = meaningful_changes(
+            futures::stream::iter(events),
+            move || l.lock().unwrap().clone(),
+            &filters,
+            "users",
+        )
+        .count()
+        .await;
+        assert_eq!(passed, 3);
+        // Two of the three are gone from the store (their deletions never reach the stream).
+        assert_eq!(filters.prune(), vec![("users", 1)]);
+        live.lock().unwrap().clear();
+        assert_eq!(filters.prune(), vec![("users", 0)]);
     }
 }

@@ -83,6 +83,10 @@ impl CredentialsResolver {
                     &entra.config,
                 );
                 if let Ok(mut m) = entra.accounts.lock() {
+                    if self.sweeps.accounts.due(m.len()) {
+                        m.retain(|_, (at, _)| at.elapsed() < UNWATCHED_TTL);
+                        self.sweeps.accounts.swept(m.len());
+                    }
                     match &result {
                         Ok(p) => m.insert(key, (std::time::Instant::now(), p.clone())),
                         Err(_) => m.remove(&key),

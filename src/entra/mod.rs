@@ -42,6 +42,10 @@ const FAILURE_MEMO: Duration = Duration::from_secs(10);
 /// A failure worth retrying (Entra or the apiserver unavailable) is shared for this long, so
 /// the callers queued behind one exchange do not each repeat it.
 const TRANSIENT_MEMO: Duration = Duration::from_secs(2);
+/// Principals kept beyond those in use: one more than this sweeps the slots nobody holds
+/// whose token needs refreshing anyway, then, if still too many, every slot nobody holds
+/// (a later use exchanges again). ServiceAccounts are cheap to create; slots must not be.
+const MAX_PRINCIPALS: usize = 1024;
 
 /// Where a principal's client assertion comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,6 +131,33 @@ struct Slot {
     refused: Option<(CredentialFailure, String, Instant)>,
 }
 
+impl Slot {
+    /// Whether it still saves an exchange at `now`.
+    fn useful(&self, now: Instant) -> bool {
+        self.token.as_ref().is_some_and(|(_, at)| now < *at)
+            || self
+                .refused
+                .as_ref()
+                .is_some_and(|(_, _, at)| now.duration_since(*at) < FAILURE_MEMO)
+    }
+}
+
+type Slots = HashMap<Principal, Arc<tokio::sync::Mutex<Slot>>>;
+
+/// Keeps `slots` within [`MAX_PRINCIPALS`]: a slot held by a caller (an exchange in progress
+/// or waited for) is never dropped.
+fn sweep(slots: &mut Slots, now: Instant) {
+    if slots.len() <= MAX_PRINCIPALS {
+        return;
+    }
+    slots.retain(|_, s| {
+        Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |slot| slot.useful(now))
+    });
+    if slots.len() > MAX_PRINCIPALS {
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
+    }
+}
+
 /// Entra tokens of every principal in use. Cheap to clone.
 #[derive(Clone)]
 pub struct EntraTokens {
@@ -139,7 +170,7 @@ struct Inner {
     observer: Option<Arc<dyn RequestObserver>>,
     /// Bounds one TokenRequest plus exchange, so a hung call cannot hold a principal's queue.
     timeout: Duration,
-    slots: Mutex<HashMap<Principal, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<Slots>,
 }
 
 /// The HTTP client could not be built (a bad CA bundle).
@@ -189,7 +220,24 @@ impl EntraTokens {
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = slots.get(p) {
+            return s.clone();
+        }
+        sweep(&mut slots, Instant::now());
         slots.entry(p.clone()).or_default().clone()
+    }
+
+    /// Principals with a slot.
+    pub fn len(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A token for `p`, from the cache or a new exchange.
@@ -366,5 +414,29 @@ mod tests {
         };
         assert_ne!(sa("team-a"), sa("team-b"));
         assert_ne!(sa("team-a"), principal("c1").source_key());
+    }
+
+    #[tokio::test]
+    async fn principals_beyond_the_bound_keep_only_slots_in_use_or_worth_keeping() {
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+            .unwrap();
+        let tokens = EntraTokens::new(kube, None, Duration::from_secs(1), None).unwrap();
+        let held = tokens.slot(&principal("held"));
+        {
+            let fresh = tokens.slot(&principal("fresh"));
+            fresh.lock().await.token = Some((
+                BearerToken::new("t".into()),
+                Instant::now() + Duration::from_secs(600),
+            ));
+        }
+        for i in 0..MAX_PRINCIPALS {
+            tokens.slot(&principal(&format!("idle-{i}")));
+        }
+        // The slot that crossed the bound swept the idle ones; the held and the fresh stay.
+        assert!(tokens.len() <= 3, "{} slots", tokens.len());
+        let slots = tokens.inner.slots.lock().unwrap();
+        assert!(slots.contains_key(&principal("held")));
+        assert!(slots.contains_key(&principal("fresh")));
+        drop(held);
     }
 }

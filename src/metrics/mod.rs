@@ -139,6 +139,8 @@ pub struct Metrics {
     ambiguous_creates: Counter,
     pod_validity_at_issue: Histogram,
     token_min_pod_validity: Family<NoLabels, GaugeF64>,
+    /// Table sizes and watch health.
+    pub runtime: runtime::RuntimeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -312,7 +314,10 @@ impl Metrics {
             token_min_pod_validity.clone(),
         );
 
+        let runtime = runtime::RuntimeMetrics::register(&mut registry);
+
         Self {
+            runtime,
             pod_validity_at_issue,
             token_min_pod_validity,
             secret_repairs,
@@ -552,6 +557,7 @@ impl Drop for ReconcileTimer {
 }
 
 pub mod kube_requests;
+pub mod runtime;
 
 #[cfg(test)]
 mod tests;

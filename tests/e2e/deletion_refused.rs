@@ -62,22 +62,33 @@ async fn a_refused_identity_deletion_reports_backs_off_and_never_wedges_its_name
     })
     .await;
     let start = Instant::now();
-    let mut calls = 0;
+    let writes_base = op.kube_writes().await;
+    let (mut calls, mut writes) = (0, 0.0);
     while start.elapsed() < Duration::from_secs(20) {
         calls = acs.calls("deleteIdentity").await - base;
-        // About 0, 1, 2, 4, 4, 4, 4 s at a 4 s cap: a loop would make hundreds.
+        writes = op.kube_writes().await - writes_base;
+        // About 0, 1, 2, 4, 4, 4, 4 s at a 4 s cap: a loop would make hundreds. Each attempt
+        // may patch its (aggregated) Warning event; the condition is unchanged.
         assert!(calls <= 10, "{calls} delete calls in {:?}", start.elapsed());
+        assert!(
+            writes <= 12.0,
+            "{writes} apiserver writes in {:?}",
+            start.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         users.get_opt("alice").await.unwrap().is_some(),
         "the finalizer went"
     );
-    eprintln!("figure: a refused deletion in a live namespace: {calls} delete calls in 20 s");
+    eprintln!(
+        "figure: a refused deletion in a live namespace: {calls} delete calls and {writes} apiserver writes in 20 s"
+    );
 
     // The namespace deleted: gone within 2 minutes, the identities named as left in ACS.
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     let base = acs.calls("deleteIdentity").await;
+    let writes_base = op.kube_writes().await;
     let t = Instant::now();
     namespaces
         .delete(env.ns(), &DeleteParams::background())
@@ -93,6 +104,13 @@ async fn a_refused_identity_deletion_reports_backs_off_and_never_wedges_its_name
     let took = t.elapsed();
     let calls = acs.calls("deleteIdentity").await - base;
     assert!(calls <= 8, "{calls} delete calls while the namespace went");
+    // Per user: its condition, a Warning per attempt, the finalizer's removal; the token's
+    // cleanup: its Secret and finalizer.
+    let writes = op.kube_writes().await - writes_base;
+    assert!(
+        writes <= 15.0,
+        "{writes} apiserver writes while the namespace went"
+    );
     let log = op.logs();
     for id in &ids {
         assert!(
@@ -103,6 +121,6 @@ async fn a_refused_identity_deletion_reports_backs_off_and_never_wedges_its_name
         assert_ne!(left["deleted"], serde_json::json!(true), "{id}");
     }
     eprintln!(
-        "figure: a namespace whose identities ACS refuses to delete was gone {took:?} after its deletion, {calls} delete calls"
+        "figure: a namespace whose identities ACS refuses to delete was gone {took:?} after its deletion, {calls} delete calls, {writes} apiserver writes"
     );
 }

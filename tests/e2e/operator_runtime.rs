@@ -130,3 +130,269 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
     })
     .await;
 }
+
+/// A Role in the test namespace granting `user` every verb on `resources` of `group`.
+async fn grant_all(env: &TestEnv, user: &str, name: &str, group: &str, resources: &[&str]) {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use kube::api::PostParams;
+    let role = Role {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![group.to_string()]),
+            resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        }]),
+    };
+    env.api::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "User".into(),
+            name: user.into(),
+            ..Default::default()
+        }]),
+    };
+    env.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// A watch the apiserver refuses (here: RBAC without CommunicationTokens) is logged and
+/// counted, not swallowed, and keeps `/readyz` false; once allowed, the watch recovers by
+/// itself and the operator turns ready with nothing failing (issue 21, item 7).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_watch_is_logged_counted_and_keeps_readyz_false_until_it_recovers() {
+    let env = TestEnv::new("op-watch").await;
+    let acs = Acs::start().await;
+    let user = format!("op-watch-{}", env.ns());
+    grant_all(&env, &user, "core", "", &["secrets", "events"]).await;
+    grant_all(&env, &user, "events", "events.k8s.io", &["events"]).await;
+    grant_all(
+        &env,
+        &user,
+        "users",
+        "communication.acs.dev",
+        &[
+            "communicationusers",
+            "communicationusers/status",
+            "communicationusers/finalizers",
+        ],
+    )
+    .await;
+    let kubeconfig = env.cp.work_dir().join(format!("{user}.kubeconfig"));
+    env.cp
+        .write_kubeconfig_impersonating(&kubeconfig, &user)
+        .unwrap();
+    let mut args = OperatorArgs::new(&env, &acs).identity("op-watch");
+    args.kubeconfig = kubeconfig;
+    let op = Operator::spawn(args);
+    eventually("/healthz answers", CONVERGE, || async {
+        match op.probe("/healthz").await {
+            Some(200) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let errors = "acs_identity_operator_watch_errors_total{resource=\"CommunicationToken\"}";
+    eventually("the refused watch counted", CONVERGE, || async {
+        match op.metric(errors).await {
+            n if n >= 1.0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    assert_eq!(op.probe("/readyz").await, Some(503));
+    assert!(op.metric("acs_identity_operator_watches_failing").await >= 1.0);
+    let logs = op.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("watch failed") && l.contains("CommunicationToken")),
+        "the watch error is not logged:\n{logs}"
+    );
+    // Only the refused watch fails.
+    assert_eq!(
+        op.metric("acs_identity_operator_watch_errors_total{resource=\"CommunicationUser\"}")
+            .await,
+        0.0
+    );
+
+    grant_all(
+        &env,
+        &user,
+        "tokens",
+        "communication.acs.dev",
+        &[
+            "communicationtokens",
+            "communicationtokens/status",
+            "communicationtokens/finalizers",
+        ],
+    )
+    .await;
+    op.wait_ready().await;
+    eventually("no watch failing", CONVERGE, || async {
+        match op.metric("acs_identity_operator_watches_failing").await {
+            0.0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    assert!(op.logs().contains("watch recovered"));
+}
+
+/// A TCP relay to the apiserver that a test can cut: every open connection is dropped and new
+/// ones are closed at once until it is restored. TLS passes through untouched.
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (cut, conns) = (cut.clone(), conns.clone());
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let h = tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(h);
+                }
+            }
+        });
+        Relay {
+            port,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// Every `watch_errors_total` series summed.
+async fn watch_errors(op: &Operator) -> f64 {
+    op.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("acs_identity_operator_watch_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Watches that fail after start-up (the apiserver unreachable for a while, every open watch
+/// broken) turn `/readyz` false, are logged and counted; once the apiserver is back the
+/// watches recover by themselves, `/readyz` turns true again and the operator works
+/// (issue 21, item 7).
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_broken_after_start_up_make_readyz_false_until_they_recover() {
+    let (env, acs) = keyed_namespace("op-watch-cut").await;
+    let api: std::net::SocketAddr = env
+        .cp
+        .api_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let relay = Relay::start(api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relayed = dir.path().join("relayed.kubeconfig");
+    let text = std::fs::read_to_string(env.cp.kubeconfig_path()).unwrap();
+    std::fs::write(
+        &relayed,
+        text.replace(
+            &env.cp.api_url(),
+            &format!("https://127.0.0.1:{}", relay.port),
+        ),
+    )
+    .unwrap();
+    let mut args = OperatorArgs::new(&env, &acs).identity("op-watch-cut");
+    args.kubeconfig = relayed;
+    let op = Operator::spawn(args);
+    op.wait_ready().await;
+    assert_eq!(watch_errors(&op).await, 0.0);
+
+    relay.cut();
+    eventually(
+        "/readyz false with the watches broken",
+        CONVERGE,
+        || async {
+            match (op.probe("/readyz").await, watch_errors(&op).await) {
+                (Some(503), n) if n >= 1.0 => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    assert!(op.metric("acs_identity_operator_watches_failing").await >= 1.0);
+    assert!(op.logs().contains("watch failed"));
+
+    relay.restore();
+    // Something for every watch to deliver once it is back: a credentials-like Secret, a
+    // user, a token (and so its Secret).
+    put_secret(&env, "unrelated", "k", "v").await;
+    create_user(&env, "after", CommunicationUserSpec::default()).await;
+    create_token(&env, "after", token_spec("after")).await;
+    eventually("/readyz true again", Duration::from_secs(120), || async {
+        match op.probe("/readyz").await {
+            Some(200) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(
+        op.metric("acs_identity_operator_watches_failing").await,
+        0.0
+    );
+    let tokens: Api<acs_identity_operator::api::CommunicationToken> = env.api();
+    wait_for(&tokens, "after", CONVERGE, "Ready", token_ready(""))
+        .await
+        .unwrap();
+}

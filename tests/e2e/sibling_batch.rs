@@ -347,6 +347,7 @@ async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_t
             .await
             .unwrap();
     }
+    let writes_base = op.kube_writes().await;
     for i in 1..=10 {
         let patch = serde_json::json!({"metadata": {"annotations": {
             "communication.acs.dev/revoke": format!("flap-{i}"),
@@ -437,6 +438,12 @@ async fn a_revocation_storm_is_limited_at_the_user_and_the_rest_coalesced_into_t
         user_ready("IdentityReady"),
     )
     .await;
+    // Three revocations' worth of writes (per revocation: the user's pending and done status,
+    // each sibling's Secret and status, events), plus the deferral's condition and event: a
+    // write per flap or a loop would exceed it.
+    let writes = op.kube_writes().await - writes_base;
+    eprintln!("figure: 10 revoke flaps, limit 2 per 20 s: {writes} apiserver writes");
+    assert!(writes <= 45.0, "{writes} apiserver writes for 10 flaps");
 }
 
 /// Ready tells the truth (issue 26, item 2): after a revocation whose re-issues keep failing,

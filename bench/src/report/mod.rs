@@ -21,6 +21,7 @@ pub struct Results {
     pub scale: Option<ScaleRun>,
     pub compare: Option<CompareRun>,
     pub renewal: Option<RenewalRun>,
+    pub churn: Option<crate::churn::ChurnRun>,
 }
 
 /// Phases 1, 2, 5, 6 and 7 at the large scale.
@@ -135,6 +136,9 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     if let Some(rn) = &r.renewal {
         g.extend(compare::renewal_goals(rn));
     }
+    if let Some(c) = &r.churn {
+        g.extend(crate::churn::goals(c));
+    }
     g
 }
 
@@ -149,6 +153,9 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(rn) = &r.renewal {
         compare::renewal_rows(rn, &mut rows);
+    }
+    if let Some(c) = &r.churn {
+        crate::churn::rows(c, &mut rows);
     }
     let mut out = String::new();
     let _ = writeln!(out, "acs-identity-operator benchmark ({})", r.label);

@@ -142,6 +142,18 @@ fn results() -> Results {
             failing_calls: 300,
             failing_window: Duration::from_secs(1200),
         }),
+        churn: Some(crate::churn::ChurnRun {
+            users: 100,
+            tokens: 20000,
+            rounds: 4,
+            rss_before_kib: 40_000,
+            rss_peak_kib: 90_000,
+            rss_after_kib: 42_000,
+            tables_before: [("token_index".to_string(), 0), ("guard".to_string(), 3)].into(),
+            tables_after: [("token_index".to_string(), 0), ("guard".to_string(), 2)].into(),
+            settled: true,
+            took: Duration::from_secs(600),
+        }),
     }
 }
 
@@ -226,4 +238,25 @@ fn a_part_run_alone_prints_only_its_rows() {
     r.compare = None;
     let t = render(&r);
     assert!(t.contains("8 Renewal") && !t.contains("1 Floor") && !t.contains("4 Real limits"));
+}
+
+#[test]
+fn churn_is_judged_by_its_tables_and_memory() {
+    let mut r = results();
+    let c = r.churn.as_mut().unwrap();
+    c.tables_after.insert("token_index".into(), 7);
+    c.rss_after_kib = 45_000;
+    let g = goals(&r);
+    let failed: Vec<(&str, &str)> = g
+        .iter()
+        .filter(|g| !g.met)
+        .map(|g| (g.name, g.measured.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("tables after churn", "token_index 0 → 7"),
+            ("RSS after churn", "+12.5% (39.1 MiB → 43.9 MiB)")
+        ]
+    );
 }

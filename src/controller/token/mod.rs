@@ -16,7 +16,7 @@ mod summary;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
@@ -128,9 +128,14 @@ pub fn controller(
         )),
     )
     .default_backoff()
-    .inspect_ok({
+    .inspect({
         let ctx = ctx.clone();
-        move |event| {
+        let mut tracker = ctx.watches.track("Secret/tokens");
+        let mut relist = crate::relist::Relist::default();
+        let scope = scope.clone();
+        move |item| {
+            tracker.observe(item);
+            let Ok(event) = item else { return };
             let note = |s: &PartialObjectMeta<Secret>, rv: Option<&str>| {
                 ctx.own_writes.observed(
                     s.metadata.namespace.as_deref().unwrap_or_default(),
@@ -145,6 +150,10 @@ pub fn controller(
                 watcher::Event::Delete(s) => note(s, None),
                 watcher::Event::Init | watcher::Event::InitDone => {}
             }
+            // Secrets deleted while the watch was down get no deletion event.
+            if let Some(listed) = relist.on_event(event) {
+                ctx.own_writes.retain_listed(scope.as_deref(), &listed);
+            }
         }
     })
     .touched_objects();
@@ -153,10 +162,15 @@ pub fn controller(
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
     Controller::for_shared_stream(
-        super::triggers::meaningful_changes(tokens, {
-            let live = reader.clone();
-            move || live.state()
-        }),
+        super::triggers::meaningful_changes(
+            tokens,
+            {
+                let live = reader.clone();
+                move || live.state()
+            },
+            &ctx.change_filters,
+            "token_changes",
+        ),
         reader,
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
@@ -243,8 +257,15 @@ async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     let key = key_of(token.as_ref());
+    if let Error::Finalizer(e) = err {
+        if super::gone_at_finalizer_removal(e) {
+            super::forget_object(&ctx, token.as_ref());
+            tracing::debug!("already deleted: a lagging copy found its finalizer gone");
+            return Action::await_change();
+        }
+    }
+    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     if matches!(waiting(err), Some(true)) {
         // Not a failure: the user's status change wakes this object; this is a safety net.
         return Action::requeue(Duration::from_secs(30));

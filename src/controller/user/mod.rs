@@ -113,10 +113,15 @@ pub fn controller(
     let cred_lookup = ctx.clone();
     // Only changes a reconcile must act on: its own status writes never wake it.
     Controller::for_shared_stream(
-        super::triggers::meaningful_changes(users, {
-            let live = reader.clone();
-            move || live.state()
-        }),
+        super::triggers::meaningful_changes(
+            users,
+            {
+                let live = reader.clone();
+                move || live.state()
+            },
+            &ctx.change_filters,
+            "user_changes",
+        ),
         reader,
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
@@ -233,8 +238,15 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
 }
 
 fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     let key = key_of(user.as_ref());
+    if let Error::Finalizer(e) = err {
+        if super::gone_at_finalizer_removal(e) {
+            super::forget_object(&ctx, user.as_ref());
+            tracing::debug!("already deleted: a lagging copy found its finalizer gone");
+            return Action::await_change();
+        }
+    }
+    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     if fenced(err) {
         // Not a failure: this reconcile read a cache that did not show the latest write yet
         // (often its own); the watch delivers it within moments. Read again soon, backing off

@@ -163,6 +163,22 @@ fn assert_no_service_account_rules(docs: &[RenderedDoc]) {
     }
 }
 
+/// Without Entra credentials (neither `workloadIdentity.enabled` nor `namespaceServiceAccounts`)
+/// nothing is ever sealed: no sealing key Role or RoleBinding, so no `create` on the release
+/// namespace's Secrets; the variable naming the Secret stays (a token may not name it).
+fn assert_no_sealing_key(docs: &[RenderedDoc], ctx: &Ctx) {
+    for kind in ["Role", "RoleBinding"] {
+        assert!(
+            !of_kind(docs, kind).iter().any(|d| d.name() == SEALING_KEY),
+            "a sealing key {kind} without Entra credentials"
+        );
+    }
+    assert_eq!(
+        env(docs, "SEALING_KEY_SECRET"),
+        Some(format!("{}/{SEALING_KEY}", ctx.release_ns).as_str())
+    );
+}
+
 /// The sealing key of Entra-credentialed token Secrets: its Role and RoleBinding in the release
 /// namespace (create any Secret, get only that one), whatever the mode, and the variable naming
 /// the Secret.
@@ -308,7 +324,7 @@ fn cases() -> Vec<Case> {
                 }
                 // No token minting for every ServiceAccount of the cluster unless asked for.
                 assert_no_service_account_rules(docs);
-                assert_sealing_key(docs, ctx);
+                assert_no_sealing_key(docs, ctx);
                 for crd in of_kind(docs, "CustomResourceDefinition") {
                     assert_eq!(
                         crd.value["metadata"]["annotations"]["helm.sh/resource-policy"],
@@ -335,7 +351,7 @@ fn cases() -> Vec<Case> {
                 assert_eq!(ns, BTreeSet::from([ctx.a.as_str(), ctx.b.as_str()]));
                 assert!(rule_resources(roles[0]).contains(&"secrets".to_string()));
                 assert_no_service_account_rules(docs);
-                assert_sealing_key(docs, ctx);
+                assert_no_sealing_key(docs, ctx);
                 let cr = one(docs, "ClusterRole");
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert_eq!(
@@ -399,7 +415,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "namespace ServiceAccounts, cluster-wide",
             values: json!({"workloadIdentity": {"namespaceServiceAccounts": true}}),
-            check: Box::new(|docs, _| {
+            check: Box::new(|docs, ctx| {
+                // Tokens issued through a namespace's ServiceAccount are sealed.
+                assert_sealing_key(docs, ctx);
                 // In the ClusterRole only: the sealing key and leader election Roles grant
                 // nothing on ServiceAccounts.
                 let cr = one(docs, "ClusterRole");
@@ -440,6 +458,7 @@ fn cases() -> Vec<Case> {
                 let cr = one(docs, "ClusterRole");
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert_no_service_account_rule(cr);
+                assert_sealing_key(docs, ctx);
             }),
         },
         Case {
@@ -479,8 +498,8 @@ fn cases() -> Vec<Case> {
                         .any(|r| r.name().ends_with("-leader-election")),
                     "no lease Role"
                 );
-                // The sealing key Role does not depend on leader election.
-                assert_sealing_key(docs, ctx);
+                // Nor does the sealing key Role depend on it: no Entra, no Role.
+                assert_no_sealing_key(docs, ctx);
             }),
         },
         Case {

@@ -1,0 +1,315 @@
+//! Phase 9: churn. Creates and deletes `tokens` CommunicationTokens in rounds of `batch` on
+//! users that stay, then checks that nothing the operator keeps per object outlives it: every
+//! in-memory table it reports (`acs_identity_operator_tracked_entries`) back to its size
+//! before the first token, and its resident memory back within 10% of where it started.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use acs_identity_operator::api::CommunicationToken;
+use kube::api::{Api, DeleteParams};
+
+use crate::error::Error;
+use crate::metrics::Samples;
+use crate::operator::Operator;
+use crate::phases::Env;
+use crate::ready::ReadyWatch;
+use crate::report::{int, Goal};
+use crate::workload::{self, Workload};
+
+/// The metric of the tables' sizes.
+const TRACKED: &str = "acs_identity_operator_tracked_entries";
+
+/// Sizes of one churn.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    pub users: usize,
+    pub tokens: usize,
+    pub batch: usize,
+    /// How long to wait, after the tables are back, for the operator to drop the events it
+    /// keeps for 6 minutes of idleness (its event recorder's cache) before reading RSS; zero:
+    /// read at once.
+    pub settle: Duration,
+}
+
+/// What one churn measured.
+#[derive(Debug, Clone)]
+pub struct ChurnRun {
+    pub users: usize,
+    pub tokens: usize,
+    pub rounds: usize,
+    /// Resident set size (VmRSS, KiB) with the users Ready, before any token.
+    pub rss_before_kib: u64,
+    /// The largest VmRSS seen at the end of a round's creation.
+    pub rss_peak_kib: u64,
+    /// VmRSS once every token is gone and the tables settled.
+    pub rss_after_kib: u64,
+    /// Every table before the first token and after the last one is gone.
+    pub tables_before: BTreeMap<String, i64>,
+    pub tables_after: BTreeMap<String, i64>,
+    /// Whether the tables came back within the deadline.
+    pub settled: bool,
+    pub took: Duration,
+}
+
+/// VmRSS of `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<u64, Error> {
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Parse {
+            what: "VmRSS",
+            detail: path.display().to_string(),
+        })
+}
+
+fn tables(m: &Samples) -> BTreeMap<String, i64> {
+    m.0.iter()
+        .filter(|s| s.name == TRACKED)
+        .filter_map(|s| Some((s.labels.get("table")?.clone(), s.value as i64)))
+        .collect()
+}
+
+/// What a table may hold after the churn beyond its size before: the guard keeps each
+/// remaining user's revocations (those the tokens' deletions asked for) for its window, the
+/// event recorder what it published until it has been idle for 6 minutes (at most 4,096);
+/// every other table, nothing.
+fn allowance(table: &str, users: usize) -> i64 {
+    match table {
+        "guard" => users as i64,
+        "events" => 4096,
+        _ => 0,
+    }
+}
+
+/// Tables larger than they were before (beyond their allowance).
+fn grown(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+    users: usize,
+) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(t, n)| **n > before.get(*t).copied().unwrap_or(0) + allowance(t, users))
+        .map(|(t, n)| format!("{t} {} → {n}", before.get(t).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// When the operator last reported its tables.
+const REPORTED: &str = "acs_identity_operator_tracked_entries_reported_timestamp_seconds";
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Waits (polling `/metrics` every 500 ms, up to `deadline`) until the operator has reported
+/// its tables after now and `done` holds for them; returns the last tables and whether `done`
+/// held.
+async fn tables_when(
+    op: &mut Operator,
+    deadline: Duration,
+    done: impl Fn(&BTreeMap<String, i64>) -> bool,
+) -> Result<(BTreeMap<String, i64>, bool), Error> {
+    let since = unix_now();
+    let until = Instant::now() + deadline;
+    loop {
+        let m = op.metrics().await?;
+        let t = tables(&m);
+        if m.sum(REPORTED, &[]) >= since && done(&t) {
+            return Ok((t, true));
+        }
+        if Instant::now() >= until {
+            return Ok((t, false));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn run(
+    env: &Env,
+    flags: &[String],
+    ns: &str,
+    plan: &ChurnPlan,
+) -> Result<ChurnRun, Error> {
+    let started = Instant::now();
+    workload::ensure_namespace(&env.client, ns).await?;
+    workload::create_credentials(&env.client, ns, &env.emu.connection_string()).await?;
+    let mut op = Operator::spawn(&env.spec, flags)?;
+    op.wait_ready(Duration::from_secs(120)).await?;
+    let users = Workload::new("churn-", plan.users, 0);
+    users.create(&env.client, ns, 16).await?;
+    let mut ready = ReadyWatch::start(&env.client, ns).await?;
+    ready.all_ready(plan.users, 0, env.deadline).await?;
+    // Before: every user seen by its change filter (the tables reported after the users).
+    let (before, _) = tables_when(&mut op, Duration::from_secs(30), |t| {
+        t.get("user_changes").copied() == Some(plan.users as i64)
+    })
+    .await?;
+    let rss_before_kib = rss_kib(op.pid())?;
+    let api: Api<CommunicationToken> = Api::namespaced(env.client.clone(), ns);
+    let batch = plan.batch.clamp(1, plan.tokens.max(1));
+    let rounds = plan.tokens.div_ceil(batch);
+    let mut rss_peak_kib = rss_before_kib;
+    for round in 0..rounds {
+        let n = batch.min(plan.tokens - round * batch);
+        let w = Workload::new(&format!("churn-{round}-"), plan.users, n);
+        // Tokens of round r belong to the users of the first workload (same names).
+        let jobs: Vec<CommunicationToken> = (0..n)
+            .map(|i| {
+                let mut t = w.token(i);
+                t.spec.user_ref.name = users.user_name(w.user_of(i));
+                t
+            })
+            .collect();
+        let tokens = api.clone();
+        workload::for_each_parallel(jobs, 16, move |t| {
+            let tokens = tokens.clone();
+            async move {
+                tokens
+                    .create(&Default::default(), &t)
+                    .await
+                    .map_err(Error::kube("create a CommunicationToken"))?;
+                Ok(())
+            }
+        })
+        .await?;
+        ready.all_ready(plan.users, n, env.deadline).await?;
+        rss_peak_kib = rss_peak_kib.max(rss_kib(op.pid())?);
+        eprintln!(
+            "[acs-bench churn] round {}/{rounds}: {n} tokens Ready after {:.0} s",
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
+        // One delete each (a deletecollection of thousands outlives the apiserver's
+        // request timeout).
+        let names: Vec<String> = (0..n).map(|i| w.token_name(i)).collect();
+        let tokens = api.clone();
+        workload::for_each_parallel(names, 16, move |name| {
+            let tokens = tokens.clone();
+            async move {
+                tokens
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map_err(Error::kube("delete a CommunicationToken"))?;
+                Ok(())
+            }
+        })
+        .await?;
+        ready
+            .wait(
+                |_, t| t.seen == 0,
+                env.deadline,
+                "every token to be gone (finalizers run)",
+            )
+            .await?;
+    }
+    let (mut after, settled) = tables_when(&mut op, Duration::from_secs(60), |t| {
+        grown(&before, t, plan.users).is_empty()
+    })
+    .await?;
+    if !plan.settle.is_zero() {
+        eprintln!(
+            "[acs-bench churn] tables back; waiting up to {} s for the event recorder to go idle",
+            plan.settle.as_secs()
+        );
+        (after, _) = tables_when(&mut op, plan.settle, |t| t.get("events") == Some(&0)).await?;
+    }
+    let rss_after_kib = rss_kib(op.pid())?;
+    op.stop().await?;
+    Ok(ChurnRun {
+        users: plan.users,
+        tokens: plan.tokens,
+        rounds,
+        rss_before_kib,
+        rss_peak_kib,
+        rss_after_kib,
+        tables_before: before,
+        tables_after: after,
+        settled,
+        took: started.elapsed(),
+    })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn table_list(t: &BTreeMap<String, i64>) -> String {
+    t.iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of phase 9.
+pub fn rows(c: &ChurnRun, rows: &mut Vec<(&'static str, String, String)>) {
+    let p = "9 churn";
+    rows.push((
+        p,
+        "tokens created and deleted".into(),
+        format!(
+            "{} in {} rounds, {:.0} s",
+            int(c.tokens as f64),
+            c.rounds,
+            c.took.as_secs_f64()
+        ),
+    ));
+    rows.push((
+        p,
+        "RSS before / peak / after".into(),
+        format!(
+            "{} / {} / {}",
+            mib(c.rss_before_kib),
+            mib(c.rss_peak_kib),
+            mib(c.rss_after_kib)
+        ),
+    ));
+    rows.push((
+        p,
+        "tables before (non-zero)".into(),
+        table_list(&c.tables_before),
+    ));
+    rows.push((
+        p,
+        "tables after (non-zero)".into(),
+        table_list(&c.tables_after),
+    ));
+}
+
+/// The goals of phase 9.
+pub fn goals(c: &ChurnRun) -> Vec<Goal> {
+    let grown = grown(&c.tables_before, &c.tables_after, c.users);
+    let rss = c.rss_after_kib as f64 / c.rss_before_kib.max(1) as f64;
+    vec![
+        Goal {
+            name: "tables after churn",
+            target: "back to their size before (guard: + a revocation entry per user; events: ≤ 4,096 until 6 idle minutes)",
+            measured: if grown.is_empty() && c.settled {
+                "all back".into()
+            } else {
+                grown.join(", ")
+            },
+            met: grown.is_empty() && c.settled,
+            exact: true,
+        },
+        Goal {
+            name: "RSS after churn",
+            target: "within 10% of before",
+            measured: format!(
+                "{:+.1}% ({} → {})",
+                (rss - 1.0) * 100.0,
+                mib(c.rss_before_kib),
+                mib(c.rss_after_kib)
+            ),
+            met: rss <= 1.10,
+            exact: false,
+        },
+    ]
+}

@@ -1,0 +1,90 @@
+//! Reports the size of every in-memory table of the process (`tracked_entries{table}`), and
+//! prunes what no deletion path reaches for sure: the controllers' change filters (deletions
+//! never reach them), failures and recent identities of objects gone from the caches, guard
+//! entries past every window. The benchmark's churn phase reads these to prove that deleting
+//! objects returns every per-object table to where it was.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Context;
+use kube::Resource;
+
+use crate::api::{CommunicationToken, CommunicationUser};
+
+/// How often the tables are pruned and reported.
+const PERIOD: Duration = Duration::from_secs(5);
+
+/// Prunes and reports every [`PERIOD`], on every replica (a standby's tables count too).
+pub async fn report_forever(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        report(&ctx);
+    }
+}
+
+/// Whether the object a failure key (`Kind/namespace/name`) names is still cached.
+fn cached(ctx: &Context, key: &str) -> bool {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(kind), Some(ns), Some(name)) if kind == CommunicationUser::kind(&()) => {
+            ctx.users.get(ns, name).is_some()
+        }
+        (Some(kind), Some(ns), Some(name)) if kind == CommunicationToken::kind(&()) => {
+            ctx.tokens.get(ns, name).is_some()
+        }
+        _ => true,
+    }
+}
+
+/// Measures (and prunes what only a pass can prune) every table.
+pub fn report(ctx: &Context) {
+    let m = &ctx.metrics.runtime;
+    ctx.failures.retain(|k| cached(ctx, k));
+    if let Ok(mut recent) = ctx.recent_identities.lock() {
+        if !recent.is_empty() {
+            let uids: HashSet<String> = ctx
+                .users
+                .state()
+                .iter()
+                .filter_map(|u| u.metadata.uid.clone())
+                .collect();
+            recent.retain(|uid, _| uids.contains(uid));
+        }
+    }
+    for (table, n) in ctx.change_filters.prune() {
+        m.set_tracked(table, n);
+    }
+    m.set_tracked("token_index", ctx.token_index.len());
+    m.set_tracked("token_status_memo", ctx.token_status.len());
+    let (seen, wrote) = ctx.own_writes.len();
+    m.set_tracked("secret_versions", seen);
+    m.set_tracked("secret_writes", wrote);
+    m.set_tracked("failures", ctx.failures.len());
+    let g = &ctx.config.guards;
+    ctx.guard.prune(
+        g.unscheduled_window.max(g.revocation_window),
+        std::time::Instant::now(),
+    );
+    m.set_tracked("guard", ctx.guard.len());
+    m.set_tracked(
+        "recent_identities",
+        ctx.recent_identities.lock().map(|m| m.len()).unwrap_or(0),
+    );
+    let (endpoints, clients) = ctx.acs.sizes();
+    m.set_tracked("acs_endpoints", endpoints);
+    m.set_tracked("acs_clients", clients);
+    m.set_tracked(
+        "entra_principals",
+        ctx.credentials.entra_tokens().map_or(0, |t| t.len()),
+    );
+    let (secrets, namespaces, accounts) = ctx.credentials.sizes();
+    m.set_tracked("credential_secrets", secrets);
+    m.set_tracked("opted_in_namespaces", namespaces);
+    m.set_tracked("service_accounts", accounts);
+    ctx.recorder.renew_if_idle(super::events::IDLE_RENEWAL);
+    m.set_tracked("events", ctx.recorder.cached());
+    m.tables_reported(jiff::Timestamp::now());
+}
