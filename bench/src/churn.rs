@@ -56,15 +56,10 @@ pub struct ChurnRun {
 fn rss_kib(pid: u32) -> Result<u64, Error> {
     let path = std::path::PathBuf::from(format!("/proc/{pid}/status"));
     let status = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::Parse {
-            what: "VmRSS",
-            detail: path.display().to_string(),
-        })
+    crate::operator::status_kib(&status, "VmRSS:").ok_or_else(|| Error::Parse {
+        what: "VmRSS",
+        detail: path.display().to_string(),
+    })
 }
 
 fn tables(m: &Samples) -> BTreeMap<String, i64> {

@@ -209,9 +209,14 @@ pub fn read_usage(pid: u32) -> Result<Usage, Error> {
 
 /// `VmHWM:    12345 kB` → 12345.
 fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status_kib(status, "VmHWM:")
+}
+
+/// The value in KiB of the `/proc/<pid>/status` line starting with `field` (`VmRSS:`, ...).
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }

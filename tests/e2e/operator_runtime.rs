@@ -133,45 +133,13 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
 
 /// A Role in the test namespace granting `user` every verb on `resources` of `group`.
 async fn grant_all(env: &TestEnv, user: &str, name: &str, group: &str, resources: &[&str]) {
-    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-    use kube::api::PostParams;
-    let role = Role {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![group.to_string()]),
-            resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-            verbs: vec!["*".into()],
-            ..Default::default()
-        }]),
+    let rule = k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: vec!["*".into()],
+        ..Default::default()
     };
-    env.api::<Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.into(),
-        },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "User".into(),
-            name: user.into(),
-            ..Default::default()
-        }]),
-    };
-    env.api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    crate::support::grant(env, user, name, vec![rule]).await;
 }
 
 /// A watch the apiserver refuses (here: RBAC without CommunicationTokens) is logged and

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::support::{
-    self, eventually, observe_via_watch, status_code, wait_for, TestEnv, GC, SHORT,
+    self, eventually, grant, observe_via_watch, status_code, wait_for, TestEnv, GC, SHORT,
 };
 
 /// A placeholder kind, so the CRD path is exercised even before the project has CRDs.
@@ -76,42 +76,6 @@ fn owned_secret(name: &str, owner: &ConfigMap, block_owner_deletion: Option<bool
         string_data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
         ..Secret::default()
     }
-}
-
-/// Grants `user` the given rules in the test namespace.
-async fn grant(env: &TestEnv, user: &str, name: &str, rules: Vec<PolicyRule>) {
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        rules: Some(rules),
-    };
-    env.api::<Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.into(),
-        },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "User".into(),
-            name: user.into(),
-            namespace: None,
-        }]),
-    };
-    env.api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
 }
 
 fn rule(resources: &[&str], verbs: &[&str]) -> PolicyRule {
