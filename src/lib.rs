@@ -4,6 +4,7 @@
 //! `acs-emulator`) that builds on this library's `acs` module.
 
 pub mod acs;
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod controller;

@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    acs_identity_operator::alloc::limit_arenas();
     let cli = Cli::parse();
     if let Command::Crd { output_dir } = &cli.command {
         return match write_crds(output_dir.as_deref()) {

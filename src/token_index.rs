@@ -115,6 +115,14 @@ impl TokenIndex {
         }
     }
 
+    /// Gives back the room of maps that emptied.
+    pub fn shrink(&self) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        crate::alloc::shrink(&mut inner.by_user);
+        crate::alloc::shrink(&mut inner.by_secret);
+        crate::alloc::shrink(&mut inner.keys);
+    }
+
     /// Tokens indexed.
     pub fn len(&self) -> usize {
         self.inner

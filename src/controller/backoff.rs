@@ -64,7 +64,10 @@ impl Failures {
 
     /// Keeps the entries whose key `keep` accepts.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.with(|m| m.retain(|k, _| keep(k)));
+        self.with(|m| {
+            m.retain(|k, _| keep(k));
+            crate::alloc::shrink(m);
+        });
     }
 
     /// Records a failure and returns the new count.

@@ -99,6 +99,7 @@ impl Guard {
                 q.back()
                     .is_some_and(|t| now.saturating_duration_since(*t) < window)
             });
+            crate::alloc::shrink(&mut m);
         }
     }
 

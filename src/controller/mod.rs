@@ -12,6 +12,8 @@ pub mod own_writes;
 pub mod shared_watch;
 pub mod status_memo;
 pub mod tables;
+#[cfg(test)]
+mod tests;
 pub mod token;
 pub mod triggers;
 pub mod user;
@@ -225,19 +227,31 @@ pub fn reconciler_error<E: std::error::Error + 'static>(
 
 /// Whether removing the finalizer found the object gone: a reconcile of a cached copy that
 /// lagged the previous, successful cleanup (the finalizer was already removed and the object
-/// deleted). Nothing failed; recording it would keep a failure entry for an object that no
-/// longer exists and log a warning for every such lag.
-pub fn gone_at_finalizer_removal<E: std::error::Error + 'static>(
+/// deleted). Nothing failed: the object's per-object state is forgotten and nothing recorded,
+/// which would keep a failure entry for an object that no longer exists and log a warning for
+/// every such lag.
+pub fn gone_at_finalizer_removal<K, E>(
+    ctx: &Context,
+    obj: &K,
     e: &kube::runtime::finalizer::Error<E>,
-) -> bool {
-    matches!(
+) -> bool
+where
+    K: Resource<DynamicType = ()>,
+    E: std::error::Error + 'static,
+{
+    let gone = matches!(
         e,
         kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ae)) if ae.code == 404
-    )
+    );
+    if gone {
+        forget_object(ctx, obj);
+        tracing::debug!("already deleted: a lagging copy found its finalizer gone");
+    }
+    gone
 }
 
 /// Forgets the per-object state of an object that is gone (its failures and guard entries).
-pub fn forget_object<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
+fn forget_object<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
     ctx.failures.reset(&key_of(obj));
     if let Some(uid) = obj.meta().uid.as_deref() {
         ctx.guard.forget(uid);
@@ -552,6 +566,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         clock: Arc::new(jiff::Timestamp::now),
     });
 
+    metrics.objects.set_source(Box::new(series::CacheSeries {
+        users: user_stores.clone(),
+        tokens: token_stores.clone(),
+    }));
     // Every replica prunes and reports its tables, the leader or not.
     let tables = tokio::spawn(tables::report_forever(ctx.clone()));
 

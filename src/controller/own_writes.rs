@@ -107,6 +107,22 @@ impl OwnWrites {
             .retain(|k, _| keep(k));
     }
 
+    /// Gives back the room of maps that emptied.
+    pub fn shrink(&self) {
+        crate::alloc::shrink(
+            &mut self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        crate::alloc::shrink(
+            &mut self
+                .wrote
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
     /// Secrets whose resourceVersion is known, and Secrets whose last write is remembered.
     pub fn len(&self) -> (usize, usize) {
         (

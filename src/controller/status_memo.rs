@@ -86,6 +86,11 @@ impl<S: Clone> StatusMemo<S> {
         );
     }
 
+    /// Gives back the room of a map that emptied.
+    pub fn shrink(&self) {
+        crate::alloc::shrink(&mut self.wrote.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
     /// Drops the writes to objects of `scope` a complete list of the watch did not show.
     pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
         self.wrote

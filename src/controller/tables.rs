@@ -39,6 +39,27 @@ fn cached(ctx: &Context, key: &str) -> bool {
     }
 }
 
+/// The most entries the token tables held since memory was last given back.
+static HIGH_WATER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Entries the token tables must have lost (and at least half of them) for their room to be
+/// given back.
+const LARGE_SHRINK: usize = 1000;
+
+/// After many objects went: the maps give back their room and the allocator its free pages.
+fn release_after_large_shrink(ctx: &Context) {
+    use std::sync::atomic::Ordering;
+    let now = ctx.token_index.len() + ctx.own_writes.len().0 + ctx.token_status.len();
+    let high = HIGH_WATER.fetch_max(now, Ordering::Relaxed).max(now);
+    if high >= now + LARGE_SHRINK && now <= high / 2 {
+        HIGH_WATER.store(now, Ordering::Relaxed);
+        ctx.token_index.shrink();
+        ctx.own_writes.shrink();
+        ctx.token_status.shrink();
+        crate::alloc::release_free_memory();
+    }
+}
+
 /// Measures (and prunes what only a pass can prune) every table.
 pub fn report(ctx: &Context) {
     let m = &ctx.metrics.runtime;
@@ -84,7 +105,10 @@ pub fn report(ctx: &Context) {
     m.set_tracked("credential_secrets", secrets);
     m.set_tracked("opted_in_namespaces", namespaces);
     m.set_tracked("service_accounts", accounts);
-    ctx.recorder.renew_if_idle(super::events::IDLE_RENEWAL);
+    if ctx.recorder.renew_if_idle(super::events::IDLE_RENEWAL) {
+        crate::alloc::release_free_memory();
+    }
     m.set_tracked("events", ctx.recorder.cached());
+    release_after_large_shrink(ctx);
     m.tables_reported(jiff::Timestamp::now());
 }

@@ -89,6 +89,7 @@ impl<K: Resource> Filter<K> {
             .collect();
         seen.map
             .retain(|u, _| uids.contains(u) || Some(u.as_str()) == keep);
+        crate::alloc::shrink(&mut seen.map);
         seen.after_prune = seen.map.len();
     }
 }

@@ -132,6 +132,20 @@ impl Acs {
             .unwrap_or(0)
     }
 
+    /// Requests answered for every operation, any status.
+    #[allow(dead_code)]
+    pub async fn total_calls(&self) -> u64 {
+        let stats = self.stats().await;
+        stats["operations"]
+            .as_object()
+            .into_iter()
+            .flat_map(|ops| ops.values())
+            .filter_map(Value::as_object)
+            .flat_map(|by_status| by_status.values())
+            .filter_map(Value::as_u64)
+            .sum()
+    }
+
     /// Sets the injected faults (`PUT /_emulator/faults`), e.g. `{"latencyMs": 3000}`.
     #[allow(dead_code)]
     pub async fn set_faults(&self, faults: Value) {

@@ -326,6 +326,7 @@ async fn watches_broken_after_start_up_make_readyz_false_until_they_recover() {
     let op = Operator::spawn(args);
     op.wait_ready().await;
     assert_eq!(watch_errors(&op).await, 0.0);
+    let (calls_base, writes_base) = (acs.total_calls().await, op.kube_writes().await);
 
     relay.cut();
     eventually(
@@ -341,6 +342,12 @@ async fn watches_broken_after_start_up_make_readyz_false_until_they_recover() {
     .await;
     assert!(op.metric("acs_identity_operator_watches_failing").await >= 1.0);
     assert!(op.logs().contains("watch failed"));
+    // Nothing changed while the apiserver was away: nothing to ask ACS.
+    assert_eq!(
+        acs.total_calls().await,
+        calls_base,
+        "ACS calls during the outage"
+    );
 
     relay.restore();
     // Something for every watch to deliver once it is back: a credentials-like Secret, a
@@ -363,4 +370,11 @@ async fn watches_broken_after_start_up_make_readyz_false_until_they_recover() {
     wait_for(&tokens, "after", CONVERGE, "Ready", token_ready(""))
         .await
         .unwrap();
+    // The outage and the recovery cost what the new user and token need, no storm: one
+    // identity, one token; the writes of two objects (finalizers, statuses, a Secret, events).
+    let calls = acs.total_calls().await - calls_base;
+    let writes = op.kube_writes().await - writes_base;
+    eprintln!("figure: a cut apiserver connection and its recovery: {calls} ACS calls, {writes} apiserver writes");
+    assert!(calls <= 4, "{calls} ACS calls:\n{}", acs.stats().await);
+    assert!(writes <= 12.0, "{writes} apiserver writes");
 }

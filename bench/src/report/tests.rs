@@ -146,6 +146,7 @@ fn results() -> Results {
             users: 100,
             tokens: 20000,
             rounds: 4,
+            rss_cold_kib: 30_000,
             rss_before_kib: 40_000,
             rss_peak_kib: 90_000,
             rss_after_kib: 42_000,

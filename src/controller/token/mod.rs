@@ -259,9 +259,7 @@ async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<
 fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(token.as_ref());
     if let Error::Finalizer(e) = err {
-        if super::gone_at_finalizer_removal(e) {
-            super::forget_object(&ctx, token.as_ref());
-            tracing::debug!("already deleted: a lagging copy found its finalizer gone");
+        if super::gone_at_finalizer_removal(&ctx, token.as_ref(), e) {
             return Action::await_change();
         }
     }

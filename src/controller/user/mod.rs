@@ -240,9 +240,7 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
 fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(user.as_ref());
     if let Error::Finalizer(e) = err {
-        if super::gone_at_finalizer_removal(e) {
-            super::forget_object(&ctx, user.as_ref());
-            tracing::debug!("already deleted: a lagging copy found its finalizer gone");
+        if super::gone_at_finalizer_removal(&ctx, user.as_ref(), e) {
             return Action::await_change();
         }
     }

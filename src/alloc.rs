@@ -1,0 +1,31 @@
+//! The C allocator's retention. With glibc, each tokio worker thread gets an arena of its own
+//! and freed memory stays in it: after 20,000 tokens were created and deleted the live heap was
+//! 5 MB (heaptrack) while the resident size stayed at the 60 MB peak. Capping the arenas and
+//! handing free pages back after a large shrink lets the resident size follow the live heap.
+
+/// Caps glibc's arenas at 2 (called before any thread starts). No-op elsewhere.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns free memory to the system. No-op elsewhere.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Shrinks `map` when it holds far fewer entries than it has room for.
+pub fn shrink<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
+    if map.capacity() > 4 * map.len() + 64 {
+        map.shrink_to_fit();
+    }
+}
