@@ -7,6 +7,7 @@
 //! The namespaced mode runs on the shared control plane. The cluster-wide mode gets a control
 //! plane of its own: an operator watching all namespaces would reconcile other tests' objects.
 
+mod aggregation;
 mod audit;
 mod helm;
 mod render;
@@ -527,7 +528,7 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
         );
     }
     let cluster_roles = Api::<ClusterRole>::all(client.clone());
-    let role_name = helm::one(&inst.docs, "ClusterRole").name().to_string();
+    let role_name = helm::operator_cluster_role(&inst.docs).name().to_string();
     wait_for(
         &cluster_roles,
         &role_name,

@@ -33,6 +33,9 @@ helm.sh/chart: {{ include "acs-identity-operator.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: acs-identity-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels that select the operator's pods (immutable once installed). */}}
@@ -98,6 +101,12 @@ Fails on value combinations the schema cannot express.
 {{- end }}
 {{- if and $wi.projectToken (not (and $wi.enabled $wi.clientId $wi.tenantId)) }}
 {{- fail "workloadIdentity.projectToken needs workloadIdentity.enabled=true, workloadIdentity.clientId and workloadIdentity.tenantId: without the webhook nothing else sets them" }}
+{{- end }}
+{{- with .Values.strategy }}
+{{- $surge := toString (dig "rollingUpdate" "maxSurge" "" .) }}
+{{- if and (eq (default "" .type) "RollingUpdate") (not $.Values.leaderElection.enabled) (ne $surge "0") (ne $surge "0%") }}
+{{- fail "strategy.type RollingUpdate without leaderElection.enabled needs strategy.rollingUpdate.maxSurge: 0: two pods would write at once" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.defaultCredentials.secretName .Values.defaultCredentials.endpoint }}
 {{- fail "defaultCredentials.secretName and defaultCredentials.endpoint are exclusive: set one (a connection string Secret, or an ACS endpoint reached with the operator's workload identity)" }}

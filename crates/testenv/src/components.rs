@@ -25,9 +25,10 @@ rules:
 pub const EXTRA_ADMISSION_PLUGINS: &str = "NodeRestriction,OwnerReferencesPermissionEnforcement";
 
 /// The controllers kube-controller-manager runs: garbage collection (ownerReferences), namespace
-/// deletion, default ServiceAccounts and their token Secrets. Pods never run (no kubelet), so
+/// deletion, default ServiceAccounts and their token Secrets, and ClusterRole aggregation (the
+/// chart's roles for people join the built-in view/edit/admin). Pods never run (no kubelet), so
 /// workload controllers would only add noise.
-pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
+pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller";
 
 /// The controllers added when a node runs pods: the `kube-root-ca.crt` ConfigMap every projected
 /// ServiceAccount token volume needs, the workload controllers (Deployments, StatefulSets,
@@ -333,6 +334,7 @@ mod tests {
         assert!(args.contains(&format!("--controllers={CONTROLLERS}")));
         assert!(CONTROLLERS.contains("garbage-collector-controller"));
         assert!(CONTROLLERS.contains("namespace-controller"));
+        assert!(CONTROLLERS.contains("clusterrole-aggregation-controller"));
         assert!(args.contains(&"--secure-port=0".to_string()));
         assert!(args.contains(&"--leader-elect=false".to_string()));
         assert!(args.contains(&"--kubeconfig=/w/admin.kubeconfig".to_string()));

@@ -217,6 +217,26 @@ pub fn one<'a>(docs: &'a [RenderedDoc], kind: &str) -> &'a RenderedDoc {
     found[0]
 }
 
+/// The operator's own ClusterRole: the one not aggregated into the built-in roles for people.
+pub fn operator_cluster_role(docs: &[RenderedDoc]) -> &RenderedDoc {
+    let found: Vec<_> = of_kind(docs, "ClusterRole")
+        .into_iter()
+        .filter(|r| {
+            r.value["metadata"]["labels"].as_object().is_none_or(|l| {
+                !l.keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one operator ClusterRole, got {}",
+        found.len()
+    );
+    found[0]
+}
+
 /// Joins documents back into one multi-document YAML stream.
 pub fn join<'a>(docs: impl IntoIterator<Item = &'a RenderedDoc>) -> String {
     docs.into_iter()

@@ -312,7 +312,16 @@ fn cases() -> Vec<Case> {
                 let pdb = &one(docs, "PodDisruptionBudget").value["spec"];
                 assert_eq!(pdb["maxUnavailable"], 1);
                 assert!(pdb.get("minAvailable").is_none());
-                let cr = one(docs, "ClusterRole");
+                // The operator's ClusterRole, and the two aggregated into view/edit/admin.
+                let roles = of_kind(docs, "ClusterRole");
+                assert_eq!(roles.len(), 3, "ClusterRoles: the operator's, view, edit");
+                let cr = helm::operator_cluster_role(docs);
+                assert_eq!(cr.name(), FULLNAME);
+                assert_aggregated_roles(docs);
+                assert_eq!(
+                    deployment(docs)["spec"]["template"]["spec"]["nodeSelector"],
+                    json!({"kubernetes.io/os": "linux"})
+                );
                 let res = rule_resources(cr);
                 for r in [
                     "secrets",
@@ -352,7 +361,7 @@ fn cases() -> Vec<Case> {
                 assert!(rule_resources(roles[0]).contains(&"secrets".to_string()));
                 assert_no_service_account_rules(docs);
                 assert_no_sealing_key(docs, ctx);
-                let cr = one(docs, "ClusterRole");
+                let cr = helm::operator_cluster_role(docs);
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert_eq!(
                     cr.value["rules"],
@@ -373,7 +382,7 @@ fn cases() -> Vec<Case> {
                 assert_eq!(env(docs, "PROPAGATION_ALLOWANCE"), Some("5m"));
                 // get and patch of the three workload kinds, in the ClusterRole, and nothing
                 // else on apps anywhere.
-                let cr = one(docs, "ClusterRole");
+                let cr = helm::operator_cluster_role(docs);
                 assert_eq!(cr.name(), FULLNAME);
                 let want = rollout_restart_rule();
                 assert_eq!(apps_rules(cr), vec![&want]);
@@ -407,7 +416,7 @@ fn cases() -> Vec<Case> {
                 {
                     assert!(apps_rules(r).is_empty(), "Role {} grants on apps", r.name());
                 }
-                let cr = one(docs, "ClusterRole");
+                let cr = helm::operator_cluster_role(docs);
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert!(apps_rules(cr).is_empty());
             }),
@@ -420,7 +429,7 @@ fn cases() -> Vec<Case> {
                 assert_sealing_key(docs, ctx);
                 // In the ClusterRole only: the sealing key and leader election Roles grant
                 // nothing on ServiceAccounts.
-                let cr = one(docs, "ClusterRole");
+                let cr = helm::operator_cluster_role(docs);
                 assert_eq!(cr.name(), FULLNAME);
                 assert_service_account_rules(cr);
                 for r in of_kind(docs, "Role") {
@@ -455,7 +464,7 @@ fn cases() -> Vec<Case> {
                 {
                     assert_no_service_account_rule(r);
                 }
-                let cr = one(docs, "ClusterRole");
+                let cr = helm::operator_cluster_role(docs);
                 assert_eq!(cr.name(), format!("{FULLNAME}-namespaces"));
                 assert_no_service_account_rule(cr);
                 assert_sealing_key(docs, ctx);
@@ -812,7 +821,107 @@ fn cases() -> Vec<Case> {
                 assert_eq!(pod["priorityClassName"], "system-cluster-critical");
             }),
         },
+        Case {
+            name: "self-serve extras: labels, annotations, strategy, volumes, extra objects",
+            values: json!({
+                "commonLabels": {"example.com/team": "platform"},
+                "deploymentAnnotations": {"example.com/owner": "platform"},
+                "strategy": {"type": "Recreate"},
+                "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+                "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra", "readOnly": true}],
+                "extraObjects": [
+                    {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "{{ .Release.Name }}-extra-map"}},
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra-string\n  namespace: {{ .Release.Namespace }}\n",
+                ],
+                "rbac": {"aggregateClusterRoles": false},
+            }),
+            check: Box::new(|docs, ctx| {
+                for d in docs
+                    .iter()
+                    .filter(|d| !matches!(d.kind(), "CustomResourceDefinition" | "ConfigMap"))
+                {
+                    assert_eq!(
+                        d.value["metadata"]["labels"]["example.com/team"],
+                        "platform",
+                        "{} {}",
+                        d.kind(),
+                        d.name()
+                    );
+                }
+                let dep = deployment(docs);
+                assert_eq!(
+                    dep["metadata"]["annotations"]["example.com/owner"],
+                    "platform"
+                );
+                assert_eq!(dep["spec"]["strategy"], json!({"type": "Recreate"}));
+                // Never in the selector: it is immutable once installed.
+                assert!(dep["spec"]["selector"]["matchLabels"]
+                    .get("example.com/team")
+                    .is_none());
+                assert_eq!(
+                    volume(docs, "extra"),
+                    Some(&json!({"name": "extra", "emptyDir": {}}))
+                );
+                assert_eq!(
+                    mount(docs, "extra"),
+                    Some(&json!({"name": "extra", "mountPath": "/extra", "readOnly": true}))
+                );
+                let maps: Vec<(&str, Option<&str>)> = of_kind(docs, "ConfigMap")
+                    .into_iter()
+                    .map(|d| (d.name(), d.namespace()))
+                    .collect();
+                assert!(maps.contains(&("acs-extra-map", None)), "{maps:?}");
+                assert!(
+                    maps.contains(&("extra-string", Some(ctx.release_ns.as_str()))),
+                    "{maps:?}"
+                );
+                assert_eq!(
+                    of_kind(docs, "ClusterRole").len(),
+                    1,
+                    "aggregated roles off"
+                );
+            }),
+        },
     ]
+}
+
+/// The ClusterRoles for people: view (read) aggregated into view, edit and admin; edit (write,
+/// never status or finalizers) into edit and admin.
+fn assert_aggregated_roles(docs: &[RenderedDoc]) {
+    let role = |suffix: &str| {
+        let name = format!("{FULLNAME}-{suffix}");
+        of_kind(docs, "ClusterRole")
+            .into_iter()
+            .find(|r| r.name() == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))
+            .value
+            .clone()
+    };
+    let aggregated_to = |r: &Value| -> Vec<&str> {
+        ["view", "edit", "admin"]
+            .into_iter()
+            .filter(|to| {
+                r["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")]
+                    == "true"
+            })
+            .collect()
+    };
+    let kinds = json!(["communicationusers", "communicationtokens"]);
+    let view = role("view");
+    assert_eq!(aggregated_to(&view), ["view", "edit", "admin"]);
+    assert_eq!(
+        view["rules"],
+        json!([{"apiGroups": ["communication.acs.dev"], "resources": kinds,
+                "verbs": ["get", "list", "watch"]}])
+    );
+    let edit = role("edit");
+    assert_eq!(aggregated_to(&edit), ["edit", "admin"]);
+    assert_eq!(
+        edit["rules"],
+        json!([{"apiGroups": ["communication.acs.dev"], "resources": kinds,
+                "verbs": ["create", "update", "patch", "delete", "deletecollection"]}])
+    );
 }
 
 /// Replaces the placeholder namespaces "A" and "B" in values with real ones.
@@ -912,6 +1021,10 @@ async fn invalid_values_are_rejected_when_rendering() {
         ),
         (json!({"replics": 2}), "replics"),
         (
+            json!({"leaderElection": {"enabled": false}, "strategy": {"type": "RollingUpdate"}}),
+            "strategy.rollingUpdate.maxSurge: 0",
+        ),
+        (
             json!({"replicas": 2, "leaderElection": {"enabled": false}}),
             "leaderElection",
         ),
@@ -987,6 +1100,7 @@ fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
                         | "securityContext"
                         | "livenessProbe"
                         | "readinessProbe"
+                        | "nodeSelector"
                 ) {
                     out.push(path);
                 } else {
