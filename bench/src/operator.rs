@@ -143,7 +143,13 @@ impl Operator {
 
     /// Scrapes `/metrics`.
     pub async fn metrics(&mut self) -> Result<Samples, Error> {
+        Ok(Samples::parse(&self.scrape().await?.0))
+    }
+
+    /// Scrapes `/metrics`: the text and how long the scrape took.
+    pub async fn scrape(&mut self) -> Result<(String, Duration), Error> {
         self.ensure_running()?;
+        let started = Instant::now();
         let text = self
             .http
             .get(&self.metrics_url)
@@ -153,7 +159,7 @@ impl Operator {
             .text()
             .await
             .map_err(Error::http("read the operator's metrics"))?;
-        Ok(Samples::parse(&text))
+        Ok((text, started.elapsed()))
     }
 
     /// The process id.

@@ -209,6 +209,10 @@ pub struct Steady {
     pub writes: f64,
     pub gets: f64,
     pub reconciles: f64,
+    /// The slowest of three scrapes of `/metrics` at the end (every object's series in it).
+    pub scrape: Duration,
+    /// Its size in bytes.
+    pub scrape_bytes: usize,
 }
 
 /// Watches a running, settled operator for `window` with nothing due.
@@ -218,6 +222,12 @@ pub async fn steady(env: &Env, op: &mut Operator, window: Duration) -> Result<St
     tokio::time::sleep(window).await;
     let after = op.metrics().await?;
     let acs = env.emu.stats().await?;
+    let (mut scrape, mut scrape_bytes) = (Duration::ZERO, 0);
+    for _ in 0..3 {
+        let (text, took) = op.scrape().await?;
+        scrape = scrape.max(took);
+        scrape_bytes = text.len();
+    }
     let get = |m: &Samples| m.sum(crate::metrics::KUBE_REQUESTS, &[("verb", "get")]);
     let reconciles = |m: &Samples| m.reconciles(USER_CONTROLLER) + m.reconciles(TOKEN_CONTROLLER);
     Ok(Steady {
@@ -226,6 +236,8 @@ pub async fn steady(env: &Env, op: &mut Operator, window: Duration) -> Result<St
         writes: after.kube_writes() - before.kube_writes(),
         gets: get(&after) - get(&before),
         reconciles: reconciles(&after) - reconciles(&before),
+        scrape,
+        scrape_bytes,
     })
 }
 

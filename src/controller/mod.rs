@@ -9,6 +9,7 @@ pub mod events;
 pub mod fixtures;
 pub mod guard;
 pub mod own_writes;
+pub mod series;
 pub mod shared_watch;
 pub mod status_memo;
 pub mod tables;

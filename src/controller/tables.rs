@@ -75,6 +75,20 @@ pub fn report(ctx: &Context) {
             recent.retain(|uid, _| uids.contains(uid));
         }
     }
+    let restarts = if ctx.metrics.objects.restart_entries() == 0 {
+        0
+    } else {
+        let uids: HashSet<String> = ctx
+            .tokens
+            .state()
+            .iter()
+            .filter_map(|t| t.metadata.uid.clone())
+            .collect();
+        ctx.metrics
+            .objects
+            .retain_restarts(|uid| uids.contains(uid))
+    };
+    m.set_tracked("token_restart_counts", restarts);
     for (table, n) in ctx.change_filters.prune() {
         m.set_tracked(table, n);
     }

@@ -3,9 +3,9 @@
 //!
 //! Every name starts with `acs_identity_operator_` and carries its unit. Labels are bounded by
 //! construction: most take `&'static str` so only values written in the source can appear, and
-//! the one free-form label (`outcome` of an ACS request) is filtered by [`bound_outcome`]. No
-//! label ever holds an object name, a namespace or anything secret, because those would make
-//! the series count grow with the cluster (and could leak data to whoever scrapes).
+//! the one free-form label (`outcome` of an ACS request) is filtered by [`bound_outcome`]. Only
+//! the per-object series ([`objects`]) carry an object's `namespace` and `name`, one series per
+//! object and metric, computed from the caches at scrape; no label ever holds anything secret.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
@@ -141,6 +141,8 @@ pub struct Metrics {
     token_min_pod_validity: Family<NoLabels, GaugeF64>,
     /// Table sizes and watch health.
     pub runtime: runtime::RuntimeMetrics,
+    /// The per-object series.
+    pub objects: std::sync::Arc<objects::ObjectMetrics>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -316,8 +318,11 @@ impl Metrics {
 
         let runtime = runtime::RuntimeMetrics::register(&mut registry);
 
+        let objects = std::sync::Arc::new(objects::ObjectMetrics::default());
+        registry.register_collector(Box::new(objects.clone()));
         Self {
             runtime,
+            objects,
             pod_validity_at_issue,
             token_min_pod_validity,
             secret_repairs,
@@ -557,6 +562,7 @@ impl Drop for ReconcileTimer {
 }
 
 pub mod kube_requests;
+pub mod objects;
 pub mod runtime;
 
 #[cfg(test)]

@@ -243,3 +243,78 @@ fn every_family_is_described_with_the_prefix_once_it_has_a_series() {
         assert!(text.contains(&help), "missing {help:?} in\n{text}");
     }
 }
+
+/// A fixed set of objects, as the caches would hold them.
+struct Objects(Vec<objects::TokenSeries>, Vec<objects::UserSeries>);
+
+impl objects::ObjectSource for Objects {
+    fn tokens(&self) -> Vec<objects::TokenSeries> {
+        self.0.clone()
+    }
+    fn users(&self) -> Vec<objects::UserSeries> {
+        self.1.clone()
+    }
+}
+
+fn token_series(name: &str, ready: objects::Readiness, issued: bool) -> objects::TokenSeries {
+    objects::TokenSeries {
+        namespace: "team-a".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        ready,
+        expiration: issued.then_some(1_800_000_000.0),
+        renewal: issued.then_some(1_799_990_000.0),
+    }
+}
+
+#[test]
+fn every_object_gets_one_series_per_metric_named_by_namespace_and_name() {
+    use objects::Readiness;
+    let m = Metrics::new();
+    // Before the controllers install their caches: no per-object series, still valid text.
+    assert!(!m.encode().contains("token_ready_status{"));
+    m.objects.set_source(Box::new(Objects(
+        vec![
+            token_series("web", Readiness::True, true),
+            token_series("new", Readiness::Unknown, false),
+        ],
+        vec![objects::UserSeries {
+            namespace: "team-a".into(),
+            name: "alice".into(),
+            ready: Readiness::False,
+        }],
+    )));
+    m.objects.workload_restarted("uid-web");
+    m.objects.workload_restarted("uid-web");
+    // A count for a token the source no longer has is not shown.
+    m.objects.workload_restarted("uid-gone");
+    let text = m.encode();
+    let p = "acs_identity_operator_";
+    for line in [
+        "token_expiration_timestamp_seconds{namespace=\"team-a\",name=\"web\"} 1800000000.0",
+        "token_renewal_timestamp_seconds{namespace=\"team-a\",name=\"web\"} 1799990000.0",
+        "token_ready_status{namespace=\"team-a\",name=\"web\",condition=\"True\"} 1",
+        "token_ready_status{namespace=\"team-a\",name=\"new\",condition=\"Unknown\"} 1",
+        "token_workload_restarts_total{namespace=\"team-a\",name=\"web\"} 2",
+        "user_ready_status{namespace=\"team-a\",name=\"alice\",condition=\"False\"} 1",
+    ] {
+        assert!(
+            text.contains(&format!("{p}{line}")),
+            "{line} missing:\n{text}"
+        );
+    }
+    // Not issued yet: no expiration or renewal series, rather than a made-up time.
+    assert!(!text.contains("timestamp_seconds{namespace=\"team-a\",name=\"new\"}"));
+    assert_eq!(
+        lines_starting(&text, &format!("{p}token_ready_status{{")).len(),
+        2
+    );
+    assert_eq!(
+        lines_starting(&text, &format!("{p}token_workload_restarts_total{{")).len(),
+        1
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // The deletion path: counts of tokens gone are dropped.
+    assert_eq!(m.objects.retain_restarts(|uid| uid == "uid-web"), 1);
+    assert_eq!(m.objects.restart_entries(), 1);
+}

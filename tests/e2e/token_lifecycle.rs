@@ -253,6 +253,40 @@ async fn deletion_revokes_only_when_revoke_on_delete_is_set() {
     let api: Api<CommunicationToken> = s.env.api();
     let secrets: Api<Secret> = s.env.api();
 
+    // One series per object and metric, named by namespace and name (the operator's cache may
+    // trail the watch that saw them Ready by a moment).
+    let ns = s.env.ns().to_string();
+    let mut want = vec![format!(
+        "acs_identity_operator_user_ready_status{{namespace=\"{ns}\",name=\"alice\",condition=\"True\"}} 1"
+    )];
+    for n in ["quiet", "loud", "sibling"] {
+        let st = api.get(n).await.unwrap().status.unwrap();
+        let labels = format!("namespace=\"{ns}\",name=\"{n}\"");
+        want.push(format!(
+            "acs_identity_operator_token_ready_status{{{labels},condition=\"True\"}} 1"
+        ));
+        want.push(format!(
+            "acs_identity_operator_token_expiration_timestamp_seconds{{{labels}}} {}.0",
+            st.expires_on.unwrap().0.as_second()
+        ));
+        want.push(format!(
+            "acs_identity_operator_token_renewal_timestamp_seconds{{{labels}}} {}.0",
+            st.renewal_time.unwrap().0.as_second()
+        ));
+    }
+    eventually("every object's series", CONVERGE, || async {
+        let m = s.op.metrics_text().await;
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !m.lines().any(|l| l == *w))
+            .collect();
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{missing:?} in\n{m}")),
+        }
+    })
+    .await;
+
     let quiet_token = secret_token(&s.env, "quiet").await.unwrap();
     let q = api.get("quiet").await.unwrap();
     api.delete("quiet", &DeleteParams::default()).await.unwrap();
@@ -278,6 +312,16 @@ async fn deletion_revokes_only_when_revoke_on_delete_is_set() {
         "revokeOnDelete: false revokes nothing"
     );
     assert!(s.acs.validate(&quiet_token).await.0);
+    // A deleted token's series go with it.
+    let quiet = format!("namespace=\"{ns}\",name=\"quiet\"");
+    eventually("the deleted token's series gone", CONVERGE, || async {
+        let m = s.op.metrics_text().await;
+        match m.lines().filter(|l| l.contains(&quiet)).count() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
 
     let l = api.get("loud").await.unwrap();
     api.delete("loud", &DeleteParams::default()).await.unwrap();

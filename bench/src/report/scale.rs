@@ -76,6 +76,18 @@ pub fn goals(s: &ScaleRun) -> Vec<Goal> {
             exact: true,
         },
         Goal {
+            name: "/metrics scrape with every object's series",
+            target: "≤ 150 ms",
+            measured: format!(
+                "{:.0} ms, {:.1} MiB at {} tokens",
+                s.steady.scrape.as_secs_f64() * 1000.0,
+                s.steady.scrape_bytes as f64 / (1024.0 * 1024.0),
+                int(s.operator.tokens as f64)
+            ),
+            met: s.steady.scrape <= Duration::from_millis(150),
+            exact: false,
+        },
+        Goal {
             name: "ACS calls, quiet minute",
             target: "0",
             measured: int(s.steady.acs_calls as f64),

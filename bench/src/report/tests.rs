@@ -86,6 +86,8 @@ fn results() -> Results {
                 writes: 0.0,
                 gets: 0.0,
                 reconciles: 0.0,
+                scrape: Duration::from_millis(40),
+                scrape_bytes: 4 << 20,
             },
             restart: Restart {
                 readyz: Duration::from_millis(500),

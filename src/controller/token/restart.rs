@@ -325,6 +325,9 @@ async fn restart_one(
         .await
         .map_err(|e| failed("patch", e))?;
     tracing::info!(workload = %what, revision, "rollout restart for a new token");
+    if let Some(uid) = token.metadata.uid.as_deref() {
+        ctx.metrics.objects.workload_restarted(uid);
+    }
     record(st, Some(Time(now)));
     ctx.event(
         token,
