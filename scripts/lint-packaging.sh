@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Lints the packaging: hadolint on the Dockerfiles (the operator's and the emulator's,
-# crates/emulator/Dockerfile) and checkov on the rendered Helm chart.
+# crates/emulator/Dockerfile), checkov on the rendered Helm chart, and promtool on the chart's
+# alert rules: `promtool check rules`, then `promtool test rules tests/promtool/alerts.test.yaml`
+# (series that reproduce each alert, and series that must not fire it).
 #
 # The tools come from PyPI (pinned below) into a virtual environment in the project cache, named
 # after the sha-256 of the pins and the interpreter version (like scripts/python-env.sh), so a
@@ -54,11 +56,14 @@ fi
 flock -u "$lock_fd"
 exec {lock_fd}>&-
 
+bins=$("$root/tools/build-bins.sh" --print-dir)
 helm=${HELM:-}
 if [ -z "$helm" ]; then
-  helm="$("$root/tools/build-bins.sh" --print-dir)/helm"
-  [ -x "$helm" ] || "$root/tools/build-bins.sh" >/dev/null
+  helm="$bins/helm"
 fi
+# Builds whatever is missing (promtool included) and checks the pinned versions.
+"$root/tools/build-bins.sh" >/dev/null
+promtool="$bins/promtool"
 
 # --- hadolint ------------------------------------------------------------------------------
 dockerfiles=(Dockerfile crates/emulator/Dockerfile)
@@ -79,6 +84,7 @@ render > "$work/rendered/default.yaml"
 render --set 'watchNamespaces={team-a,team-b}' --set defaultCredentials.secretName=acs-aso \
   --set defaultCredentials.key=primaryConnectionString --set replicas=2 \
   --set serviceMonitor.enabled=true --set acs.caBundle.configMap=acs-ca \
+  --set prometheusRule.enabled=true --set grafanaDashboard.enabled=true \
   --set logFormat=json > "$work/rendered/all-options.yaml"
 # Workload identity without the AKS webhook: the chart projects the token itself, and the
 # operator-wide default goes through the operator's own identity.
@@ -133,5 +139,30 @@ if stale:
     print("lint-packaging: error: these skipped checks pass now; remove them from "
           f"checkov-skips.txt: {' '.join(stale)}", file=sys.stderr)
 sys.exit(1 if unexpected or stale else 0)
+PY
+
+# --- alert rules ---------------------------------------------------------------------------
+log "promtool check rules + test rules on the chart's PrometheusRule"
+mkdir -p "$work/rules"
+render --set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml \
+  | "$venv/bin/python" -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(sys.stdin)["spec"], sys.stdout, sort_keys=False)' \
+  > "$work/rules/rules.yaml"
+"$promtool" check rules "$work/rules/rules.yaml" >&2
+cp "$root/tests/promtool/alerts.test.yaml" "$work/rules/"
+"$promtool" test rules "$work/rules/alerts.test.yaml" >&2
+# Every alert has a test, and every test names an alert that exists.
+"$venv/bin/python" - "$work/rules/rules.yaml" "$work/rules/alerts.test.yaml" <<'PY'
+import sys, yaml
+rules = yaml.safe_load(open(sys.argv[1]))
+alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+tests = yaml.safe_load(open(sys.argv[2]))
+tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", [])
+          if a.get("exp_alerts")}
+missing, unknown = sorted(alerts - tested), sorted(tested - alerts)
+if missing or unknown:
+    print(f"lint-packaging: error: alerts without a firing test: {missing}; tests of unknown alerts: {unknown}",
+          file=sys.stderr)
+    sys.exit(1)
+print(f"lint-packaging: promtool: {len(alerts)} alerts, each fired by a test", file=sys.stderr)
 PY
 log "ok"

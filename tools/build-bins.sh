@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned Kubernetes binaries (kube-apiserver, kube-controller-manager, kubectl, and for
-# the main release the node's kubelet and kube-scheduler; etcd, helm) from the Go module proxy
+# the main release the node's kubelet and kube-scheduler and promtool; etcd, helm) from the Go module proxy
 # into the project's versioned cache, skipping any binary that is already there. Release
 # downloads are unreachable here, so modules are the only source.
 #
@@ -15,6 +15,9 @@ set -euo pipefail
 
 ETCD_VERSION=v3.6.14
 HELM_VERSION=v3.21.4
+# promtool (the chart's alert rules and their unit tests, scripts/lint-packaging.sh): Prometheus
+# v3.16.0 is Go module version v0.316.0 (tools/promtool-bin). Built for the main release only.
+PROMETHEUS_VERSION=v3.16.0
 
 log() { printf '[build-bins] %s\n' "$*" >&2; }
 
@@ -31,8 +34,8 @@ done
 
 # Keep in step with crates/testenv/src/bins.rs (KubernetesVersion).
 case "${minor#v}" in
-  1.37|1.37.2) K8S_VERSION=v1.37.2; K8S_MODULE=k8s-bins; NODE_BINS=(kubelet kube-scheduler) ;;
-  1.32|1.32.13) K8S_VERSION=v1.32.13; K8S_MODULE=k8s-bins-1.32; NODE_BINS=() ;;
+  1.37|1.37.2) K8S_VERSION=v1.37.2; K8S_MODULE=k8s-bins; NODE_BINS=(kubelet kube-scheduler); TOOLS=(promtool) ;;
+  1.32|1.32.13) K8S_VERSION=v1.32.13; K8S_MODULE=k8s-bins-1.32; NODE_BINS=(); TOOLS=() ;;
   *) log "unsupported Kubernetes version '$minor' (known: 1.37, 1.32)"; exit 2 ;;
 esac
 
@@ -108,6 +111,14 @@ build_helm() {
   mv "$BIN/helm.tmp" "$BIN/helm"
 }
 
+build_promtool() {
+  log "building promtool $PROMETHEUS_VERSION"
+  (cd "$here/promtool-bin" && go build -trimpath -ldflags "-s -w \
+    -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
+    -o "$BIN/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool)
+  mv "$BIN/promtool.tmp" "$BIN/promtool"
+}
+
 if ! command -v go >/dev/null 2>&1; then
   log "go is not installed; set KUBEBUILDER_ASSETS or TEST_ASSET_* to existing binaries instead"
   exit 1
@@ -122,8 +133,11 @@ have_k8s() {
 have_k8s || build_k8s
 have etcd "$ETCD_VERSION" || reuse etcd "$ETCD_VERSION" || build_etcd
 have helm "$HELM_VERSION" || reuse helm "$HELM_VERSION" || build_helm
+if [ ${#TOOLS[@]} -gt 0 ]; then
+  have promtool "$PROMETHEUS_VERSION" || build_promtool
+fi
 
-for b in kube-apiserver kube-controller-manager kubectl "${NODE_BINS[@]}" etcd helm; do
+for b in kube-apiserver kube-controller-manager kubectl "${NODE_BINS[@]}" etcd helm "${TOOLS[@]}"; do
   [ -x "$BIN/$b" ] || { log "missing $BIN/$b after build"; exit 1; }
 done
 log "binaries ready in $BIN"

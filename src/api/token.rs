@@ -132,7 +132,8 @@ pub struct CommunicationTokenSpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutRestartTarget {
-    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, or `Rollout` (Argo Rollouts, restarted through
+    /// its `spec.restartAt`).
     pub kind: WorkloadKind,
     /// Name of the workload in this namespace.
     #[schemars(length(min = 1, max = 253))]
@@ -147,6 +148,8 @@ pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    /// An Argo Rollouts `Rollout` (`argoproj.io/v1alpha1`).
+    Rollout,
 }
 
 impl WorkloadKind {
@@ -155,6 +158,7 @@ impl WorkloadKind {
             Self::Deployment => "Deployment",
             Self::StatefulSet => "StatefulSet",
             Self::DaemonSet => "DaemonSet",
+            Self::Rollout => "Rollout",
         }
     }
 }

@@ -614,6 +614,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             _ = shutdown.clone() => return Ok(()),
         }
         info!("acquired leadership");
+        metrics.runtime.set_leader(true);
         let mut lost = e.keep_renewing();
         // A refused write means the gate saw leadership expire before the renew loop did
         // (a frozen process that just resumed): stop just the same.
@@ -621,6 +622,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         elector = Some(e);
         let s = shutdown.clone();
         let flag = lost_leadership.clone();
+        let leading = metrics.clone();
         let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             tokio::select! {
                 _ = s => return,
@@ -628,10 +630,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 _ = refused.wait_for(|r| *r) => {},
             }
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            leading.runtime.set_leader(false);
             warn!("leadership lost; stopping every controller and exiting");
         });
         f.shared()
     } else {
+        metrics.runtime.set_leader(true);
         shutdown.clone()
     };
 

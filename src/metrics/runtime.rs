@@ -26,6 +26,7 @@ pub struct RuntimeMetrics {
     watch_errors: Family<ResourceLabels, Counter>,
     watches_failing: Gauge,
     tables_reported: Gauge<f64, AtomicU64>,
+    leader: Gauge,
 }
 
 impl RuntimeMetrics {
@@ -46,6 +47,11 @@ impl RuntimeMetrics {
             "Watches failing (an error in the last minute and no event since) or ended; /readyz fails while this is not 0",
             m.watches_failing.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica leads and may write (always, once started, without leader election); 0 while it waits as a standby",
+            m.leader.clone(),
+        );
         registry.register_with_unit(
             "tracked_entries_reported_timestamp",
             "Unix time of the last report of tracked_entries",
@@ -53,6 +59,11 @@ impl RuntimeMetrics {
             m.tables_reported.clone(),
         );
         m
+    }
+
+    /// Whether this replica leads (may write) now.
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
     }
 
     /// The tables were reported at `at`.

@@ -10,6 +10,7 @@
 mod aggregation;
 mod audit;
 mod helm;
+mod monitoring;
 mod render;
 mod scenario;
 

@@ -20,6 +20,7 @@ mod ownership;
 mod requests;
 mod revocation_fence;
 mod rollout;
+mod rollout_argo;
 mod rollout_late;
 mod sibling_batch;
 mod smoke;

@@ -108,6 +108,9 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
         !b.logs().contains("identity created"),
         "the standby created an identity"
     );
+    // What an alert on "no leader" reads: 1 on the leader, 0 on the standby.
+    assert_eq!(a.metric("acs_identity_operator_leader").await, 1.0);
+    assert_eq!(b.metric("acs_identity_operator_leader").await, 0.0);
 
     // Crash the leader: no release, so the standby waits out the lease.
     a.kill();
@@ -120,6 +123,7 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
     .await;
     create_user(&env, "u2", CommunicationUserSpec::default()).await;
     wait_for(&api, "u2", CONVERGE, "u2 Ready", user_ready("")).await;
+    assert_eq!(b.metric("acs_identity_operator_leader").await, 1.0);
     assert_eq!(
         acs.identities().await.len(),
         2,

@@ -102,6 +102,9 @@ Fails on value combinations the schema cannot express.
 {{- if and $wi.projectToken (not (and $wi.enabled $wi.clientId $wi.tenantId)) }}
 {{- fail "workloadIdentity.projectToken needs workloadIdentity.enabled=true, workloadIdentity.clientId and workloadIdentity.tenantId: without the webhook nothing else sets them" }}
 {{- end }}
+{{- if and .Values.rolloutRestart.argoRollouts (not .Values.rolloutRestart.enabled) }}
+{{- fail "rolloutRestart.argoRollouts needs rolloutRestart.enabled=true" }}
+{{- end }}
 {{- with .Values.strategy }}
 {{- $surge := toString (dig "rollingUpdate" "maxSurge" "" .) }}
 {{- if and (eq (default "" .type) "RollingUpdate") (not $.Values.leaderElection.enabled) (ne $surge "0") (ne $surge "0%") }}
@@ -169,5 +172,12 @@ runs that enable them: namespace ServiceAccounts in both, rollout restarts in th
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]
+{{- if .Values.rolloutRestart.argoRollouts }}
+# Argo Rollouts (rolloutRestart.argoRollouts): the same read, then a merge patch of the Rollout's
+# spec.restartAt and one annotation.
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts"]
+  verbs: ["get", "patch"]
+{{- end }}
 {{- end }}
 {{- end }}

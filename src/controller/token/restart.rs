@@ -220,7 +220,7 @@ async fn restart_one(
         match &e {
         kube::Error::Api(s) if s.code == 403 => Problem {
             reason: reasons::RESTART_FAILED,
-            message: format!("{what}: the operator may not {action} it (RBAC: chart value rolloutRestart.enabled grants get and patch)"),
+            message: format!("{what}: the operator may not {action} it (RBAC: chart value {} grants get and patch)", if target.kind == WorkloadKind::Rollout { "rolloutRestart.argoRollouts" } else { "rolloutRestart.enabled" }),
         },
         _ => Problem {
             reason: reasons::RESTART_FAILED,
@@ -233,9 +233,14 @@ async fn restart_one(
         .await
         .map_err(|e| failed("read", e))?
     else {
+        let hint = if target.kind == WorkloadKind::Rollout {
+            " (is Argo Rollouts installed?)"
+        } else {
+            ""
+        };
         return Err(Problem {
             reason: reasons::TARGET_NOT_FOUND,
-            message: format!("{what} not found in namespace {ns}"),
+            message: format!("{what} not found in namespace {ns}{hint}"),
         });
     };
     let me = token.name_any();
@@ -255,9 +260,7 @@ async fn restart_one(
             message: format!("{what} uses updateStrategy OnDelete: a rollout restart never replaces its pods; delete them, or use RollingUpdate"),
         });
     }
-    let current = spec["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION]
-        .as_str()
-        .map(str::to_string);
+    let current = restarted_for(target.kind, &obj);
     let revision = st.revision;
     let seen = |w: &RestartedWorkload| w.kind == target.kind && w.name == target.name;
     // Created well after the current revision was issued: its pods started with it. The
@@ -318,9 +321,7 @@ async fn restart_one(
     if let Some(s) = since_latest.filter(|s| *s < window) {
         return Ok(Some((window - s).max(Duration::from_millis(100))));
     }
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTARTED_FOR_ANNOTATION: hash,
-    }}}}});
+    let patch = restart_patch(target.kind, &hash, now);
     api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| failed("patch", e))?;
@@ -355,6 +356,40 @@ fn resource(kind: WorkloadKind) -> ApiResource {
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+        WorkloadKind::Rollout => ApiResource {
+            group: "argoproj.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "argoproj.io/v1alpha1".into(),
+            kind: "Rollout".into(),
+            plural: "rollouts".into(),
+        },
+    }
+}
+
+/// The revisions hash the last restart recorded on the workload: on the pod template, or for
+/// a Rollout on the object itself (its pod template changing would start a new canary).
+fn restarted_for(kind: WorkloadKind, obj: &DynamicObject) -> Option<String> {
+    match kind {
+        WorkloadKind::Rollout => obj.annotations().get(RESTARTED_FOR_ANNOTATION).cloned(),
+        _ => obj.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION]
+            .as_str()
+            .map(str::to_string),
+    }
+}
+
+/// The merge patch that restarts the workload's pods: a pod-template annotation (what
+/// `kubectl rollout restart` does), or for a Rollout its `spec.restartAt` (what
+/// `kubectl argo rollouts restart` does: the pods are replaced without a new revision).
+fn restart_patch(kind: WorkloadKind, hash: &str, now: Timestamp) -> serde_json::Value {
+    match kind {
+        WorkloadKind::Rollout => json!({
+            "metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: hash}},
+            // Whole seconds: metav1.Time.
+            "spec": {"restartAt": Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()},
+        }),
+        _ => json!({"spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_FOR_ANNOTATION: hash,
+        }}}}}),
     }
 }
 
@@ -464,5 +499,33 @@ mod tests {
         assert_ne!(a, revisions_hash(&[dep("a", 3), dep("b", 1)]));
         assert_ne!(a, revisions_hash(&[dep("a", 2), dep("c", 1)]));
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn a_rollout_restarts_through_restart_at_and_keeps_its_hash_on_itself() {
+        let now: Timestamp = "2026-12-07T10:11:12.987Z".parse().unwrap();
+        assert_eq!(
+            restart_patch(WorkloadKind::Rollout, "h1", now),
+            json!({"metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: "h1"}},
+                   "spec": {"restartAt": "2026-12-07T10:11:12Z"}})
+        );
+        assert_eq!(
+            restart_patch(WorkloadKind::Deployment, "h1", now),
+            json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: "h1"}}}}})
+        );
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "annotations": {RESTARTED_FOR_ANNOTATION: "h0"}},
+            "spec": {"template": {"metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: "x"}}}},
+        }))
+        .unwrap();
+        assert_eq!(
+            restarted_for(WorkloadKind::Rollout, &obj).as_deref(),
+            Some("h0")
+        );
+        assert_eq!(
+            restarted_for(WorkloadKind::Deployment, &obj).as_deref(),
+            Some("x")
+        );
     }
 }

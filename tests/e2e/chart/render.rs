@@ -392,6 +392,26 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
+            name: "rollout restarts of Argo Rollouts too",
+            values: json!({"rolloutRestart": {"enabled": true, "argoRollouts": true}}),
+            check: Box::new(|docs, _| {
+                let cr = helm::operator_cluster_role(docs);
+                let rules = cr.value["rules"].as_array().unwrap();
+                let argo: Vec<&Value> = rules
+                    .iter()
+                    .filter(|r| r["apiGroups"] == json!(["argoproj.io"]))
+                    .collect();
+                assert_eq!(
+                    argo,
+                    vec![
+                        &json!({"apiGroups": ["argoproj.io"], "resources": ["rollouts"],
+                                 "verbs": ["get", "patch"]})
+                    ]
+                );
+                assert_eq!(apps_rules(cr), vec![&rollout_restart_rule()]);
+            }),
+        },
+        Case {
             name: "rollout restarts, namespaced",
             values: json!({"watchNamespaces": ["A", "B"], "rolloutRestart": {"enabled": true}}),
             check: Box::new(|docs, ctx| {
@@ -1012,6 +1032,10 @@ async fn invalid_values_are_rejected_when_rendering() {
         ),
         (json!({"rolloutRestart": {"enabled": "yes"}}), "enabled"),
         (
+            json!({"rolloutRestart": {"argoRollouts": true}}),
+            "rolloutRestart.argoRollouts needs rolloutRestart.enabled",
+        ),
+        (
             json!({"workloadIdentity": {"namespaceServiceAccounts": "yes"}}),
             "namespaceServiceAccounts",
         ),
@@ -1101,6 +1125,7 @@ fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
                         | "livenessProbe"
                         | "readinessProbe"
                         | "nodeSelector"
+                        | "grafanaDashboard.labels"
                 ) {
                     out.push(path);
                 } else {
