@@ -14,6 +14,7 @@ mod drift;
 mod entra;
 mod fencing;
 mod harness;
+mod kubectl_acs;
 mod leader;
 mod operator_runtime;
 mod ownership;
