@@ -21,6 +21,17 @@ pub fn release_free_memory() {
     }
 }
 
+/// [`release_free_memory`] off the async workers (trimming a large heap takes a while): on
+/// the runtime's blocking pool when there is one, else here.
+pub fn release_free_memory_soon() {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(release_free_memory);
+        }
+        Err(_) => release_free_memory(),
+    }
+}
+
 /// Shrinks `map` when it holds far fewer entries than it has room for.
 pub fn shrink<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
     map: &mut std::collections::HashMap<K, V, S>,

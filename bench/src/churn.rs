@@ -127,17 +127,46 @@ fn rss_kib(pid: u32) -> Result<u64, Error> {
     })
 }
 
-/// RssAnon and RssFile of `pid`, for the progress log: what the resident size is made of.
+/// RssAnon and RssFile of `pid`, and the largest anonymous mappings, for the progress log:
+/// what the resident size is made of.
 fn rss_parts(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    ["RssAnon:", "RssFile:"]
+    let mut out: Vec<String> = ["RssAnon:", "RssFile:"]
         .iter()
         .map(|f| {
             let kib = crate::operator::status_kib(&status, f).unwrap_or(0);
             format!("{} {:.1} MiB", f.trim_end_matches(':'), kib as f64 / 1024.0)
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    // /proc/<pid>/smaps: a header line per mapping, then its fields.
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut maps: Vec<(u64, String)> = Vec::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            let size = first
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+                })
+                .unwrap_or(0);
+            current = format!("{path} ({} KiB mapped)", size / 1024);
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            if !current.contains('/') {
+                let kib = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                maps.push((kib, current.clone()));
+            }
+        }
+    }
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
+    let anon_maps = maps.iter().filter(|m| m.0 > 0).count();
+    out.push(format!("{anon_maps} anonymous mappings resident; largest:"));
+    for (kib, what) in maps.iter().take(6) {
+        out.push(format!("{what} {kib} KiB"));
+    }
+    out.join(", ")
 }
 
 fn tables(m: &Samples) -> BTreeMap<String, i64> {

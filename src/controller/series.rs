@@ -29,12 +29,13 @@ impl ObjectSource for CacheSeries {
             .all()
             .iter()
             .map(|t| {
-                let st = t.status.as_ref();
+                // A suspended token is renewed by nobody: no times to alert on.
+                let st = t.status.as_ref().filter(|_| !t.spec.suspend);
                 TokenSeries {
                     namespace: t.namespace().unwrap_or_default(),
                     name: t.name_any(),
                     uid: t.metadata.uid.clone().unwrap_or_default(),
-                    ready: readiness(st.map(|s| s.conditions.as_slice())),
+                    ready: readiness(t.status.as_ref().map(|s| s.conditions.as_slice())),
                     expiration: st
                         .and_then(|s| s.expires_on.as_ref())
                         .map(|e| e.0.as_second() as f64),

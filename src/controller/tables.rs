@@ -56,7 +56,7 @@ fn release_after_large_shrink(ctx: &Context) {
         ctx.token_index.shrink();
         ctx.own_writes.shrink();
         ctx.token_status.shrink();
-        crate::alloc::release_free_memory();
+        crate::alloc::release_free_memory_soon();
     }
 }
 
@@ -120,7 +120,7 @@ pub fn report(ctx: &Context) {
     m.set_tracked("opted_in_namespaces", namespaces);
     m.set_tracked("service_accounts", accounts);
     if ctx.recorder.renew_if_idle(super::events::IDLE_RENEWAL) {
-        crate::alloc::release_free_memory();
+        crate::alloc::release_free_memory_soon();
     }
     m.set_tracked("events", ctx.recorder.cached());
     release_after_large_shrink(ctx);

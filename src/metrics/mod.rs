@@ -318,6 +318,11 @@ impl Metrics {
 
         let runtime = runtime::RuntimeMetrics::register(&mut registry);
 
+        // Every action's series exists from the start at 0: a counter that first appears at 1
+        // shows no increase, so the first deferral would never alert.
+        for action in ["issue", "repair", "revocation"] {
+            let _ = deferred.get_or_create(&ActionLabels { action });
+        }
         let objects = std::sync::Arc::new(objects::ObjectMetrics::default());
         registry.register_collector(Box::new(objects.clone()));
         Self {

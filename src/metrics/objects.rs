@@ -38,8 +38,10 @@ pub struct TokenSeries {
     pub name: String,
     pub uid: String,
     pub ready: Readiness,
-    /// Unix seconds; `None` before the first issuance.
+    /// Unix seconds; `None` before the first issuance, and while the token is suspended (no
+    /// renewal is coming: an expiry alert would only be noise).
     pub expiration: Option<f64>,
+    /// Unix seconds; `None` when no renewal is scheduled (suspended included).
     pub renewal: Option<f64>,
 }
 

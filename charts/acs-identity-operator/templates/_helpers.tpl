@@ -107,7 +107,8 @@ Fails on value combinations the schema cannot express.
 {{- end }}
 {{- with .Values.strategy }}
 {{- $surge := toString (dig "rollingUpdate" "maxSurge" "" .) }}
-{{- if and (eq (default "" .type) "RollingUpdate") (not $.Values.leaderElection.enabled) (ne $surge "0") (ne $surge "0%") }}
+{{- /* Kubernetes defaults an empty type to RollingUpdate. */}}
+{{- if and (eq (default "RollingUpdate" .type) "RollingUpdate") (not $.Values.leaderElection.enabled) (ne $surge "0") (ne $surge "0%") }}
 {{- fail "strategy.type RollingUpdate without leaderElection.enabled needs strategy.rollingUpdate.maxSurge: 0: two pods would write at once" }}
 {{- end }}
 {{- end }}

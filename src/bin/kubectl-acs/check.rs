@@ -15,7 +15,11 @@ const CRDS: [&str; 2] = [
     "communicationusers.communication.acs.dev",
     "communicationtokens.communication.acs.dev",
 ];
-const VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "delete"];
+const VERBS: [&str; 7] = [
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+/// The label every object of the chart carries, whatever its name overrides.
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/part-of=acs-identity-operator";
 
 async fn allowed(t: &Target, verb: &str, resource: &str) -> Result<bool, Error> {
     let review = SelfSubjectAccessReview {
@@ -40,11 +44,11 @@ pub async fn run(t: &Target) -> Result<(), Error> {
     let mut problems = 0;
     // The operator: its Deployments (any namespace the caller may list), version and readiness.
     let deployments: Api<Deployment> = Api::all(t.client.clone());
-    let lp = ListParams::default().labels("app.kubernetes.io/name=acs-identity-operator");
+    let lp = ListParams::default().labels(OPERATOR_SELECTOR);
     match deployments.list(&lp).await {
         Ok(list) if list.items.is_empty() => {
             problems += 1;
-            println!("operator   not found (no Deployment labelled app.kubernetes.io/name=acs-identity-operator)");
+            println!("operator   not found (no Deployment labelled {OPERATOR_SELECTOR})");
         }
         Ok(list) => {
             for d in list {

@@ -45,7 +45,8 @@ enum Command {
         #[arg(long, default_value = "2m", value_parser = acs_identity_operator::config::parse_duration)]
         timeout: Duration,
     },
-    /// Revoke every token of a user (sets the revoke annotation) and wait for the re-issue.
+    /// Revoke every token of a user (sets the revoke annotation) and wait for its tokens to be
+    /// re-issued.
     Revoke {
         /// The CommunicationUser.
         user: String,
@@ -79,10 +80,15 @@ async fn target(cli: &Cli) -> Result<Target, Error> {
         context: cli.context.clone(),
         ..Default::default()
     };
-    let config = kube::Config::from_kubeconfig(&options)
-        .await
-        .or_else(|_| kube::Config::incluster())
-        .map_err(|e| format!("no kubeconfig: {e}"))?;
+    // A named context must come from the kubeconfig; only without one does a pod's own
+    // ServiceAccount count as the caller (kube's usual inference).
+    let config = if cli.context.is_some() {
+        kube::Config::from_kubeconfig(&options).await?
+    } else {
+        kube::Config::infer()
+            .await
+            .map_err(|e| format!("no kubeconfig: {e}"))?
+    };
     let namespace = cli
         .namespace
         .clone()

@@ -77,7 +77,8 @@ pub async fn revoke(t: &Target, name: &str, yes: bool, timeout: Duration) -> Res
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     println!("communicationuser/{name}: revocation requested (epoch {epoch})");
-    tokio::time::timeout(
+    let started = tokio::time::Instant::now();
+    let revoked = tokio::time::timeout(
         timeout,
         await_condition(api, name, move |u: Option<&CommunicationUser>| {
             u.is_some_and(|u| u.revocation_epoch() > epoch)
@@ -85,8 +86,38 @@ pub async fn revoke(t: &Target, name: &str, yes: bool, timeout: Duration) -> Res
     )
     .await
     .map_err(|_| format!("not revoked within {timeout:?}: kubectl acs status {name}"))??;
-    println!("communicationuser/{name}: tokens revoked; its CommunicationTokens are re-issued");
-    Ok(())
+    let epoch = revoked.map_or(epoch + 1, |u| u.revocation_epoch());
+    println!("communicationuser/{name}: tokens revoked (epoch {epoch}); waiting for the re-issue");
+    // Its tokens: re-issued once each holds a token of the new epoch and is Ready (suspended
+    // ones are not re-issued).
+    let tokens: Api<CommunicationToken> = Api::namespaced(t.client.clone(), &t.namespace);
+    let mine = |tok: &CommunicationToken| tok.spec.user_ref.name == name && !tok.spec.suspend;
+    loop {
+        let pending: Vec<String> = tokens
+            .list(&Default::default())
+            .await?
+            .into_iter()
+            .filter(|tok| mine(tok))
+            .filter(|tok| {
+                !tok.status.as_ref().is_some_and(|s| {
+                    s.revocation_epoch.is_some_and(|e| e >= epoch) && is_ready(&s.conditions)
+                })
+            })
+            .map(|tok| kube::ResourceExt::name_any(&tok))
+            .collect();
+        if pending.is_empty() {
+            println!("communicationuser/{name}: every token re-issued");
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "not re-issued within {timeout:?}: {} (kubectl acs status)",
+                pending.join(", ")
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn not_found(e: kube::Error, kind: &str, name: &str, t: &Target) -> Error {

@@ -700,6 +700,8 @@ fn cases() -> Vec<Case> {
                 assert_eq!(sm["metadata"]["labels"]["release"], "prom");
                 assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
                 assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+                // The per-object series' own namespace label survives the scrape.
+                assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
                 assert_eq!(
                     sm["spec"]["namespaceSelector"]["matchNames"],
                     json!([ctx.release_ns])
@@ -1046,6 +1048,12 @@ async fn invalid_values_are_rejected_when_rendering() {
         (json!({"replics": 2}), "replics"),
         (
             json!({"leaderElection": {"enabled": false}, "strategy": {"type": "RollingUpdate"}}),
+            "strategy.rollingUpdate.maxSurge: 0",
+        ),
+        (
+            // No type: Kubernetes defaults it to RollingUpdate.
+            json!({"leaderElection": {"enabled": false},
+                   "strategy": {"rollingUpdate": {"maxSurge": 1}}}),
             "strategy.rollingUpdate.maxSurge: 0",
         ),
         (
