@@ -312,14 +312,9 @@ impl Writer {
                 )
                 .await
                 .map_err(Error::kube("add a finalizer"))?;
+                // No read of the Secret first: the operator's metadata watch, once listed, shows
+                // it absent.
                 let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
-                if mix {
-                    secrets
-                        .get_opt(&t.secret_name())
-                        .await
-                        .map_err(Error::kube("read a Secret"))?;
-                    self.mix.add(&self.mix.get);
-                }
                 let now = Timestamp::now();
                 let issued = IssuedToken {
                     token: self.sample.token.clone(),

@@ -3,8 +3,11 @@
 //! its write returned (and its token's spec and credentials are unchanged), the Secret holds
 //! exactly what was written, so a reconcile that would only confirm it needs no GET. Anything
 //! else (an edit, a deletion, another writer, a restart of the operator) reads it as before.
+//! And once the watch has listed a scope, a token Secret it does not show (and this process did
+//! not write) does not exist as ours with its label: a token never issued creates it without a
+//! GET first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::secret::RecordedToken;
@@ -24,6 +27,8 @@ pub struct OwnWrites {
     seen: Mutex<HashMap<Key, String>>,
     /// What this process wrote last, by namespace and name.
     wrote: Mutex<HashMap<Key, Entry>>,
+    /// The scopes (a namespace, or `None`: every namespace) the watch has listed at least once.
+    listed: Mutex<HashSet<Option<String>>>,
 }
 
 fn key(ns: &str, name: &str) -> Key {
@@ -105,6 +110,40 @@ impl OwnWrites {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k, _| keep(k));
+    }
+
+    /// The watch has listed `scope` (`None`: every namespace).
+    pub fn mark_listed(&self, scope: Option<&str>) {
+        self.listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(scope.map(str::to_string));
+    }
+
+    /// Whether token Secret `ns`/`name` is known not to exist as ours: its namespace has been
+    /// listed, the watch shows no such Secret and this process has not written one (a write
+    /// the watch has not delivered yet). A Secret of that name that is not ours (no label) is
+    /// not in the watch: creating over it gets a 409, the conflict path.
+    pub fn known_absent(&self, ns: &str, name: &str) -> bool {
+        let listed = self
+            .listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !listed.contains(&None) && !listed.contains(&Some(ns.to_string())) {
+            return false;
+        }
+        drop(listed);
+        let k = key(ns, name);
+        !self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&k)
+            && !self
+                .wrote
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&k)
     }
 
     /// Gives back the room of maps that emptied.
@@ -211,5 +250,27 @@ mod tests {
         assert_eq!(w.len(), (2, 1));
         assert_eq!(w.unchanged("ns", "kept", Some(1)), Some(record()));
         assert_eq!(w.unchanged("ns", "gone", Some(1)), None);
+    }
+
+    #[test]
+    fn a_secret_is_known_absent_only_in_a_listed_scope_not_seen_and_not_written() {
+        let w = OwnWrites::default();
+        // Before the watch listed the namespace: unknown, read it.
+        assert!(!w.known_absent("a", "web"));
+        w.mark_listed(Some("a"));
+        assert!(w.known_absent("a", "web"));
+        assert!(!w.known_absent("b", "web"), "namespace b is not listed");
+        // Seen by the watch: exists.
+        w.observed("a", "web", Some("5"));
+        assert!(!w.known_absent("a", "web"));
+        // Deleted: absent again.
+        w.observed("a", "web", None);
+        assert!(w.known_absent("a", "web"));
+        // Written by this process, not delivered by the watch yet: exists.
+        w.wrote("a", "web", "7", Some(1), record());
+        assert!(!w.known_absent("a", "web"));
+        // Every namespace listed.
+        w.mark_listed(None);
+        assert!(w.known_absent("b", "api"));
     }
 }

@@ -467,6 +467,11 @@ async fn a_foreign_secret_and_a_second_claimant_get_a_conflict() {
         "never taken over"
     );
     assert!(still.metadata.owner_references.is_none());
+    // What the conflict costs: a never-issued token creates its Secret without reading it
+    // first, so at most the one issue before the create's 409 (then the conflict is read, not
+    // re-issued: the status names it).
+    let issued = tokens_issued(&s.acs).await;
+    assert!(issued <= 1, "{issued} issues for a conflicting Secret");
 
     create_token(&s.env, "first", token_spec("alice")).await;
     ready_token(&s.env, "first").await;

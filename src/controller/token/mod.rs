@@ -153,6 +153,7 @@ pub fn controller(
             // Secrets deleted while the watch was down get no deletion event.
             if let Some(listed) = relist.on_event(event) {
                 ctx.own_writes.retain_listed(scope.as_deref(), &listed);
+                ctx.own_writes.mark_listed(scope.as_deref());
             }
         }
     })
@@ -457,11 +458,25 @@ async fn observe_plan_act(
             return keep(&ctx, &token, st, &r).await;
         }
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::ReadSecret)?;
+    // A token never issued whose Secret the listed metadata watch does not show creates it
+    // without a GET first. Only then: an issued token's Secret may have left the watch by losing
+    // its label (a deletion to the watch, yet still there to repair). After a conflict (a
+    // Secret of that name that is not ours), read it again: the conflict stands without
+    // another ACS issue.
+    let conflicted = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::READY && c.reason == reasons::SECRET_CONFLICT);
+    let first_issue = st.revision == 0;
+    let current = if first_issue && !conflicted && ctx.own_writes.known_absent(&ns, &secret_name) {
+        None
+    } else {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::ReadSecret)?
+    };
     let from_status = status::recorded(&st);
     let state = secret::read_secret(current.as_ref(), &token, key, from_status.as_ref());
     if state == SecretState::Foreign {
