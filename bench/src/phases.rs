@@ -213,6 +213,9 @@ pub struct Steady {
     pub scrape: Duration,
     /// Its size in bytes.
     pub scrape_bytes: usize,
+    /// How far the scrapes raised the resident size (peak during them less before), KiB;
+    /// `None` where the peak cannot be reset.
+    pub scrape_rss_kib: Option<u64>,
 }
 
 /// Watches a running, settled operator for `window` with nothing due.
@@ -222,12 +225,26 @@ pub async fn steady(env: &Env, op: &mut Operator, window: Duration) -> Result<St
     tokio::time::sleep(window).await;
     let after = op.metrics().await?;
     let acs = env.emu.stats().await?;
+    // What the scrapes cost in memory: the peak RSS is reset to the current one first
+    // (`clear_refs` 5), so the peak after them less the resident size before is theirs.
+    let pid = op.pid();
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let status = |field| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| crate::operator::status_kib(&s, field))
+    };
+    let rss_before = status("VmRSS:");
     let (mut scrape, mut scrape_bytes) = (Duration::ZERO, 0);
     for _ in 0..3 {
         let (text, took) = op.scrape().await?;
         scrape = scrape.max(took);
         scrape_bytes = text.len();
     }
+    let scrape_rss_kib = match (reset, rss_before, status("VmHWM:")) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
     let get = |m: &Samples| m.sum(crate::metrics::KUBE_REQUESTS, &[("verb", "get")]);
     let reconciles = |m: &Samples| m.reconciles(USER_CONTROLLER) + m.reconciles(TOKEN_CONTROLLER);
     Ok(Steady {
@@ -238,6 +255,7 @@ pub async fn steady(env: &Env, op: &mut Operator, window: Duration) -> Result<St
         reconciles: reconciles(&after) - reconciles(&before),
         scrape,
         scrape_bytes,
+        scrape_rss_kib,
     })
 }
 

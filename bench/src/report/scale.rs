@@ -79,10 +79,16 @@ pub fn goals(s: &ScaleRun) -> Vec<Goal> {
             name: "/metrics scrape with every object's series",
             target: "≤ 150 ms",
             measured: format!(
-                "{:.0} ms, {:.1} MiB at {} tokens",
+                "{:.0} ms, {:.1} MiB at {} tokens (RSS +{})",
                 s.steady.scrape.as_secs_f64() * 1000.0,
                 s.steady.scrape_bytes as f64 / (1024.0 * 1024.0),
-                int(s.operator.tokens as f64)
+                int(s.operator.tokens as f64),
+                s.steady
+                    .scrape_rss_kib
+                    .map_or("not measured".to_string(), |k| format!(
+                        "{:.1} MiB",
+                        k as f64 / 1024.0
+                    ))
             ),
             met: s.steady.scrape <= Duration::from_millis(150),
             exact: false,

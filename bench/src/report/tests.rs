@@ -88,6 +88,7 @@ fn results() -> Results {
                 reconciles: 0.0,
                 scrape: Duration::from_millis(40),
                 scrape_bytes: 4 << 20,
+                scrape_rss_kib: Some(2048),
             },
             restart: Restart {
                 readyz: Duration::from_millis(500),
