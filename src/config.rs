@@ -287,6 +287,9 @@ pub struct Config {
     pub identity: String,
     pub resync_period: Duration,
     pub guards: Guards,
+    /// The operator's namespace (`POD_NAMESPACE`, else `default`): a ClusterCommunicationService
+    /// reads its Secret there unless it names another.
+    pub operator_namespace: String,
 }
 
 /// Bounds on what a failing or drifting object may cost.
@@ -419,7 +422,7 @@ impl Config {
             .unwrap_or_else(|| "default".to_string());
         let sealing_key_secret = match nonempty(&a.sealing_key_secret) {
             None => (
-                pod_namespace,
+                pod_namespace.clone(),
                 "acs-identity-operator-sealing-key".to_string(),
             ),
             Some(s) => s
@@ -497,6 +500,7 @@ impl Config {
             leader_election,
             identity,
             resync_period: a.resync_period.max(Duration::from_secs(10)),
+            operator_namespace: pod_namespace,
             guards: Guards {
                 failure_backoff_max: a.failure_backoff_max.max(Duration::from_secs(1)),
                 unscheduled_limit: a.unscheduled_issuance_limit.max(1),

@@ -3,11 +3,18 @@
 
 use kube::CustomResourceExt;
 
-use crate::api::{CommunicationToken, CommunicationUser};
+use crate::api::{
+    ClusterCommunicationService, CommunicationService, CommunicationToken, CommunicationUser,
+};
 
 /// File name and YAML of each CRD, in a stable order.
 pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [CommunicationUser::crd(), CommunicationToken::crd()];
+    let crds = [
+        CommunicationUser::crd(),
+        CommunicationToken::crd(),
+        CommunicationService::crd(),
+        ClusterCommunicationService::crd(),
+    ];
     crds.into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

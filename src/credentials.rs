@@ -17,10 +17,12 @@ use crate::api::{self, CredentialsRef};
 use crate::config::DefaultCredentials;
 use crate::entra::{AssertionSource, EntraTokens, Principal};
 
+mod service;
 mod workload_identity;
 use crate::sealing::SealingKeyError;
 use crate::secret::SealKey;
 use crate::stores::Stores;
+pub use service::{label_selector_matches, ServiceAuth, ServiceStores, ServiceView};
 pub use workload_identity::Entra;
 
 /// The annotation by which a ServiceAccount lets CommunicationUsers of its namespace use its
@@ -77,8 +79,11 @@ pub struct Credentials {
     pub source: CredentialsSource,
     /// Seals token Secrets; its fingerprint names these credentials.
     pub seal: SealKey,
-    /// These are the operator-wide default credentials, used in another namespace.
+    /// These credentials are shared with other namespaces: the operator-wide default, or a
+    /// ClusterCommunicationService's.
     pub operator_default: bool,
+    /// The request budget of the service these credentials came from, if it sets one.
+    pub requests_per_second: Option<u32>,
 }
 
 impl Credentials {
@@ -132,6 +137,19 @@ pub enum CredentialsError {
         annotation: &'static str,
         what: &'static str,
     },
+    #[error("{service} not found")]
+    ServiceNotFound { service: String },
+    #[error("{service} does not select namespace {namespace}: its namespaceSelector decides which namespaces may use it (ask the platform team that owns it)")]
+    NamespaceNotSelected { service: String, namespace: String },
+    #[error("{service} names endpoint {expected}, but the connection string in Secret {secret} is for {found}")]
+    EndpointMismatch {
+        service: String,
+        secret: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{service} uses operatorIdentity, but the operator has no workload identity of its own (chart value entra.operatorIdentity)")]
+    NoOperatorIdentity { service: String },
     #[error(transparent)]
     Sealing(#[from] SealingKeyError),
     #[error("failed to read credentials")]
@@ -154,6 +172,8 @@ impl CredentialsError {
             Self::ServiceAccountNotFound { .. }
             | Self::TokenRequestNotAllowed { .. }
             | Self::ServiceAccountIncomplete { .. } => std::time::Duration::from_secs(60),
+            // Namespace labels are not watched either.
+            Self::NamespaceNotSelected { .. } => UNWATCHED_TTL,
             _ => std::time::Duration::from_secs(300),
         }
     }
@@ -163,6 +183,7 @@ impl CredentialsError {
         match self {
             Self::Invalid { .. }
             | Self::KeyMissing { .. }
+            | Self::EndpointMismatch { .. }
             | Self::ServiceAccountIncomplete { .. }
             | Self::Sealing(SealingKeyError::Unusable(_)) => {
                 api::condition::reasons::CREDENTIALS_INVALID
@@ -172,6 +193,8 @@ impl CredentialsError {
             }
             Self::Kube(_) | Self::Sealing(_) => api::condition::reasons::ACS_ERROR,
             Self::EndpointNotAllowed { .. } => api::condition::reasons::ENDPOINT_NOT_ALLOWED,
+            Self::ServiceNotFound { .. } => api::condition::reasons::SERVICE_NOT_FOUND,
+            Self::NamespaceNotSelected { .. } => api::condition::reasons::NAMESPACE_NOT_SELECTED,
             _ => api::condition::reasons::CREDENTIALS_NOT_FOUND,
         }
     }
@@ -200,6 +223,12 @@ pub struct CredentialsResolver {
     /// The hosts credentials may name; `None` checks nothing (narrow unit tests only).
     allowed: Option<crate::endpoint_allow::AllowedHosts>,
     sweeps: Arc<Sweeps>,
+    /// The service objects users may reference (none in narrow unit tests).
+    services: Option<ServiceStores>,
+    /// Holds a ClusterCommunicationService's Secret unless it names another namespace.
+    operator_namespace: String,
+    /// Namespace labels read for cluster services' selectors.
+    ns_labels: service::NamespaceLabels,
 }
 
 /// When a credential cache drops its useless entries: at an insertion, once it holds 256, and
@@ -230,6 +259,7 @@ pub(crate) struct Sweeps {
     secrets: SweepAt,
     namespaces: SweepAt,
     pub(crate) accounts: SweepAt,
+    labels: SweepAt,
 }
 
 /// How long what was read of a Secret gone from the cache is kept.
@@ -264,6 +294,9 @@ impl CredentialsResolver {
             entra,
             allowed: None,
             sweeps: Arc::default(),
+            services: None,
+            operator_namespace: "default".to_string(),
+            ns_labels: Arc::default(),
         }
     }
 
@@ -286,6 +319,19 @@ impl CredentialsResolver {
                 allowed: a.describe(),
             }),
             _ => Ok(c),
+        }
+    }
+
+    /// The credentials of a CommunicationUser of `namespace`: its service, else its own
+    /// reference and the older fallbacks.
+    pub async fn resolve_user(
+        &self,
+        namespace: &str,
+        spec: &api::CommunicationUserSpec,
+    ) -> Result<Credentials, CredentialsError> {
+        match &spec.service_ref {
+            Some(r) => self.resolve_service_ref(namespace, r).await,
+            None => self.resolve(namespace, spec.credentials.as_ref()).await,
         }
     }
 
@@ -469,6 +515,7 @@ impl CredentialsResolver {
                 auth: Auth::Key(conn.clone()),
                 source,
                 operator_default: false,
+                requests_per_second: None,
             }),
             Some(Err(e)) => Err(CredentialsError::Invalid {
                 namespace: namespace.to_string(),
@@ -590,6 +637,7 @@ impl CredentialsResolver {
                     key: key.to_string(),
                 },
                 operator_default: false,
+                requests_per_second: None,
             }),
             Err(_) => None,
         }

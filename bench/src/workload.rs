@@ -132,14 +132,7 @@ impl Workload {
     }
 
     pub fn user(&self, i: usize) -> CommunicationUser {
-        CommunicationUser::new(
-            &self.user_name(i),
-            CommunicationUserSpec {
-                credentials: None,
-                deletion_policy: None,
-                identity_id: None,
-            },
-        )
+        CommunicationUser::new(&self.user_name(i), CommunicationUserSpec::default())
     }
 
     pub fn token(&self, i: usize) -> CommunicationToken {

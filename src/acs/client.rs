@@ -207,6 +207,19 @@ impl AcsClient {
         decode(&self.send(&prepared).await?)
     }
 
+    /// Proves the credentials with one read that changes nothing: `GET` of an identity that
+    /// does not exist, on the preview surface whatever the client's mode (the GA surface has
+    /// no read). An authenticated caller gets 404 (or 400, or `IdentityNotOwned`); bad
+    /// credentials get 401 `Denied` or 403 first. `Ok` when the credentials were accepted.
+    pub async fn probe(&self) -> Result<(), AcsError> {
+        let prepared = request::get_identity(ApiMode::Preview, PROBE_IDENTITY)?;
+        match self.send(&prepared).await {
+            Ok(_) => Ok(()),
+            Err(e) if accepted_credentials(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends with retries. One client request id covers all attempts so they correlate in
     /// service logs; each attempt is signed afresh because `x-ms-date` must be current.
     async fn send(&self, prepared: &Prepared) -> Result<Success, AcsError> {
@@ -422,6 +435,20 @@ impl fmt::Display for ErrorChain<'_> {
             next = e.source();
         }
         Ok(())
+    }
+}
+
+/// The identity a probe reads: well formed, and never issued by any resource.
+const PROBE_IDENTITY: &str =
+    "8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000000";
+
+/// Whether a failed probe still shows the credentials were accepted (the service looked at
+/// the identity, which it does only for an authenticated caller).
+fn accepted_credentials(e: &AcsError) -> bool {
+    match e.status() {
+        Some(400 | 404 | 410) => true,
+        Some(401) => e.code() == Some("IdentityNotOwned"),
+        _ => false,
     }
 }
 

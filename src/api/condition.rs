@@ -25,6 +25,12 @@ pub mod reasons {
     pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
     pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
     pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
+    /// `serviceRef` names a service that does not exist.
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    /// `serviceRef` names a ClusterCommunicationService that does not select the namespace.
+    pub const NAMESPACE_NOT_SELECTED: &str = "NamespaceNotSelected";
+    /// A service's credentials were proved with an authenticated call.
+    pub const CREDENTIALS_VERIFIED: &str = "CredentialsVerified";
     pub const RESOURCE_MISMATCH: &str = "ResourceMismatch";
     /// The credentials name an endpoint that is not an allowed ACS host: nothing is sent.
     pub const ENDPOINT_NOT_ALLOWED: &str = "EndpointNotAllowed";

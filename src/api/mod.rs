@@ -2,10 +2,15 @@
 //! into the cluster, each defined once here. Types only, no IO.
 
 pub mod condition;
+pub mod service;
 pub mod token;
 pub mod user;
 
 pub use condition::{set_condition, ConditionExt};
+pub use service::{
+    ClusterCommunicationService, ClusterCommunicationServiceSpec, CommunicationService,
+    CommunicationServiceSpec, CommunicationServiceStatus, ServiceKey, ServiceKind, ServiceRef,
+};
 pub use token::{
     CommunicationToken, CommunicationTokenSpec, CommunicationTokenStatus, SecretTemplate, UserRef,
 };
@@ -47,6 +52,8 @@ pub const DEFAULT_CREDENTIALS_OPT_IN_LABEL: &str = "communication.acs.dev/defaul
 pub const USER_MANAGER: &str = "acs-identity-operator/user";
 /// Field manager of the CommunicationToken reconciler.
 pub const TOKEN_MANAGER: &str = "acs-identity-operator/token";
+/// Field manager of the services' status.
+pub const SERVICE_MANAGER: &str = "acs-identity-operator/service";
 
 /// Type of the Secrets holding tokens.
 pub const SECRET_TYPE: &str = "communication.acs.dev/token";

@@ -45,11 +45,19 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.serviceRef) && has(self.credentials))").message("set at most one of serviceRef (a CommunicationService or ClusterCommunicationService) and credentials (the older way)"))]
 pub struct CommunicationUserSpec {
-    /// How to authenticate to ACS: a connection string in a Secret, or Microsoft Entra ID
-    /// workload identity through a ServiceAccount. When omitted, the operator uses the Secret
-    /// `acs-credentials` (key `connectionString`) in this namespace, and otherwise the
-    /// operator-wide default credentials if this namespace opted into them.
+    /// The ACS resource to use: a `CommunicationService` of this namespace, or a
+    /// `ClusterCommunicationService` whose `namespaceSelector` selects this namespace. The
+    /// preferred way; `credentials` and the fallbacks below are the older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ref: Option<super::service::ServiceRef>,
+
+    /// How to authenticate to ACS (the older way; see `serviceRef`): a connection string in a
+    /// Secret, or Microsoft Entra ID workload identity through a ServiceAccount. When omitted
+    /// (and no `serviceRef`), the operator uses the Secret `acs-credentials` (key
+    /// `connectionString`) in this namespace, and otherwise the operator-wide default
+    /// credentials if this namespace opted into them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsRef>,
 

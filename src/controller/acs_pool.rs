@@ -86,7 +86,18 @@ impl AcsPool {
         creds: &Credentials,
         entra: Option<&EntraTokens>,
     ) -> Result<AcsClient, AcsError> {
-        let endpoint = endpoint_key(&creds.endpoint);
+        // A service's own budget is kept apart from the operator's for the same endpoint:
+        // every object using that service, and only those, draws on it.
+        let (endpoint, budget) = match creds.requests_per_second {
+            Some(rps) => (
+                format!("{} budget={rps}", endpoint_key(&creds.endpoint)),
+                Some(Budget {
+                    requests_per_second: f64::from(rps),
+                    burst: rps,
+                }),
+            ),
+            None => (endpoint_key(&creds.endpoint), self.budget),
+        };
         let fingerprint = creds.client_key();
         let mut state = self.state();
         state.tick += 1;
@@ -105,7 +116,7 @@ impl AcsPool {
         let limiter = match state.limiters.get(&endpoint) {
             Some(l) => Some(l.clone()),
             None => {
-                let created = self.budget.and_then(|b| {
+                let created = budget.and_then(|b| {
                     RateLimiter::new(b.requests_per_second, b.burst)
                         .map_err(
                             |e| tracing::warn!(error = %e, "invalid acs request budget; unlimited"),
@@ -251,6 +262,7 @@ mod tests {
             auth: Auth::Key(c),
             source: crate::credentials::CredentialsSource::OperatorIdentity,
             operator_default: false,
+            requests_per_second: None,
         }
     }
 
@@ -270,6 +282,7 @@ mod tests {
             auth: Auth::Entra(p),
             source: crate::credentials::CredentialsSource::OperatorIdentity,
             operator_default: false,
+            requests_per_second: None,
         }
     }
 

@@ -53,6 +53,7 @@ impl Context {
             leader_election: None,
             identity: "test".into(),
             resync_period: Duration::from_secs(3600),
+            operator_namespace: "operator".into(),
             guards: Guards::default(),
         });
         let (users, _) = reflector::store();
@@ -83,6 +84,7 @@ impl Context {
             token_status: Default::default(),
             guard: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,
+            service_changed: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),
             watches: super::watch_health::WatchHealth::new(Default::default(), metrics),
             change_filters: Default::default(),

@@ -10,6 +10,8 @@ pub mod fixtures;
 pub mod guard;
 pub mod own_writes;
 pub mod series;
+pub mod service;
+pub mod service_signals;
 pub mod shared_watch;
 pub mod status_memo;
 pub mod tables;
@@ -34,7 +36,10 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::api::{self, CommunicationToken, CommunicationUser};
+use crate::api::{
+    self, ClusterCommunicationService, CommunicationService, CommunicationToken, CommunicationUser,
+    ServiceKey, ServiceKind,
+};
 use crate::config::Config;
 use crate::credentials::CredentialsResolver;
 use crate::leader::fence::FenceLayer;
@@ -72,6 +77,8 @@ pub struct Context {
     /// Signalled when the operator-wide default credentials change (seen by a watch, or by
     /// polling when no watch covers them): every controller wakes the objects using them.
     pub default_changed: tokio::sync::broadcast::Sender<()>,
+    /// Announces a service whose spec or Secret changed (see [`service_signals`]).
+    pub service_changed: tokio::sync::broadcast::Sender<ServiceKey>,
     /// User statuses this process wrote with a new identity, by UID, until the cache shows
     /// them: a reconcile that reads a cache not yet updated by its own write must not create
     /// a second identity (GA creation is not idempotent).
@@ -304,6 +311,40 @@ where
     })
 }
 
+fn namespaced_service_key(s: &CommunicationService) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        kind: ServiceKind::CommunicationService,
+        namespace: s.metadata.namespace.clone(),
+        name: s.metadata.name.clone()?,
+    })
+}
+
+fn cluster_service_key(s: &ClusterCommunicationService) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        kind: ServiceKind::ClusterCommunicationService,
+        namespace: None,
+        name: s.metadata.name.clone()?,
+    })
+}
+
+fn namespaced_service_ref(
+    k: &ServiceKey,
+) -> Option<kube::runtime::reflector::ObjectRef<CommunicationService>> {
+    match (k.kind, &k.namespace) {
+        (ServiceKind::CommunicationService, Some(ns)) => {
+            Some(kube::runtime::reflector::ObjectRef::new(&k.name).within(ns))
+        }
+        _ => None,
+    }
+}
+
+fn cluster_service_ref(
+    k: &ServiceKey,
+) -> Option<kube::runtime::reflector::ObjectRef<ClusterCommunicationService>> {
+    (k.kind == ServiceKind::ClusterCommunicationService)
+        .then(|| kube::runtime::reflector::ObjectRef::new(&k.name))
+}
+
 /// `Kind/namespace/name` of an object, the key of per-object state (a user and a token of
 /// the same name must not share a failure count).
 pub fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -454,6 +495,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut users = Shared::<CommunicationUser>::new(&scopes, 1024);
     let mut tokens = Shared::<CommunicationToken>::new(&scopes, 1024);
     let mut creds = Shared::<PartialObjectMeta<Secret>>::new(&scopes, 256);
+    let mut services = Shared::<CommunicationService>::new(&scopes, 64);
+    let (cluster_services, cluster_services_writer) =
+        kube::runtime::reflector::store_shared::<ClusterCommunicationService>(64);
+    let service_changed = tokio::sync::broadcast::channel::<ServiceKey>(1024).0;
 
     // Subscriptions must be taken before the drivers start.
     let mut user_ctrl_streams = Vec::new();
@@ -467,6 +512,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         user_ctrl_streams.push((u.subscribe(), t.subscribe(), c.subscribe()));
         token_ctrl_streams.push((t.subscribe(), u.subscribe(), c.subscribe()));
     }
+    let service_ctrl_streams: Vec<_> = services.writers.iter().map(|w| w.subscribe()).collect();
+    let cluster_service_stream = cluster_services_writer.subscribe();
 
     let all = watcher::Config::default();
     // Every Secret that is not a token Secret may hold credentials; metadata only, so no
@@ -509,12 +556,35 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             }
         },
     ));
+    let service_stores = crate::credentials::ServiceStores {
+        namespaced: Stores::new(services.stores.clone()),
+        cluster: cluster_services.clone(),
+    };
     drivers.0.extend(creds.drive(
         &client,
         &scopes,
         &not_ours,
         (&watches, "Secret/credentials"),
-        ignore_events,
+        |_| {
+            service_signals::on_secret_event(
+                service_changed.clone(),
+                service_stores.clone(),
+                config.operator_namespace.clone(),
+            )
+        },
+    ));
+    drivers.0.extend(services.drive(
+        &client,
+        &scopes,
+        &all,
+        (&watches, "CommunicationService"),
+        |_| service_signals::on_service_event(service_changed.clone(), namespaced_service_key),
+    ));
+    drivers.0.push(shared_watch::drive_cluster(
+        &client,
+        cluster_services_writer,
+        (&watches, "ClusterCommunicationService"),
+        service_signals::on_service_event(service_changed.clone(), cluster_service_key),
     ));
 
     let user_stores = Stores::new(users.stores);
@@ -552,7 +622,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             config.default_credentials.clone(),
             Some(entra),
         )
-        .with_allowed_hosts(config.allowed_endpoint_hosts.clone()),
+        .with_allowed_hosts(config.allowed_endpoint_hosts.clone())
+        .with_services(service_stores.clone(), &config.operator_namespace),
         users: user_stores.clone(),
         tokens: token_stores.clone(),
         token_index,
@@ -561,6 +632,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         token_status,
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
+        service_changed: service_changed.clone(),
         recent_identities: Default::default(),
         watches: watches.clone(),
         change_filters: Default::default(),
@@ -582,6 +654,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             user_stores.wait_until_ready().await
                 && token_stores.wait_until_ready().await
                 && cred_store.wait_until_ready().await
+                && service_stores.namespaced.wait_until_ready().await
+                && cluster_services.wait_until_ready().await.is_ok()
         } => {
             if !ok {
                 warn!("a cache closed before it became ready");
@@ -663,7 +737,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for (i, (u, t, c)) in user_ctrl_streams.into_iter().enumerate() {
         let scope = scopes[i].clone();
         if let (Some(u), Some(t), Some(c)) = (u, t, c) {
-            let wake = default_wakeups(&ctx, &scope, default_changed.subscribe(), |_, users| users);
+            let wake = futures::stream::select(
+                default_wakeups(&ctx, &scope, default_changed.subscribe(), |_, users| users),
+                service_signals::user_wakeups(
+                    &ctx,
+                    &scope,
+                    service_changed.subscribe(),
+                    |_, users| users,
+                ),
+            );
             controllers.push(
                 user::controller(ctx.clone(), scope.clone(), u, t, c, wake, stop.clone()).boxed(),
             );
@@ -672,15 +754,69 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for (i, (t, u, c)) in token_ctrl_streams.into_iter().enumerate() {
         let scope = scopes[i].clone();
         if let (Some(t), Some(u), Some(c)) = (t, u, c) {
-            let wake = default_wakeups(
-                &ctx,
-                &scope,
-                default_changed.subscribe(),
-                token::tokens_of_users,
+            let wake = futures::stream::select(
+                default_wakeups(
+                    &ctx,
+                    &scope,
+                    default_changed.subscribe(),
+                    token::tokens_of_users,
+                ),
+                service_signals::user_wakeups(
+                    &ctx,
+                    &scope,
+                    service_changed.subscribe(),
+                    token::tokens_of_users,
+                ),
             );
             controllers
                 .push(token::controller(ctx.clone(), scope, t, u, c, wake, stop.clone()).boxed());
         }
+    }
+    for (i, stream) in service_ctrl_streams.into_iter().enumerate() {
+        let (Some(stream), Some(reader)) = (
+            stream,
+            service_stores
+                .namespaced
+                .store_for_scope(scopes[i].as_deref()),
+        ) else {
+            continue;
+        };
+        let scope = scopes[i].clone();
+        let changed = service_signals::service_wakeups(
+            &ctx,
+            service_changed.subscribe(),
+            namespaced_service_ref,
+        )
+        .filter(move |r| futures::future::ready(scope.is_none() || r.namespace == scope));
+        controllers.push(
+            service::controller(
+                ctx.clone(),
+                reader,
+                stream,
+                changed,
+                "service_changes",
+                stop.clone(),
+            )
+            .boxed(),
+        );
+    }
+    if let Some(stream) = cluster_service_stream {
+        let changed = service_signals::service_wakeups(
+            &ctx,
+            service_changed.subscribe(),
+            cluster_service_ref,
+        );
+        controllers.push(
+            service::controller(
+                ctx.clone(),
+                cluster_services.clone(),
+                stream,
+                changed,
+                "cluster_service_changes",
+                stop.clone(),
+            )
+            .boxed(),
+        );
     }
     let summary = tokio::spawn(token::summarize_forever(ctx.clone()));
     futures::future::join_all(controllers).await;

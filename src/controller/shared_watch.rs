@@ -116,3 +116,32 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// Spawns the one watch of a cluster-scoped kind, feeding its shared store and subscribers.
+pub(super) fn drive_cluster<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+    (health, resource): (&watch_health::WatchHealth, &'static str),
+    on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut tracker = health.track(resource);
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim)
+        .inspect_ok(on_event)
+        .reflect_shared(writer)
+        .for_each(move |r| {
+            tracker.observe(&r);
+            futures::future::ready(())
+        });
+    tokio::spawn(stream)
+}

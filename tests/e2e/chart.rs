@@ -220,6 +220,7 @@ async fn run_and_audit(env: &TestEnv, inst: &Installed, acs: &Acs) -> Vec<audit:
     let run = std::panic::AssertUnwindSafe(async {
         scenario::core_scenarios(env, acs).await;
         scenario::entra_scenario(env, acs).await;
+        scenario::service_scenario(env, acs).await;
         if rollout {
             scenario::rollout_scenario(env).await;
         }
@@ -290,8 +291,8 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
 
     let requests = run_and_audit(&env, &inst, &acs).await;
     // Namespaced requests stay in the watched namespace, plus the Lease and the default
-    // credentials in the operator's own; the only cluster-scoped one reads the watched
-    // namespace.
+    // credentials in the operator's own; the only cluster-scoped ones read the watched
+    // namespace and the cluster-scoped kind.
     for r in &requests {
         match &r.namespace {
             Some(ns) => assert!(
@@ -299,7 +300,8 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
                 "request outside the allowed namespaces: {r:?}"
             ),
             None => assert!(
-                r.access.resource == "namespaces" && r.name.as_deref() == Some(env.ns()),
+                (r.access.resource == "namespaces" && r.name.as_deref() == Some(env.ns()))
+                    || r.access.resource == "clustercommunicationservices",
                 "unexpected cluster-scoped request: {r:?}"
             ),
         }
@@ -487,7 +489,7 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
         .iter()
         .map(|d| d.name().to_string())
         .collect();
-    assert_eq!(crd_names.len(), 2, "the chart installed both CRDs");
+    assert_eq!(crd_names.len(), 4, "the chart installed every CRD");
     for name in &crd_names {
         wait_for(
             &crds,
@@ -507,7 +509,13 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
         .collect();
     assert_eq!(
         watched_all,
-        BTreeSet::from(["communicationtokens", "communicationusers", "secrets"]),
+        BTreeSet::from([
+            "clustercommunicationservices",
+            "communicationservices",
+            "communicationtokens",
+            "communicationusers",
+            "secrets"
+        ]),
         "the cluster-wide operator watches all namespaces"
     );
 

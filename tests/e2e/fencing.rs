@@ -168,6 +168,7 @@ async fn a_frozen_leader_that_resumes_after_a_takeover_writes_nothing_and_exits(
     let ns = env.ns().to_string();
     let (user_a, user_b) = (format!("fence-a-{ns}"), format!("fence-b-{ns}"));
     bind_admin(&env, &[&user_a, &user_b]).await;
+    crate::support::grant_cluster_services(&env, &[&user_a, &user_b]).await;
     put_secret(
         &env,
         "acs-credentials",

@@ -771,3 +771,70 @@ pub fn entra_operator(env: &crate::support::TestEnv, acs: &Acs) -> OperatorArgs 
         .arg("--sealing-key-secret")
         .arg(&format!("{}/acs-sealing-key", env.ns()))
 }
+
+/// Creates a CommunicationService of the test namespace from its spec as JSON.
+#[allow(dead_code)]
+pub async fn create_service(env: &TestEnv, name: &str, spec: Value) {
+    use acs_identity_operator::api::CommunicationService;
+    let api: Api<CommunicationService> = env.api();
+    let obj: CommunicationService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "communication.acs.dev/v1alpha1",
+        "kind": "CommunicationService",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .expect("service");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create CommunicationService");
+}
+
+/// Creates a ClusterCommunicationService from its spec as JSON (deleted by the caller).
+#[allow(dead_code)]
+pub async fn create_cluster_service(env: &TestEnv, name: &str, spec: Value) {
+    use acs_identity_operator::api::ClusterCommunicationService;
+    let api: Api<ClusterCommunicationService> = Api::all(env.client.clone());
+    let obj: ClusterCommunicationService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "communication.acs.dev/v1alpha1",
+        "kind": "ClusterCommunicationService",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .expect("cluster service");
+    let _ = api.delete(name, &Default::default()).await;
+    crate::support::eventually("cluster service created", CONVERGE, || async {
+        api.create(&PostParams::default(), &obj).await.map(|_| ())
+    })
+    .await;
+}
+
+/// A user spec referencing a service of `kind`.
+#[allow(dead_code)]
+pub fn service_user(kind: &str, name: &str) -> CommunicationUserSpec {
+    serde_json::from_value(serde_json::json!({ "serviceRef": { "kind": kind, "name": name } }))
+        .expect("user spec")
+}
+
+/// The Ready condition of a service (either kind): `reason` empty means Ready=True.
+#[allow(dead_code)]
+pub fn service_ready<K>(reason: &'static str) -> impl Condition<K>
+where
+    K: serde::Serialize,
+{
+    move |s: Option<&K>| {
+        let Some(v) = s.and_then(|s| serde_json::to_value(s).ok()) else {
+            return false;
+        };
+        let Some(c) = v["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        else {
+            return false;
+        };
+        if reason.is_empty() {
+            c["status"] == "True"
+        } else {
+            c["reason"] == reason
+        }
+    }
+}

@@ -23,6 +23,7 @@ mod revocation_fence;
 mod rollout;
 mod rollout_argo;
 mod rollout_late;
+mod services;
 mod sibling_batch;
 mod smoke;
 mod support;

@@ -159,6 +159,15 @@ async fn a_refused_watch_is_logged_counted_and_keeps_readyz_false_until_it_recov
     grant_all(
         &env,
         &user,
+        "services",
+        "communication.acs.dev",
+        &["communicationservices", "communicationservices/status"],
+    )
+    .await;
+    crate::support::grant_cluster_services(&env, &[&user]).await;
+    grant_all(
+        &env,
+        &user,
         "users",
         "communication.acs.dev",
         &[

@@ -134,6 +134,15 @@ runs that enable them: namespace ServiceAccounts in both, rollout restarts in th
 - apiGroups: ["communication.acs.dev"]
   resources: ["communicationusers/status", "communicationtokens/status"]
   verbs: ["patch"]
+# CommunicationServices: watched (users resolve their credentials through them), and their
+# status (whether the credentials work, users and tokens using them) written by server-side
+# apply. They carry no finalizer.
+- apiGroups: ["communication.acs.dev"]
+  resources: ["communicationservices"]
+  verbs: ["list", "watch"]
+- apiGroups: ["communication.acs.dev"]
+  resources: ["communicationservices/status"]
+  verbs: ["patch"]
 # Token Secrets carry a controller ownerReference with blockOwnerDeletion, which the
 # OwnerReferencesPermissionEnforcement admission plugin only allows to whoever may update the
 # owner's finalizers. No request of the operator uses this verb.
@@ -181,4 +190,17 @@ runs that enable them: namespace ServiceAccounts in both, rollout restarts in th
   verbs: ["get", "patch"]
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+ClusterCommunicationServices (cluster-scoped, so a ClusterRole in both modes): watched, and
+their status written by server-side apply.
+*/}}
+{{- define "acs-identity-operator.clusterServiceRules" -}}
+- apiGroups: ["communication.acs.dev"]
+  resources: ["clustercommunicationservices"]
+  verbs: ["list", "watch"]
+- apiGroups: ["communication.acs.dev"]
+  resources: ["clustercommunicationservices/status"]
+  verbs: ["patch"]
 {{- end }}

@@ -1,5 +1,5 @@
 //! `kubectl acs check`: is the operator installed and running, which API versions do the CRDs
-//! serve, and what may the caller do with the two kinds in the namespace.
+//! serve, and what may the caller do with the namespaced kinds in the namespace.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -11,9 +11,11 @@ use kube::ResourceExt;
 
 use crate::{Error, Target};
 
-const CRDS: [&str; 2] = [
+const CRDS: [&str; 4] = [
     "communicationusers.communication.acs.dev",
     "communicationtokens.communication.acs.dev",
+    "communicationservices.communication.acs.dev",
+    "clustercommunicationservices.communication.acs.dev",
 ];
 const VERBS: [&str; 7] = [
     "get", "list", "watch", "create", "update", "patch", "delete",
@@ -109,7 +111,11 @@ pub async fn run(t: &Target) -> Result<(), Error> {
         }
     }
     // The caller's rights on the kinds in this namespace.
-    for resource in ["communicationusers", "communicationtokens"] {
+    for resource in [
+        "communicationusers",
+        "communicationtokens",
+        "communicationservices",
+    ] {
         let mut may = Vec::new();
         for verb in VERBS {
             if allowed(t, verb, resource).await? {

@@ -422,11 +422,7 @@ async fn observe_plan_act(
         status::not_ready(&ctx, &token, st, reasons::IDENTITY_NOT_FOUND, msg, true).await?;
         return Ok(Action::requeue(resync));
     }
-    let creds = match ctx
-        .credentials
-        .resolve(&ns, user.spec.credentials.as_ref())
-        .await
-    {
+    let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
         Ok(c) => c,
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => {

@@ -54,16 +54,14 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
         .await;
         return Ok(Action::await_change());
     }
-    let creds = match ctx
-        .credentials
-        .resolve(&ns, user.spec.credentials.as_ref())
-        .await
-    {
+    let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
         Ok(c) => c,
         Err(e) => {
             // A ServiceAccount's workload identity has no last-known form: its tokens are
             // requested for the ServiceAccount, which must still exist.
+            // A service's Secret is found through the service, which may be gone.
             let last = match &user.spec.credentials {
+                _ if user.spec.service_ref.is_some() => None,
                 Some(r) => r.secret(),
                 None => Some((
                     api::DEFAULT_CREDENTIALS_SECRET,

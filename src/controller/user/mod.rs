@@ -184,6 +184,7 @@ pub fn users_using_secret(
 ) -> Vec<ObjectRef<CommunicationUser>> {
     ctx.users
         .in_namespace_where(ns, |u| match &u.spec.credentials {
+            _ if u.spec.service_ref.is_some() => false,
             Some(c) => c.secret_name.as_deref() == Some(name),
             None => name == api::DEFAULT_CREDENTIALS_SECRET,
         })
@@ -199,6 +200,7 @@ pub fn users_on_default(ctx: &Context) -> Vec<ObjectRef<CommunicationUser>> {
         .all_where(|u| {
             let uns = u.metadata.namespace.as_deref().unwrap_or_default();
             u.spec.credentials.is_none()
+                && u.spec.service_ref.is_none()
                 && ctx
                     .credentials
                     .secret_meta(uns, api::DEFAULT_CREDENTIALS_SECRET)
@@ -419,11 +421,7 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     status.observed_generation = user.metadata.generation;
     let resync = ctx.config.resync_period;
 
-    let creds = match ctx
-        .credentials
-        .resolve(&ns, user.spec.credentials.as_ref())
-        .await
-    {
+    let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
         Ok(c) => c,
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => {
@@ -669,7 +667,7 @@ fn adoption_refused(
         return Some((reasons::IDENTITY_IN_USE, msg));
     }
     if creds.operator_default && !ctx.config.guards.allow_default_credentials_adoption {
-        let msg = format!("adopting identity {id} under the operator-wide default credentials is not allowed (the operator's --allow-default-credentials-adoption, chart value defaultCredentials.allowAdoption); use credentials of this namespace");
+        let msg = format!("adopting identity {id} under credentials shared with other namespaces (the operator-wide default or a ClusterCommunicationService) is not allowed (the operator's --allow-default-credentials-adoption, chart value defaultCredentials.allowAdoption); use credentials of this namespace");
         return Some((reasons::ADOPTION_NOT_ALLOWED, msg));
     }
     None

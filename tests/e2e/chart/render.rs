@@ -366,7 +366,13 @@ fn cases() -> Vec<Case> {
                 assert_eq!(
                     cr.value["rules"],
                     json!([{"apiGroups": [""], "resources": ["namespaces"],
-                            "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]}])
+                            "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]},
+                           {"apiGroups": ["communication.acs.dev"],
+                            "resources": ["clustercommunicationservices"],
+                            "verbs": ["list", "watch"]},
+                           {"apiGroups": ["communication.acs.dev"],
+                            "resources": ["clustercommunicationservices/status"],
+                            "verbs": ["patch"]}])
                 );
                 assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("false"));
                 assert_no_apps_rules(docs);
@@ -929,7 +935,11 @@ fn assert_aggregated_roles(docs: &[RenderedDoc]) {
             })
             .collect()
     };
-    let kinds = json!(["communicationusers", "communicationtokens"]);
+    let kinds = json!([
+        "communicationusers",
+        "communicationtokens",
+        "communicationservices"
+    ]);
     let view = role("view");
     assert_eq!(aggregated_to(&view), ["view", "edit", "admin"]);
     assert_eq!(

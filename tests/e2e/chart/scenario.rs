@@ -447,3 +447,74 @@ pub fn dry_patch() -> PatchParams {
         ..PatchParams::default()
     }
 }
+
+/// The service kinds under the chart's identity: a CommunicationService and a
+/// ClusterCommunicationService selecting this namespace, each Ready (its status written) and
+/// serving a Ready user.
+pub async fn service_scenario(env: &TestEnv, acs: &Acs) {
+    use acs_identity_operator::api::{ClusterCommunicationService, CommunicationService};
+    put_secret(
+        env,
+        "acs-service",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    create_service(
+        env,
+        "acs",
+        serde_json::json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs-service" } },
+        }),
+    )
+    .await;
+    let cluster_name = format!("chart-{}", env.ns());
+    create_cluster_service(
+        env,
+        &cluster_name,
+        serde_json::json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs-service", "namespace": env.ns() } },
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": env.ns() } },
+        }),
+    )
+    .await;
+    let services: Api<CommunicationService> = env.api();
+    let cluster: Api<ClusterCommunicationService> = Api::all(env.client.clone());
+    wait_for(
+        &services,
+        "acs",
+        CONVERGE,
+        "service Ready",
+        service_ready(""),
+    )
+    .await
+    .expect("service");
+    wait_for(
+        &cluster,
+        &cluster_name,
+        CONVERGE,
+        "cluster service Ready",
+        service_ready(""),
+    )
+    .await
+    .expect("cluster service");
+    create_user(env, "svc", service_user("CommunicationService", "acs")).await;
+    create_user(
+        env,
+        "cluster-svc",
+        service_user("ClusterCommunicationService", &cluster_name),
+    )
+    .await;
+    let users: Api<CommunicationUser> = env.api();
+    for u in ["svc", "cluster-svc"] {
+        wait_for(&users, u, CONVERGE, "service user Ready", user_ready(""))
+            .await
+            .expect("user");
+    }
+    cluster
+        .delete(&cluster_name, &DeleteParams::default())
+        .await
+        .expect("delete cluster service");
+}

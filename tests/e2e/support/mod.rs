@@ -197,3 +197,62 @@ pub async fn grant(
         .await
         .unwrap();
 }
+
+/// Grants `users` what the operator needs of the cluster-scoped ClusterCommunicationServices
+/// (the chart's ClusterRole grants the same in both modes): a test running the operator under
+/// a narrower identity than admin needs it for its caches to become ready.
+#[allow(dead_code)]
+pub async fn grant_cluster_services(env: &TestEnv, users: &[&str]) {
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject,
+    };
+    use kube::api::{ObjectMeta, PostParams};
+    let name = format!("acs-cluster-services-{}", env.ns());
+    let rule = |resource: &str, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec!["communication.acs.dev".into()]),
+        resources: Some(vec![resource.into()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let role = ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![
+            rule("clustercommunicationservices", &["list", "watch"]),
+            rule("clustercommunicationservices/status", &["patch"]),
+        ]),
+        ..ClusterRole::default()
+    };
+    Api::<ClusterRole>::all(env.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("cluster role");
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name,
+        },
+        subjects: Some(
+            users
+                .iter()
+                .map(|u| Subject {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "User".into(),
+                    name: u.to_string(),
+                    namespace: None,
+                })
+                .collect(),
+        ),
+    };
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("cluster role binding");
+}

@@ -1,0 +1,386 @@
+//! Credentials named by a CommunicationService or ClusterCommunicationService. A cluster
+//! service is the tenant boundary: it serves only the namespaces its selector selects, read
+//! from the namespace's labels (not watched: reused for [`UNWATCHED_TTL`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::{Credentials, CredentialsError, CredentialsResolver, CredentialsSource, UNWATCHED_TTL};
+use crate::api::service::{
+    ClusterCommunicationService, CommunicationService, ServiceKey, ServiceKind, ServiceRef,
+};
+use crate::entra::{AssertionSource, Principal};
+use crate::stores::Stores;
+
+/// The cached service objects of both kinds.
+#[derive(Clone)]
+pub struct ServiceStores {
+    pub namespaced: Stores<CommunicationService>,
+    pub cluster: Store<ClusterCommunicationService>,
+}
+
+impl ServiceStores {
+    /// Every cached service of both kinds, as views.
+    pub fn views(&self, operator_namespace: &str) -> Vec<ServiceView> {
+        let namespaced = self
+            .namespaced
+            .state()
+            .into_iter()
+            .filter_map(|o| ServiceView::of_namespaced(&o));
+        let cluster = self
+            .cluster
+            .state()
+            .into_iter()
+            .filter_map(|o| ServiceView::of_cluster(&o, operator_namespace));
+        namespaced.chain(cluster).collect()
+    }
+}
+
+/// How a service authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAuth {
+    ConnectionString {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    WorkloadIdentity {
+        namespace: String,
+        service_account: String,
+    },
+    OperatorIdentity,
+}
+
+/// What both kinds say, in one shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    pub key: ServiceKey,
+    pub endpoint: String,
+    pub auth: ServiceAuth,
+    /// The cluster kind's selector (`Some(None)`: a cluster service without one, which
+    /// selects nothing); `None` for the namespaced kind.
+    pub selector: Option<Option<LabelSelector>>,
+    pub requests_per_second: Option<u32>,
+}
+
+impl ServiceView {
+    pub fn of_namespaced(s: &CommunicationService) -> Option<Self> {
+        let namespace = s.metadata.namespace.clone()?;
+        let auth = match (&s.spec.connection_string, &s.spec.workload_identity) {
+            (Some(c), _) => ServiceAuth::ConnectionString {
+                namespace: namespace.clone(),
+                name: c.secret_ref.name.clone(),
+                key: c.secret_ref.key().to_string(),
+            },
+            (None, Some(w)) => ServiceAuth::WorkloadIdentity {
+                namespace: namespace.clone(),
+                service_account: w.service_account_ref.name.clone(),
+            },
+            // Refused at admission; an object from before the rule has no usable auth.
+            (None, None) => return None,
+        };
+        Some(Self {
+            key: ServiceKey {
+                kind: ServiceKind::CommunicationService,
+                namespace: Some(namespace),
+                name: s.metadata.name.clone()?,
+            },
+            endpoint: s.spec.endpoint.trim_end_matches('/').to_string(),
+            auth,
+            selector: None,
+            requests_per_second: s.spec.requests_per_second,
+        })
+    }
+
+    /// `operator_namespace` holds a cluster service's Secret unless it names another.
+    pub fn of_cluster(s: &ClusterCommunicationService, operator_namespace: &str) -> Option<Self> {
+        let auth = match (&s.spec.connection_string, &s.spec.operator_identity) {
+            (Some(c), _) => ServiceAuth::ConnectionString {
+                namespace: c
+                    .secret_ref
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| operator_namespace.to_string()),
+                name: c.secret_ref.name.clone(),
+                key: c.secret_ref.key().to_string(),
+            },
+            (None, Some(_)) => ServiceAuth::OperatorIdentity,
+            (None, None) => return None,
+        };
+        Some(Self {
+            key: ServiceKey {
+                kind: ServiceKind::ClusterCommunicationService,
+                namespace: None,
+                name: s.metadata.name.clone()?,
+            },
+            endpoint: s.spec.endpoint.trim_end_matches('/').to_string(),
+            auth,
+            selector: Some(s.spec.namespace_selector.clone()),
+            requests_per_second: s.spec.requests_per_second,
+        })
+    }
+
+    /// The Secret holding the connection string, if that is the auth.
+    pub fn secret(&self) -> Option<(&str, &str)> {
+        match &self.auth {
+            ServiceAuth::ConnectionString {
+                namespace, name, ..
+            } => Some((namespace, name)),
+            _ => None,
+        }
+    }
+}
+
+/// Namespace labels read, and when.
+pub(super) type NamespaceLabels =
+    Arc<Mutex<HashMap<String, (std::time::Instant, BTreeMap<String, String>)>>>;
+
+impl CredentialsResolver {
+    /// Lets users reference service objects.
+    pub fn with_services(mut self, services: ServiceStores, operator_namespace: &str) -> Self {
+        self.services = Some(services);
+        self.operator_namespace = operator_namespace.to_string();
+        self
+    }
+
+    /// The service `key` names, from the cache.
+    pub fn service(&self, key: &ServiceKey) -> Option<ServiceView> {
+        let s = self.services.as_ref()?;
+        match (&key.kind, &key.namespace) {
+            (ServiceKind::CommunicationService, Some(ns)) => s
+                .namespaced
+                .get(ns, &key.name)
+                .and_then(|o| ServiceView::of_namespaced(&o)),
+            (ServiceKind::ClusterCommunicationService, _) => s
+                .cluster
+                .get(&ObjectRef::new(&key.name))
+                .and_then(|o| ServiceView::of_cluster(&o, &self.operator_namespace)),
+            _ => None,
+        }
+    }
+
+    /// Every cached service (both kinds).
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.services
+            .as_ref()
+            .map(|s| s.views(&self.operator_namespace))
+            .unwrap_or_default()
+    }
+
+    /// The credentials of a user of `namespace` referencing `r`: refused when the service is
+    /// missing, or is a cluster service that does not select `namespace`.
+    pub async fn resolve_service_ref(
+        &self,
+        namespace: &str,
+        r: &ServiceRef,
+    ) -> Result<Credentials, CredentialsError> {
+        let key = ServiceKey::of_ref(namespace, r);
+        let view = self
+            .service(&key)
+            .ok_or_else(|| CredentialsError::ServiceNotFound {
+                service: key.to_string(),
+            })?;
+        if let Some(selector) = &view.selector {
+            if !self
+                .namespace_selected(namespace, selector.as_ref())
+                .await?
+            {
+                return Err(CredentialsError::NamespaceNotSelected {
+                    service: key.to_string(),
+                    namespace: namespace.to_string(),
+                });
+            }
+        }
+        let mut c = self.service_credentials(&view).await?;
+        // A cluster service's credentials are shared by other namespaces.
+        c.operator_default = view.key.kind == ServiceKind::ClusterCommunicationService;
+        Ok(c)
+    }
+
+    /// The credentials a service names, if their endpoint is an allowed host.
+    pub async fn service_credentials(
+        &self,
+        view: &ServiceView,
+    ) -> Result<Credentials, CredentialsError> {
+        let mut c = match &view.auth {
+            ServiceAuth::ConnectionString {
+                namespace,
+                name,
+                key,
+            } => {
+                let c = self.read_secret(namespace, name, key).await?;
+                if !same_endpoint(&c.endpoint, &view.endpoint) {
+                    return Err(CredentialsError::EndpointMismatch {
+                        service: view.key.to_string(),
+                        secret: format!("{namespace}/{name} key {key}"),
+                        found: crate::endpoint_allow::host_only(&c.endpoint),
+                        expected: crate::endpoint_allow::host_only(&view.endpoint),
+                    });
+                }
+                c
+            }
+            ServiceAuth::WorkloadIdentity {
+                namespace,
+                service_account,
+            } => {
+                self.service_account(namespace, service_account, &view.endpoint)
+                    .await?
+            }
+            ServiceAuth::OperatorIdentity => {
+                let own = self
+                    .entra
+                    .as_ref()
+                    .and_then(|e| e.config.own.as_ref().map(|own| (e, own)));
+                let Some((entra, own)) = own else {
+                    return Err(CredentialsError::NoOperatorIdentity {
+                        service: view.key.to_string(),
+                    });
+                };
+                let principal = Principal::new(
+                    &entra.config.authority_host,
+                    &own.tenant_id,
+                    &own.client_id,
+                    AssertionSource::File(own.token_file.clone()),
+                );
+                self.entra_credentials(
+                    entra,
+                    &view.endpoint,
+                    principal,
+                    CredentialsSource::OperatorIdentity,
+                    false,
+                )
+                .await?
+            }
+        };
+        c.requests_per_second = view.requests_per_second;
+        self.check_endpoint(c)
+    }
+
+    /// Whether `selector` selects `namespace` (no selector selects nothing).
+    async fn namespace_selected(
+        &self,
+        namespace: &str,
+        selector: Option<&LabelSelector>,
+    ) -> Result<bool, CredentialsError> {
+        let Some(selector) = selector else {
+            return Ok(false);
+        };
+        let known = self
+            .ns_labels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(namespace).cloned())
+            .filter(|(at, _)| at.elapsed() < UNWATCHED_TTL);
+        let labels = match known {
+            Some((_, labels)) => labels,
+            None => {
+                let ns = Api::<Namespace>::all(self.client.clone())
+                    .get_metadata_opt(namespace)
+                    .await
+                    .map_err(CredentialsError::Kube)?;
+                let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
+                if let Ok(mut m) = self.ns_labels.lock() {
+                    if self.sweeps.labels.due(m.len()) {
+                        m.retain(|_, (at, _)| at.elapsed() < UNWATCHED_TTL);
+                        self.sweeps.labels.swept(m.len());
+                    }
+                    m.insert(
+                        namespace.to_string(),
+                        (std::time::Instant::now(), labels.clone()),
+                    );
+                }
+                labels
+            }
+        };
+        Ok(label_selector_matches(selector, &labels))
+    }
+}
+
+/// The same endpoint: scheme and host compared without case, a trailing `/` ignored.
+fn same_endpoint(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions` with `In`, `NotIn`,
+/// `Exists`, `DoesNotExist`); `{}` matches everything. An unknown operator matches nothing.
+pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn label_selectors_match_like_kubernetes() {
+        let labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let req = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(label_selector_matches(&LabelSelector::default(), &labels));
+        assert!(label_selector_matches(
+            &LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            &labels
+        ));
+        assert!(!label_selector_matches(
+            &LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            &BTreeMap::new()
+        ));
+        assert!(label_selector_matches(&req("In", &["a", "b"]), &labels));
+        assert!(!label_selector_matches(&req("In", &["b"]), &labels));
+        assert!(label_selector_matches(&req("NotIn", &["b"]), &labels));
+        assert!(label_selector_matches(
+            &req("NotIn", &["b"]),
+            &BTreeMap::new()
+        ));
+        assert!(label_selector_matches(&req("Exists", &[]), &labels));
+        assert!(!label_selector_matches(&req("DoesNotExist", &[]), &labels));
+        assert!(!label_selector_matches(&req("Bogus", &[]), &labels));
+    }
+
+    #[test]
+    fn endpoints_compare_without_case_or_trailing_slash() {
+        assert!(same_endpoint(
+            "https://Res.communication.azure.com/",
+            "https://res.communication.azure.com"
+        ));
+        assert!(!same_endpoint(
+            "https://other.communication.azure.com",
+            "https://res.communication.azure.com"
+        ));
+    }
+}

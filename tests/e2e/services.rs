@@ -1,0 +1,398 @@
+//! CommunicationService and ClusterCommunicationService (issue 22): users reference the ACS
+//! resource as an object; its Ready condition proves the credentials with a counted read; a
+//! key rotation in its Secret re-issues exactly its users' tokens; a cluster service serves
+//! only the namespaces its selector selects; a deleted service makes its users not Ready and
+//! deletes nothing in ACS.
+
+use std::time::{Duration, Instant};
+
+use acs_identity_operator::api::{
+    ClusterCommunicationService, CommunicationService, CommunicationToken, CommunicationUser,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::harness::*;
+use crate::support::{status_code, wait_for, TestEnv};
+
+fn revision(t: &CommunicationToken) -> i64 {
+    t.status.as_ref().map_or(0, |s| s.revision)
+}
+
+async fn live_identities(acs: &Acs) -> usize {
+    acs.identities()
+        .await
+        .iter()
+        .filter(|i| i["deleted"] != json!(true))
+        .count()
+}
+
+/// Polls for `window` that `token`'s revision stays `expected` (a deadline, not a sleep: the
+/// check runs every 100 ms and fails at the first change).
+async fn revision_stays(env: &TestEnv, token: &str, expected: i64, window: Duration) {
+    let api: Api<CommunicationToken> = env.api();
+    let end = Instant::now() + window;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while Instant::now() < end {
+        tick.tick().await;
+        let t = api.get(token).await.expect("token");
+        assert_eq!(revision(&t), expected, "token {token} was re-issued");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespaced_service_serves_its_users_and_its_key_rotation_reaches_exactly_their_tokens() {
+    let started = Instant::now();
+    let env = TestEnv::new("svc-ns").await;
+    let acs = Acs::start().await;
+    let secondary = acs.regenerate("secondary").await;
+    put_secret(
+        &env,
+        "acs-primary",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    put_secret(&env, "acs-secondary", "connectionString", &secondary).await;
+    for (name, secret) in [("primary", "acs-primary"), ("secondary", "acs-secondary")] {
+        create_service(
+            &env,
+            name,
+            json!({
+                "endpoint": acs.emu.endpoint(),
+                "connectionString": { "secretRef": { "name": secret } },
+            }),
+        )
+        .await;
+    }
+    let mut op = Operator::spawn(OperatorArgs::new(&env, &acs));
+    op.wait_ready().await;
+
+    let services: Api<CommunicationService> = env.api();
+    let mut fingerprints = Vec::new();
+    for name in ["primary", "secondary"] {
+        let s = wait_for(
+            &services,
+            name,
+            CONVERGE,
+            "service Ready",
+            service_ready("CredentialsVerified"),
+        )
+        .await
+        .expect("service");
+        let st = s.status.expect("status");
+        assert!(st.last_probe_time.is_some());
+        fingerprints.push(st.fingerprint.expect("fingerprint"));
+    }
+    assert_ne!(
+        fingerprints[0], fingerprints[1],
+        "two keys, two fingerprints"
+    );
+
+    create_user(&env, "a", service_user("CommunicationService", "primary")).await;
+    create_user(&env, "b", service_user("CommunicationService", "secondary")).await;
+    create_token(&env, "ta", token_spec("a")).await;
+    create_token(&env, "tb", token_spec("b")).await;
+    let tokens: Api<CommunicationToken> = env.api();
+    for t in ["ta", "tb"] {
+        wait_for(&tokens, t, CONVERGE, "token Ready", token_ready(""))
+            .await
+            .expect("token");
+    }
+    assert_eq!(live_identities(&acs).await, 2);
+    // The counts reach the service's status.
+    wait_for(
+        &services,
+        "primary",
+        CONVERGE,
+        "users and tokens counted",
+        |s: Option<&CommunicationService>| {
+            s.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| st.users == Some(1) && st.tokens == Some(1))
+        },
+    )
+    .await;
+
+    // The primary key is regenerated and its Secret updated: ta is re-issued, tb is not.
+    let issued = acs.calls("issueAccessToken").await;
+    let new_primary = acs.regenerate("primary").await;
+    put_secret(&env, "acs-primary", "connectionString", &new_primary).await;
+    let ta = wait_for(
+        &tokens,
+        "ta",
+        CONVERGE,
+        "ta re-issued",
+        |t: Option<&CommunicationToken>| t.is_some_and(|t| revision(t) >= 2),
+    )
+    .await
+    .expect("ta");
+    let ta_secret = secret_token(&env, "ta").await.expect("token");
+    assert!(
+        acs.validate(&ta_secret).await.0,
+        "ta holds a token of the new key"
+    );
+    revision_stays(&env, "tb", 1, Duration::from_secs(5)).await;
+    assert_eq!(revision(&ta), 2);
+    assert_eq!(
+        acs.calls("issueAccessToken").await,
+        issued + 1,
+        "exactly the rotated service's token was re-issued"
+    );
+
+    // The service's status never holds the key.
+    let s = services.get("primary").await.expect("service");
+    let status = serde_json::to_string(&s.status).unwrap();
+    for conn in [acs.connection_string(), new_primary, secondary] {
+        let key = conn
+            .split("accesskey=")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert!(!status.contains(&key), "a key in the service status");
+    }
+
+    // A deleted service: its user is not Ready, nothing is deleted in ACS.
+    services
+        .delete("secondary", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    let users: Api<CommunicationUser> = env.api();
+    let b = wait_for(
+        &users,
+        "b",
+        CONVERGE,
+        "user of a deleted service not Ready",
+        user_ready("ServiceNotFound"),
+    )
+    .await
+    .expect("user");
+    assert!(b.identity_id().is_some(), "the identity stays recorded");
+    assert_eq!(live_identities(&acs).await, 2, "nothing deleted in ACS");
+
+    // Probes: one per service at creation, then at most one a minute each.
+    let minutes = started.elapsed().as_secs() / 60;
+    let probes = acs.calls("getIdentity").await;
+    assert!(
+        probes >= 2 && probes <= 2 * (1 + minutes + 1),
+        "{probes} probes in {minutes} min"
+    );
+    op.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_service_serves_only_the_namespaces_it_selects() {
+    let platform = TestEnv::new("svc-platform").await;
+    let team = TestEnv::new("svc-team").await;
+    let other = TestEnv::new("svc-other").await;
+    let acs = Acs::start().await;
+    put_secret(
+        &platform,
+        "acs-platform",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    let name = format!("platform-{}", platform.ns());
+    let unselective = format!("unselective-{}", platform.ns());
+    let select = |ns: &str| json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
+    create_cluster_service(
+        &team,
+        &name,
+        json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
+            "namespaceSelector": select(team.ns()),
+        }),
+    )
+    .await;
+    // No selector selects no namespace.
+    create_cluster_service(
+        &team,
+        &unselective,
+        json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
+        }),
+    )
+    .await;
+    let mut args = OperatorArgs::new(&team, &acs);
+    args.namespaces = vec![
+        platform.ns().to_string(),
+        team.ns().to_string(),
+        other.ns().to_string(),
+    ];
+    let mut op = Operator::spawn(args);
+    op.wait_ready().await;
+
+    let cluster: Api<ClusterCommunicationService> = Api::all(team.client.clone());
+    wait_for(
+        &cluster,
+        &name,
+        CONVERGE,
+        "cluster service Ready",
+        service_ready(""),
+    )
+    .await
+    .expect("service");
+
+    create_user(
+        &team,
+        "app",
+        service_user("ClusterCommunicationService", &name),
+    )
+    .await;
+    create_user(
+        &other,
+        "intruder",
+        service_user("ClusterCommunicationService", &name),
+    )
+    .await;
+    create_user(
+        &team,
+        "nowhere",
+        service_user("ClusterCommunicationService", &unselective),
+    )
+    .await;
+    let team_users: Api<CommunicationUser> = team.api();
+    let other_users: Api<CommunicationUser> = other.api();
+    wait_for(
+        &team_users,
+        "app",
+        CONVERGE,
+        "selected user Ready",
+        user_ready(""),
+    )
+    .await
+    .expect("user");
+    let intruder = wait_for(
+        &other_users,
+        "intruder",
+        CONVERGE,
+        "unselected namespace refused",
+        user_ready("NamespaceNotSelected"),
+    )
+    .await
+    .expect("user");
+    assert!(intruder.identity_id().is_none());
+    wait_for(
+        &team_users,
+        "nowhere",
+        CONVERGE,
+        "a service without selector serves nobody",
+        user_ready("NamespaceNotSelected"),
+    )
+    .await;
+    assert_eq!(
+        live_identities(&acs).await,
+        1,
+        "only the selected user has an identity"
+    );
+
+    // The selector moves to the other namespace: the intruder is served, the app refused.
+    cluster
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "namespaceSelector": select(other.ns()) } })),
+        )
+        .await
+        .expect("patch selector");
+    wait_for(
+        &other_users,
+        "intruder",
+        CONVERGE,
+        "now selected",
+        user_ready(""),
+    )
+    .await
+    .expect("user");
+    wait_for(
+        &team_users,
+        "app",
+        CONVERGE,
+        "no longer selected",
+        user_ready("NamespaceNotSelected"),
+    )
+    .await;
+
+    // A deleted cluster service: its users are not Ready, nothing is deleted in ACS.
+    let before = live_identities(&acs).await;
+    for n in [&name, &unselective] {
+        cluster
+            .delete(n, &DeleteParams::default())
+            .await
+            .expect("delete cluster service");
+    }
+    wait_for(
+        &other_users,
+        "intruder",
+        CONVERGE,
+        "service gone",
+        user_ready("ServiceNotFound"),
+    )
+    .await;
+    assert_eq!(
+        live_identities(&acs).await,
+        before,
+        "nothing deleted in ACS"
+    );
+    op.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_refuses_ambiguous_credentials_and_cross_namespace_secrets() {
+    let env = TestEnv::new("svc-admission").await;
+    let users: Api<CommunicationUser> = env.api();
+    let both: CommunicationUser = serde_json::from_value(json!({
+        "apiVersion": "communication.acs.dev/v1alpha1",
+        "kind": "CommunicationUser",
+        "metadata": { "name": "both" },
+        "spec": {
+            "serviceRef": { "kind": "CommunicationService", "name": "acs" },
+            "credentials": { "secretName": "s" },
+        },
+    }))
+    .unwrap();
+    let err = users
+        .create(&PostParams::default(), &both)
+        .await
+        .expect_err("serviceRef with credentials is refused");
+    assert_eq!(status_code(&err), Some(422));
+    assert!(
+        err.to_string().contains("at most one of serviceRef"),
+        "{err}"
+    );
+
+    let services: Api<CommunicationService> = env.api();
+    for (spec, message) in [
+        (
+            json!({
+                "endpoint": "https://x.communication.azure.com",
+                "connectionString": { "secretRef": { "name": "s" } },
+                "workloadIdentity": { "serviceAccountRef": { "name": "sa" } },
+            }),
+            "exactly one of connectionString",
+        ),
+        (
+            json!({
+                "endpoint": "https://x.communication.azure.com",
+                "connectionString": { "secretRef": { "name": "s", "namespace": "kube-system" } },
+            }),
+            "its own namespace only",
+        ),
+    ] {
+        let obj: CommunicationService = serde_json::from_value(json!({
+            "apiVersion": "communication.acs.dev/v1alpha1",
+            "kind": "CommunicationService",
+            "metadata": { "name": "bad" },
+            "spec": spec,
+        }))
+        .unwrap();
+        let err = services
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err("refused");
+        assert_eq!(status_code(&err), Some(422));
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
