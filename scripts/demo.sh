@@ -45,11 +45,14 @@ if $node; then
   k -n acs-system get pods -o wide
 fi
 
-step "applying examples/ (namespace, credentials, a CommunicationUser, two CommunicationTokens, a Deployment)"
-k apply -f examples/00-namespace.yaml
-k -n acs-demo create secret generic acs-credentials --from-literal=connectionString="$ACS_CONNECTION_STRING" \
+step "applying examples/ (the platform team's ClusterCommunicationService and its Secret; the app team's namespace, a CommunicationUser, two CommunicationTokens, a Deployment)"
+k create namespace acs-system --dry-run=client -o yaml | k apply -f - >/dev/null
+k -n acs-system create secret generic acs-platform --from-literal=connectionString="$ACS_CONNECTION_STRING" \
   --dry-run=client -o yaml | k apply -f - >/dev/null
-echo "secret/acs-credentials created (connection string of the emulator; not printed)"
+echo "secret/acs-platform created in acs-system (connection string of the emulator; not printed)"
+# The example names a real-looking endpoint; the demo's ACS resource is the emulator.
+sed "s|endpoint: https://acs-demo.communication.azure.com.*|endpoint: ${ACS_ENDPOINT%/}|" examples/05-service.yaml | k apply -f -
+k apply -f examples/00-namespace.yaml
 k apply -f examples/10-user.yaml -f examples/20-tokens.yaml
 if $node; then
   # The node has no registry: the app runs the node's local busybox image.
@@ -57,12 +60,15 @@ if $node; then
 fi
 
 step "waiting until every resource is Ready"
+k wait --for=condition=Ready clustercommunicationservice/acs-demo --timeout=120s
 k -n acs-demo wait --for=condition=Ready communicationuser/alice --timeout=120s
 k -n acs-demo wait --for=condition=Ready communicationtoken --all --timeout=120s
 if $node; then
   k -n acs-demo rollout status deployment/calling-app --timeout=120s
 fi
 
+step "kubectl get clustercommunicationservices (the platform team's view)"
+k get clustercommunicationservices
 step "kubectl get acs -n acs-demo"
 k get acs -n acs-demo -o wide
 

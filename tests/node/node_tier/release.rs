@@ -153,6 +153,38 @@ pub fn tenant(ns: &str, acs: &Acs) {
     kubectl_apply(&yaml.to_string());
 }
 
+/// The examples' platform object: the ClusterCommunicationService `acs-demo` (examples/
+/// 05-service.yaml, its endpoint the emulator's) and its Secret in the release namespace.
+pub fn example_service(acs: &Acs) {
+    let endpoint = acs
+        .connection_string()
+        .split(';')
+        .find_map(|p| p.strip_prefix("endpoint="))
+        .expect("endpoint in the connection string")
+        .trim_end_matches('/')
+        .to_string();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "acs-platform", "namespace": NAMESPACE},
+        "stringData": {"connectionString": acs.connection_string()},
+    });
+    kubectl_apply(&secret.to_string());
+    let path = format!("{}/examples/05-service.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("endpoint:") {
+                format!("  endpoint: {endpoint}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    kubectl_apply(&text);
+}
+
 /// Applies a user and a token for it in `ns`.
 pub fn user_and_token(ns: &str, user: &str, token: &str) {
     kubectl_apply(&format!(

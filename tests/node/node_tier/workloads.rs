@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
 
 use crate::node_tier::cluster::{client, eventually, exclusive, kubectl_apply, node, Acs};
 use crate::node_tier::release::{
-    default_tag, describe_pods, install, tenant, uninstall, valid_token,
+    default_tag, describe_pods, example_service, install, tenant, uninstall, valid_token,
 };
 
 const NS: &str = "acs-demo";
@@ -106,6 +106,7 @@ async fn a_mounted_token_reaches_the_running_app_after_a_rotation_while_an_env_v
     install(acs, default_tag(), &["--set", "replicas=1"]);
     kubectl_apply(&example("00-namespace.yaml"));
     tenant(NS, acs);
+    example_service(acs);
     kubectl_apply(&example("10-user.yaml"));
     kubectl_apply(&example("20-tokens.yaml"));
     let first = valid_token(acs, NS, TOKEN, Duration::from_secs(90)).await;
@@ -288,6 +289,7 @@ async fn an_env_var_deployment_is_restarted_once_per_rotation_and_its_new_pod_ho
     );
     kubectl_apply(&example("00-namespace.yaml"));
     tenant(NS, acs);
+    example_service(acs);
     kubectl_apply(&example("10-user.yaml"));
     kubectl_apply(&example("20-tokens.yaml"));
     let mut token = valid_token(acs, NS, TOKEN, Duration::from_secs(90)).await;
