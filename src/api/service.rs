@@ -61,7 +61,7 @@ pub struct CommunicationServiceSpec {
     /// service (requests per second; the operator's `--acs-requests-per-second` when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub requests_per_second: Option<u32>,
+    pub requests_per_second: Option<i32>,
 }
 
 /// A ClusterCommunicationService is an ACS resource and its credentials, set up by a
@@ -120,7 +120,7 @@ pub struct ClusterCommunicationServiceSpec {
     /// service (requests per second; the operator's `--acs-requests-per-second` when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub requests_per_second: Option<u32>,
+    pub requests_per_second: Option<i32>,
 }
 
 /// A connection string (`endpoint=https://...;accesskey=...`) in a Secret.
@@ -190,10 +190,10 @@ pub struct CommunicationServiceStatus {
     pub last_probe_time: Option<Time>,
     /// CommunicationUsers that reference this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<u32>,
+    pub users: Option<i32>,
     /// CommunicationTokens of those users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<u32>,
+    pub tokens: Option<i32>,
     /// Current conditions (`Ready`: whether the credentials work).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

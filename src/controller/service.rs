@@ -292,7 +292,7 @@ async fn probe(
 }
 
 /// The users referencing the service, and their tokens.
-fn usage(ctx: &Context, key: &ServiceKey) -> (u32, u32) {
+fn usage(ctx: &Context, key: &ServiceKey) -> (i32, i32) {
     let uses = |u: &api::CommunicationUser| {
         let ns = u.metadata.namespace.as_deref().unwrap_or_default();
         u.spec
@@ -315,7 +315,7 @@ fn usage(ctx: &Context, key: &ServiceKey) -> (u32, u32) {
                 .len()
         })
         .sum();
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     (count(users.len()), count(tokens))
 }
 

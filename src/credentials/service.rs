@@ -93,7 +93,10 @@ impl ServiceView {
             endpoint: s.spec.endpoint.trim_end_matches('/').to_string(),
             auth,
             selector: None,
-            requests_per_second: s.spec.requests_per_second,
+            requests_per_second: s
+                .spec
+                .requests_per_second
+                .and_then(|r| u32::try_from(r).ok()),
         })
     }
 
@@ -121,7 +124,10 @@ impl ServiceView {
             endpoint: s.spec.endpoint.trim_end_matches('/').to_string(),
             auth,
             selector: Some(s.spec.namespace_selector.clone()),
-            requests_per_second: s.spec.requests_per_second,
+            requests_per_second: s
+                .spec
+                .requests_per_second
+                .and_then(|r| u32::try_from(r).ok()),
         })
     }
 

@@ -29,4 +29,5 @@ mod smoke;
 mod support;
 mod tenant_isolation;
 mod token_lifecycle;
+mod upgrade;
 mod user_lifecycle;

@@ -107,24 +107,7 @@ async fn an_opted_in_argo_rollout_is_restarted_through_restart_at_once_per_new_t
     revision(&env, "web", 1).await;
     let tokens: Api<CommunicationToken> = env.api();
     let restart_condition = |name: &'static str, status: &'static str, reason: &'static str| {
-        let tokens = tokens.clone();
-        async move {
-            wait_for(
-                &tokens,
-                name,
-                CONVERGE,
-                "RolloutRestart condition",
-                move |t: Option<&CommunicationToken>| {
-                    t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
-                        s.conditions.iter().any(|c| {
-                            c.type_ == "RolloutRestart" && c.status == status && c.reason == reason
-                        })
-                    })
-                },
-            )
-            .await
-            .unwrap()
-        }
+        crate::rollout_late::rollout_condition_with(&env, name, status, Some(reason))
     };
     restart_condition("web", "True", "RestartTargetsReady").await;
     // The first token restarts nothing.

@@ -17,6 +17,16 @@ use crate::support::{wait_for, TestEnv};
 
 /// Waits for the token's RolloutRestart condition to have `status`.
 async fn rollout_condition(env: &TestEnv, name: &str, status: &'static str) -> CommunicationToken {
+    rollout_condition_with(env, name, status, None).await
+}
+
+/// Waits until token `name`'s RolloutRestart condition has `status` (and `reason`, if given).
+pub(crate) async fn rollout_condition_with(
+    env: &TestEnv,
+    name: &str,
+    status: &'static str,
+    reason: Option<&'static str>,
+) -> CommunicationToken {
     let tokens: Api<CommunicationToken> = env.api();
     wait_for(
         &tokens,
@@ -25,9 +35,11 @@ async fn rollout_condition(env: &TestEnv, name: &str, status: &'static str) -> C
         "RolloutRestart condition",
         move |t: Option<&CommunicationToken>| {
             t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "RolloutRestart" && c.status == status)
+                s.conditions.iter().any(|c| {
+                    c.type_ == "RolloutRestart"
+                        && c.status == status
+                        && reason.is_none_or(|r| c.reason == r)
+                })
             })
         },
     )

@@ -4,8 +4,9 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
+use acs_identity_operator::api::condition::types;
 use acs_identity_operator::api::{
-    CommunicationToken, CommunicationUser, REVOKE_ANNOTATION, ROTATE_ANNOTATION,
+    CommunicationToken, CommunicationUser, ConditionExt, REVOKE_ANNOTATION, ROTATE_ANNOTATION,
 };
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
@@ -16,12 +17,6 @@ use crate::{Error, Target};
 /// A value no earlier request used: the time, to the nanosecond.
 fn fresh_value() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 pub async fn renew(t: &Target, name: &str, timeout: Duration) -> Result<(), Error> {
@@ -39,7 +34,7 @@ pub async fn renew(t: &Target, name: &str, timeout: Duration) -> Result<(), Erro
         timeout,
         await_condition(api, name, move |t: Option<&CommunicationToken>| {
             t.and_then(|t| t.status.as_ref())
-                .is_some_and(|s| s.revision > revision && is_ready(&s.conditions))
+                .is_some_and(|s| s.revision > revision && s.conditions.is_true(types::READY))
         }),
     )
     .await
@@ -100,7 +95,8 @@ pub async fn revoke(t: &Target, name: &str, yes: bool, timeout: Duration) -> Res
             .filter(|tok| mine(tok))
             .filter(|tok| {
                 !tok.status.as_ref().is_some_and(|s| {
-                    s.revocation_epoch.is_some_and(|e| e >= epoch) && is_ready(&s.conditions)
+                    s.revocation_epoch.is_some_and(|e| e >= epoch)
+                        && s.conditions.is_true(types::READY)
                 })
             })
             .map(|tok| kube::ResourceExt::name_any(&tok))

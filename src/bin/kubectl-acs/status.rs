@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use acs_identity_operator::api::{CommunicationToken, CommunicationUser};
+use acs_identity_operator::api::condition::types;
+use acs_identity_operator::api::{CommunicationToken, CommunicationUser, ConditionExt};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams};
@@ -25,8 +26,7 @@ struct Row {
 
 fn ready(conditions: &[Condition]) -> (String, String) {
     conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(types::READY)
         .map_or(("Unknown".into(), String::new()), |c| {
             (c.status.clone(), c.reason.clone())
         })

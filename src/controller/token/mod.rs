@@ -461,8 +461,8 @@ async fn observe_plan_act(
     // another ACS issue.
     let conflicted = st
         .conditions
-        .iter()
-        .any(|c| c.type_ == types::READY && c.reason == reasons::SECRET_CONFLICT);
+        .find(types::READY)
+        .is_some_and(|c| c.reason == reasons::SECRET_CONFLICT);
     let first_issue = st.revision == 0;
     let current = if first_issue && !conflicted && ctx.own_writes.known_absent(&ns, &secret_name) {
         None
