@@ -312,7 +312,7 @@ fn expired_assertion(env: &TestEnv, sa: &str) -> String {
 
 /// An Entra application federated with ServiceAccount `operator` (created here), the one the
 /// operator would run as.
-async fn operator_identity(env: &TestEnv, acs: &Acs) -> Value {
+pub(crate) async fn operator_identity(env: &TestEnv, acs: &Acs) -> Value {
     let app = federated_client(
         acs,
         env,
@@ -454,7 +454,7 @@ async fn an_expired_assertion_is_a_condition_and_a_fresh_file_recovers() {
     assert_nothing_leaked(&env, &op).await;
 }
 
-fn own_identity(env: &TestEnv, acs: &Acs, app: &Value, file: &std::path::Path) -> OperatorArgs {
+pub(crate) fn own_identity(env: &TestEnv, acs: &Acs, app: &Value, file: &std::path::Path) -> OperatorArgs {
     entra_operator(env, acs)
         .arg("--default-credentials-endpoint")
         .arg(&acs.emu.endpoint())

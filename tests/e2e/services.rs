@@ -396,3 +396,170 @@ async fn admission_refuses_ambiguous_credentials_and_cross_namespace_secrets() {
         assert!(err.to_string().contains(message), "{err}");
     }
 }
+
+/// Entra credentials through a service: a CommunicationService naming a ServiceAccount of its
+/// namespace that opted in, and a ClusterCommunicationService using the operator's own
+/// workload identity. Each is proved (Ready) and serves a user whose token ACS accepts; a
+/// ServiceAccount that did not opt in makes its service not Ready, with nothing sent to ACS.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_authenticate_with_a_service_accounts_or_the_operators_own_workload_identity() {
+    let env = TestEnv::new("svc-entra").await;
+    let acs = entra_acs(&env).await;
+    let app = federated_client(
+        &acs,
+        &env,
+        "svc-wi",
+        &subject(&env, "acs-wi"),
+        &["Communication and Email Service Owner"],
+    )
+    .await;
+    workload_identity_sa(&env, "acs-wi", &app, true).await;
+    workload_identity_sa(&env, "not-opted-in", &app, false).await;
+    let own = crate::entra::operator_identity(&env, &acs).await;
+    let token_request = serde_json::from_value(json!({
+        "spec": {"audiences": [SA_AUDIENCE], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let tr = env
+        .api::<k8s_openapi::api::core::v1::ServiceAccount>()
+        .create_token_request("operator", &PostParams::default(), &token_request)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, tr.status.unwrap().token).unwrap();
+
+    for (name, sa) in [("wi", "acs-wi"), ("refused", "not-opted-in")] {
+        create_service(
+            &env,
+            name,
+            json!({
+                "endpoint": acs.emu.endpoint(),
+                "workloadIdentity": { "serviceAccountRef": { "name": sa } },
+            }),
+        )
+        .await;
+    }
+    let cluster_name = format!("own-{}", env.ns());
+    create_cluster_service(
+        &env,
+        &cluster_name,
+        json!({
+            "endpoint": acs.emu.endpoint(),
+            "operatorIdentity": {},
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": env.ns() } },
+        }),
+    )
+    .await;
+    let mut op = Operator::spawn(crate::entra::own_identity(&env, &acs, &own, &file));
+    op.wait_ready().await;
+
+    let services: Api<CommunicationService> = env.api();
+    let cluster: Api<ClusterCommunicationService> = Api::all(env.client.clone());
+    wait_for(&services, "wi", CONVERGE, "workload identity service Ready", service_ready(""))
+        .await
+        .expect("service");
+    wait_for(
+        &cluster,
+        &cluster_name,
+        CONVERGE,
+        "operator identity service Ready",
+        service_ready(""),
+    )
+    .await
+    .expect("cluster service");
+    wait_for(
+        &services,
+        "refused",
+        CONVERGE,
+        "not opted in",
+        service_ready("TokenRequestNotAllowed"),
+    )
+    .await
+    .expect("service");
+
+    create_user(&env, "wi-user", service_user("CommunicationService", "wi")).await;
+    create_user(
+        &env,
+        "own-user",
+        service_user("ClusterCommunicationService", &cluster_name),
+    )
+    .await;
+    create_token(&env, "wi-token", token_spec("wi-user")).await;
+    create_token(&env, "own-token", token_spec("own-user")).await;
+    let tokens: Api<CommunicationToken> = env.api();
+    for t in ["wi-token", "own-token"] {
+        wait_for(&tokens, t, CONVERGE, "token Ready", token_ready(""))
+            .await
+            .expect("token");
+        let token = secret_token(&env, t).await.expect("token");
+        let (valid, why) = acs.validate(&token).await;
+        assert!(valid, "{t}: {why}");
+    }
+    Api::<ClusterCommunicationService>::all(env.client.clone())
+        .delete(&cluster_name, &DeleteParams::default())
+        .await
+        .expect("delete cluster service");
+    op.stop();
+}
+
+/// A service's `requestsPerSecond` is one budget for every object using it: six users created
+/// at once through a service allowing one request a second are created over five seconds or
+/// more, and six through a service without a budget faster.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_services_request_budget_is_shared_by_every_user_of_it() {
+    let env = TestEnv::new("svc-budget").await;
+    let acs = Acs::start().await;
+    put_secret(&env, "acs", "connectionString", &acs.connection_string()).await;
+    for (name, budget) in [("slow", Some(1)), ("free", None)] {
+        let mut spec = json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs" } },
+        });
+        if let Some(b) = budget {
+            spec["requestsPerSecond"] = json!(b);
+        }
+        create_service(&env, name, spec).await;
+    }
+    let mut op = Operator::spawn(OperatorArgs::new(&env, &acs));
+    op.wait_ready().await;
+    let services: Api<CommunicationService> = env.api();
+    for s in ["slow", "free"] {
+        wait_for(&services, s, CONVERGE, "service Ready", service_ready(""))
+            .await
+            .expect("service");
+    }
+    let users: Api<CommunicationUser> = env.api();
+    let mut spans = Vec::new();
+    for service in ["slow", "free"] {
+        let names: Vec<String> = (0..6).map(|i| format!("{service}-{i}")).collect();
+        for n in &names {
+            create_user(&env, n, service_user("CommunicationService", service)).await;
+        }
+        let mut ids = Vec::new();
+        for n in &names {
+            let u = wait_for(&users, n, CONVERGE, "user Ready", user_ready(""))
+                .await
+                .expect("user");
+            ids.push(u.identity_id().expect("identity").to_string());
+        }
+        let created: Vec<jiff::Timestamp> = acs
+            .identities()
+            .await
+            .iter()
+            .filter(|i| ids.iter().any(|id| i["id"] == json!(id)))
+            .map(|i| i["createdAt"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(created.len(), 6);
+        let first = created.iter().min().unwrap();
+        let last = created.iter().max().unwrap();
+        spans.push(last.duration_since(*first).as_secs_f64());
+    }
+    assert!(spans[0] >= 4.5, "six creations at one a second took {:.1} s", spans[0]);
+    // Load may slow both; only the budget holds the first back by design.
+    assert!(
+        spans[1] < spans[0],
+        "the unbudgeted service was held back as much: {spans:?}"
+    );
+    op.stop();
+}
