@@ -454,7 +454,12 @@ async fn an_expired_assertion_is_a_condition_and_a_fresh_file_recovers() {
     assert_nothing_leaked(&env, &op).await;
 }
 
-pub(crate) fn own_identity(env: &TestEnv, acs: &Acs, app: &Value, file: &std::path::Path) -> OperatorArgs {
+pub(crate) fn own_identity(
+    env: &TestEnv,
+    acs: &Acs,
+    app: &Value,
+    file: &std::path::Path,
+) -> OperatorArgs {
     entra_operator(env, acs)
         .arg("--default-credentials-endpoint")
         .arg(&acs.emu.endpoint())

@@ -456,9 +456,15 @@ async fn services_authenticate_with_a_service_accounts_or_the_operators_own_work
 
     let services: Api<CommunicationService> = env.api();
     let cluster: Api<ClusterCommunicationService> = Api::all(env.client.clone());
-    wait_for(&services, "wi", CONVERGE, "workload identity service Ready", service_ready(""))
-        .await
-        .expect("service");
+    wait_for(
+        &services,
+        "wi",
+        CONVERGE,
+        "workload identity service Ready",
+        service_ready(""),
+    )
+    .await
+    .expect("service");
     wait_for(
         &cluster,
         &cluster_name,
@@ -555,7 +561,11 @@ async fn a_services_request_budget_is_shared_by_every_user_of_it() {
         let last = created.iter().max().unwrap();
         spans.push(last.duration_since(*first).as_secs_f64());
     }
-    assert!(spans[0] >= 4.5, "six creations at one a second took {:.1} s", spans[0]);
+    assert!(
+        spans[0] >= 4.5,
+        "six creations at one a second took {:.1} s",
+        spans[0]
+    );
     // Load may slow both; only the budget holds the first back by design.
     assert!(
         spans[1] < spans[0],

@@ -1,0 +1,197 @@
+//! The shared caches: one reflector per kind and watched scope, their event hooks, and the
+//! subscriptions the controllers take before the watches start. Caches run on every replica
+//! (read-only), so a standby is ready to take over at once.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::ReflectHandle;
+use kube::runtime::watcher;
+use kube::Client;
+
+use super::shared_watch::{self, ignore_events, Drivers, Shared};
+use super::wakeups::{cluster_service_key, namespaced_service_key};
+use super::{service_signals, status_memo, watch_health};
+use crate::api::{
+    self, ClusterCommunicationService, CommunicationService, CommunicationToken,
+    CommunicationTokenStatus, CommunicationUser, ServiceKey,
+};
+use crate::config::Config;
+use crate::credentials::ServiceStores;
+use crate::stores::Stores;
+use crate::token_index::TokenIndex;
+
+type Sub<K> = Option<ReflectHandle<K>>;
+type SecretMeta = PartialObjectMeta<Secret>;
+
+/// The controllers' streams, per watched scope, taken before the watches start.
+pub(super) struct Subscriptions {
+    /// The user controller's: users, tokens, credentials Secrets.
+    pub users: Vec<(
+        Sub<CommunicationUser>,
+        Sub<CommunicationToken>,
+        Sub<SecretMeta>,
+    )>,
+    /// The token controller's: tokens, users, credentials Secrets.
+    pub tokens: Vec<(
+        Sub<CommunicationToken>,
+        Sub<CommunicationUser>,
+        Sub<SecretMeta>,
+    )>,
+    pub services: Vec<Sub<CommunicationService>>,
+    pub cluster_services: Sub<ClusterCommunicationService>,
+}
+
+/// The stores, what the watches keep in step with them, and the watch tasks.
+pub(super) struct Caches {
+    pub users: Stores<CommunicationUser>,
+    pub tokens: Stores<CommunicationToken>,
+    pub creds: Stores<SecretMeta>,
+    pub services: ServiceStores,
+    pub token_index: Arc<TokenIndex>,
+    pub token_status: Arc<status_memo::StatusMemo<CommunicationTokenStatus>>,
+    pub drivers: Drivers,
+    pub subscriptions: Subscriptions,
+}
+
+impl Caches {
+    /// Starts every watch; service changes (their spec, their Secret) are announced on
+    /// `service_changed`.
+    pub(super) fn start(
+        client: &Client,
+        config: &Config,
+        scopes: &[Option<String>],
+        watches: &watch_health::WatchHealth,
+        service_changed: &tokio::sync::broadcast::Sender<ServiceKey>,
+    ) -> Self {
+        let mut users = Shared::<CommunicationUser>::new(scopes, 1024);
+        let mut tokens = Shared::<CommunicationToken>::new(scopes, 1024);
+        let mut creds = Shared::<SecretMeta>::new(scopes, 256);
+        let mut services = Shared::<CommunicationService>::new(scopes, 64);
+        let (cluster_services, cluster_writer) =
+            kube::runtime::reflector::store_shared::<ClusterCommunicationService>(64);
+
+        // Subscriptions must be taken before the drivers start.
+        let mut subscriptions = Subscriptions {
+            users: Vec::new(),
+            tokens: Vec::new(),
+            services: services.writers.iter().map(|w| w.subscribe()).collect(),
+            cluster_services: cluster_writer.subscribe(),
+        };
+        for ((u, t), c) in users
+            .writers
+            .iter()
+            .zip(&tokens.writers)
+            .zip(&creds.writers)
+        {
+            subscriptions
+                .users
+                .push((u.subscribe(), t.subscribe(), c.subscribe()));
+            subscriptions
+                .tokens
+                .push((t.subscribe(), u.subscribe(), c.subscribe()));
+        }
+
+        let all = watcher::Config::default();
+        // Every Secret that is not a token Secret may hold credentials; metadata only, so no
+        // Secret data is cached.
+        let not_ours = watcher::Config::default().labels(&format!(
+            "{}!={}",
+            api::MANAGED_BY_LABEL,
+            api::MANAGED_BY
+        ));
+        let token_index = Arc::new(TokenIndex::default());
+        let token_status: Arc<status_memo::StatusMemo<CommunicationTokenStatus>> = Arc::default();
+        let mut drivers = Drivers(Vec::new(), watches.clone());
+        drivers.0.extend(users.drive(
+            client,
+            scopes,
+            &all,
+            (watches, "CommunicationUser"),
+            ignore_events,
+        ));
+        // Every event of the tokens' watch keeps the index and the status memo in step
+        // (deletions included, which the controllers' subscriber streams do not carry; and, at
+        // the end of a relist, the deletions the watch missed while it was down).
+        drivers.0.extend(tokens.drive(
+            client,
+            scopes,
+            &all,
+            (watches, "CommunicationToken"),
+            |scope| {
+                let (ix, memo) = (token_index.clone(), token_status.clone());
+                let scope = scope.map(str::to_string);
+                let mut relist = crate::relist::Relist::default();
+                move |e: &watcher::Event<CommunicationToken>| {
+                    ix.apply(e);
+                    memo.on_event(e);
+                    if let Some(listed) = relist.on_event(e) {
+                        ix.retain_listed(scope.as_deref(), &listed);
+                        memo.retain_listed(scope.as_deref(), &listed);
+                    }
+                }
+            },
+        ));
+        let service_stores = ServiceStores {
+            namespaced: Stores::new(services.stores.clone()),
+            cluster: cluster_services,
+        };
+        drivers.0.extend(creds.drive(
+            client,
+            scopes,
+            &not_ours,
+            (watches, "Secret/credentials"),
+            |_| {
+                service_signals::on_secret_event(
+                    service_changed.clone(),
+                    service_stores.clone(),
+                    config.operator_namespace.clone(),
+                )
+            },
+        ));
+        drivers.0.extend(services.drive(
+            client,
+            scopes,
+            &all,
+            (watches, "CommunicationService"),
+            |_| service_signals::on_service_event(service_changed.clone(), namespaced_service_key),
+        ));
+        drivers.0.push(shared_watch::drive_cluster(
+            client,
+            cluster_writer,
+            (watches, "ClusterCommunicationService"),
+            service_signals::on_service_event(service_changed.clone(), cluster_service_key),
+        ));
+        Self {
+            users: Stores::new(users.stores),
+            tokens: Stores::new(tokens.stores),
+            creds: Stores::new(creds.stores),
+            services: service_stores,
+            token_index,
+            token_status,
+            drivers,
+            subscriptions,
+        }
+    }
+
+    /// Resolves with whether every cache got its initial list (false: one closed first). The
+    /// credentials cache counts too: a reconcile before it is filled would find no
+    /// credentials, mark every object NotReady and emit a Warning each (seen as writes after
+    /// every restart in docs/benchmarks.md).
+    pub(super) fn ready(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let (users, tokens, creds, services) = (
+            self.users.clone(),
+            self.tokens.clone(),
+            self.creds.clone(),
+            self.services.clone(),
+        );
+        async move {
+            users.wait_until_ready().await
+                && tokens.wait_until_ready().await
+                && creds.wait_until_ready().await
+                && services.namespaced.wait_until_ready().await
+                && services.cluster.wait_until_ready().await.is_ok()
+        }
+    }
+}

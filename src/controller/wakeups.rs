@@ -1,0 +1,91 @@
+//! Relations between watches: wake-ups of a controller's objects by a signal (the unwatched
+//! default credentials changed), and the keys and references of the service kinds.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::Resource;
+
+use super::{user, Context};
+use crate::api::{
+    ClusterCommunicationService, CommunicationService, CommunicationUser, ServiceKey, ServiceKind,
+};
+
+/// A stream of the signals sent on `rx` (a lagging receiver still yields once).
+pub fn signals(
+    rx: tokio::sync::broadcast::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+}
+
+/// Wake-ups of one controller's objects when the unwatched default credentials change: the
+/// users resolving to them (or, through `map`, their tokens), within `scope`.
+pub(super) fn default_wakeups<K, F>(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    rx: tokio::sync::broadcast::Receiver<()>,
+    map: F,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+    F: Fn(
+            &Context,
+            Vec<kube::runtime::reflector::ObjectRef<CommunicationUser>>,
+        ) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let ctx = ctx.clone();
+    let scope = scope.clone();
+    signals(rx).flat_map(move |()| {
+        let refs = match ctx.config.default_credentials.as_ref() {
+            Some(_) => map(&ctx, user::users_on_default(&ctx)),
+            None => Vec::new(),
+        };
+        let scope = scope.clone();
+        futures::stream::iter(
+            refs.into_iter()
+                .filter(move |r| scope.is_none() || r.namespace == scope),
+        )
+    })
+}
+
+pub(super) fn namespaced_service_key(s: &CommunicationService) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        kind: ServiceKind::CommunicationService,
+        namespace: s.metadata.namespace.clone(),
+        name: s.metadata.name.clone()?,
+    })
+}
+
+pub(super) fn cluster_service_key(s: &ClusterCommunicationService) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        kind: ServiceKind::ClusterCommunicationService,
+        namespace: None,
+        name: s.metadata.name.clone()?,
+    })
+}
+
+pub(super) fn namespaced_service_ref(
+    k: &ServiceKey,
+) -> Option<kube::runtime::reflector::ObjectRef<CommunicationService>> {
+    match (k.kind, &k.namespace) {
+        (ServiceKind::CommunicationService, Some(ns)) => {
+            Some(kube::runtime::reflector::ObjectRef::new(&k.name).within(ns))
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn cluster_service_ref(
+    k: &ServiceKey,
+) -> Option<kube::runtime::reflector::ObjectRef<ClusterCommunicationService>> {
+    (k.kind == ServiceKind::ClusterCommunicationService)
+        .then(|| kube::runtime::reflector::ObjectRef::new(&k.name))
+}
