@@ -119,6 +119,11 @@ pub struct RunArgs {
     /// StatefulSets and DaemonSets (chart value rolloutRestart.enabled).
     #[arg(long, env = "ROLLOUT_RESTART", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub rollout_restart: bool,
+    /// Write the status of ClusterCommunicationServices (prove their credentials, count
+    /// their users). Default: only when watching every namespace; several namespaced installs
+    /// would each count their own users into one status.
+    #[arg(long, env = "MANAGE_CLUSTER_SERVICES", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub manage_cluster_services: Option<bool>,
     /// Changes of sibling tokens within this window restart a workload once.
     #[arg(long, env = "RESTART_COALESCE_WINDOW", default_value = "10s", value_parser = parse_duration)]
     pub restart_coalesce_window: Duration,
@@ -280,6 +285,8 @@ pub struct Config {
     pub default_workload_identity: Option<DefaultWorkloadIdentity>,
     pub entra: EntraConfig,
     pub rollout_restart: bool,
+    /// This install writes the status of ClusterCommunicationServices.
+    pub manage_cluster_services: bool,
     pub restart_coalesce_window: Duration,
     pub propagation_allowance: Duration,
     pub metrics_addr: SocketAddr,
@@ -473,6 +480,7 @@ impl Config {
                 .unwrap_or_else(|_| "operator".to_string());
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         });
+        let every_namespace = a.watch_namespaces.iter().all(|n| n.trim().is_empty());
         Ok(Self {
             kubeconfig: a.kubeconfig,
             context: a.context,
@@ -494,6 +502,7 @@ impl Config {
             default_workload_identity,
             entra,
             rollout_restart: a.rollout_restart,
+            manage_cluster_services: a.manage_cluster_services.unwrap_or(every_namespace),
             restart_coalesce_window: a.restart_coalesce_window,
             propagation_allowance: a.propagation_allowance,
             metrics_addr: a.metrics_addr,

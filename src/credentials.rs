@@ -86,7 +86,15 @@ pub struct Credentials {
     /// ClusterCommunicationService's.
     pub operator_default: bool,
     /// The request budget of the service these credentials came from, if it sets one.
-    pub requests_per_second: Option<u32>,
+    pub budget: Option<ServiceBudget>,
+}
+
+/// A service's own request budget, shared by every object that uses the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBudget {
+    /// The service (kind, namespace, name): budgets are never shared between services.
+    pub service: String,
+    pub requests_per_second: u32,
 }
 
 impl Credentials {
@@ -126,6 +134,8 @@ pub struct CredentialsResolver {
     operator_namespace: String,
     /// Namespace labels read for cluster services' selectors.
     ns_labels: service::NamespaceLabels,
+    /// The last view of each service users resolved through (see `last_known_service`).
+    last_views: service::LastViews,
 }
 
 /// When a credential cache drops its useless entries: at an insertion, once it holds 256, and
@@ -157,6 +167,7 @@ pub(crate) struct Sweeps {
     namespaces: SweepAt,
     pub(crate) accounts: SweepAt,
     labels: SweepAt,
+    views: SweepAt,
 }
 
 /// How long facts without a watch (namespace labels, Secrets outside the watched namespaces)
@@ -182,6 +193,7 @@ impl CredentialsResolver {
             services: None,
             operator_namespace: "default".to_string(),
             ns_labels: Arc::default(),
+            last_views: Arc::default(),
         }
     }
 
@@ -295,6 +307,11 @@ impl CredentialsResolver {
 
     fn exists(&self, namespace: &str, name: &str) -> bool {
         self.secrets.get(namespace, name).is_some()
+    }
+
+    /// Whether a watch follows the Secrets of `namespace` (their changes are announced).
+    pub fn watches_secrets_of(&self, namespace: &str) -> bool {
+        self.secrets.covers(namespace)
     }
 
     /// The cached metadata of a Secret that may hold credentials, if it exists in a watched

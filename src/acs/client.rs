@@ -445,11 +445,10 @@ const PROBE_IDENTITY: &str =
 /// Whether a failed probe still shows the credentials were accepted (the service looked at
 /// the identity, which it does only for an authenticated caller).
 fn accepted_credentials(e: &AcsError) -> bool {
-    match e.status() {
-        Some(400 | 404 | 410) => true,
-        Some(401) => e.code() == Some("IdentityNotOwned"),
-        _ => false,
-    }
+    matches!(
+        (e.status(), e.code()),
+        (Some(404), Some("IdentityNotFound")) | (Some(401), Some("IdentityNotOwned"))
+    )
 }
 
 #[cfg(test)]

@@ -188,6 +188,9 @@ pub struct CommunicationServiceStatus {
     /// When the credentials were last proved with an authenticated call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
+    /// The fingerprint that call proved (or saw refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_fingerprint: Option<String>,
     /// CommunicationUsers that reference this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<i32>,

@@ -43,7 +43,7 @@ pub struct AcsPool {
 struct State {
     /// Normalised endpoint → its budget, created on first use and kept with the endpoint
     /// (see `MAX_ENDPOINTS`), a handful of numbers each.
-    limiters: HashMap<String, RateLimiter>,
+    limiters: HashMap<String, (RateLimiter, Budget)>,
     /// Normalised endpoint → (key fingerprint, client, last use), at most `KEYS_PER_ENDPOINT`.
     clients: HashMap<String, Vec<Cached>>,
     /// Normalised endpoint → its last use; at most `MAX_ENDPOINTS`.
@@ -86,16 +86,22 @@ impl AcsPool {
         creds: &Credentials,
         entra: Option<&EntraTokens>,
     ) -> Result<AcsClient, AcsError> {
-        // A service's own budget is kept apart from the operator's for the same endpoint:
-        // every object using that service, and only those, draws on it.
-        let (endpoint, budget) = match creds.requests_per_second {
-            Some(rps) => (
-                format!("{} budget={rps}", endpoint_key(&creds.endpoint)),
-                Some(Budget {
-                    requests_per_second: f64::from(rps),
-                    burst: rps,
-                }),
-            ),
+        // A service's own budget is kept apart, per service: every object using that service,
+        // and only those, draws on it; never above the operator's own per-endpoint budget.
+        let (endpoint, budget) = match &creds.budget {
+            Some(b) => {
+                let wanted = f64::from(b.requests_per_second.max(1));
+                let rps = self
+                    .budget
+                    .map_or(wanted, |o| o.requests_per_second.min(wanted));
+                (
+                    format!("{} service={}", endpoint_key(&creds.endpoint), b.service),
+                    Some(Budget {
+                        requests_per_second: rps,
+                        burst: b.requests_per_second.max(1),
+                    }),
+                )
+            }
             None => (endpoint_key(&creds.endpoint), self.budget),
         };
         let fingerprint = creds.client_key();
@@ -104,6 +110,15 @@ impl AcsPool {
         let tick = state.tick;
         if state.endpoints.insert(endpoint.clone(), tick).is_none() {
             state.evict_beyond(MAX_ENDPOINTS);
+        }
+        // A service whose budget changed gets a new limiter, and new clients holding it.
+        if state
+            .limiters
+            .get(&endpoint)
+            .is_some_and(|(_, b)| Some(*b) != budget)
+        {
+            state.limiters.remove(&endpoint);
+            state.clients.remove(&endpoint);
         }
         if let Some(cached) = state
             .clients
@@ -114,7 +129,7 @@ impl AcsPool {
             return Ok(cached.client.clone());
         }
         let limiter = match state.limiters.get(&endpoint) {
-            Some(l) => Some(l.clone()),
+            Some((l, _)) => Some(l.clone()),
             None => {
                 let created = budget.and_then(|b| {
                     RateLimiter::new(b.requests_per_second, b.burst)
@@ -122,11 +137,12 @@ impl AcsPool {
                             |e| tracing::warn!(error = %e, "invalid acs request budget; unlimited"),
                         )
                         .ok()
+                        .map(|l| (l, b))
                 });
                 if let Some(l) = &created {
                     state.limiters.insert(endpoint.clone(), l.clone());
                 }
-                created
+                created.map(|(l, _)| l)
             }
         };
         let options = ClientOptions {
@@ -262,7 +278,7 @@ mod tests {
             auth: Auth::Key(c),
             source: crate::credentials::CredentialsSource::OperatorIdentity,
             operator_default: false,
-            requests_per_second: None,
+            budget: None,
         }
     }
 
@@ -282,7 +298,7 @@ mod tests {
             auth: Auth::Entra(p),
             source: crate::credentials::CredentialsSource::OperatorIdentity,
             operator_default: false,
-            requests_per_second: None,
+            budget: None,
         }
     }
 
@@ -297,7 +313,7 @@ mod tests {
     }
 
     fn limiter(pool: &AcsPool, endpoint: &str) -> RateLimiter {
-        pool.state().limiters[&endpoint_key(endpoint)].clone()
+        pool.state().limiters[&endpoint_key(endpoint)].0.clone()
     }
 
     fn fingerprints(pool: &AcsPool, endpoint: &str) -> Vec<String> {

@@ -10,7 +10,7 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::watcher;
 use kube::Client;
 
-use super::shared_watch::{self, ignore_events, Drivers, Shared};
+use super::shared_watch::{self, ignore_events, Drivers, Hook, Shared};
 use super::wakeups::{cluster_service_key, namespaced_service_key};
 use super::{service_signals, status_memo, watch_health};
 use crate::api::{
@@ -109,7 +109,7 @@ impl Caches {
             scopes,
             &all,
             (watches, "CommunicationUser"),
-            ignore_events,
+            (Hook::BeforeStore, ignore_events),
         ));
         // Every event of the tokens' watch keeps the index and the status memo in step
         // (deletions included, which the controllers' subscriber streams do not carry; and, at
@@ -119,7 +119,7 @@ impl Caches {
             scopes,
             &all,
             (watches, "CommunicationToken"),
-            |scope| {
+            (Hook::BeforeStore, |scope: Option<&str>| {
                 let (ix, memo) = (token_index.clone(), token_status.clone());
                 let scope = scope.map(str::to_string);
                 let mut relist = crate::relist::Relist::default();
@@ -131,7 +131,7 @@ impl Caches {
                         memo.retain_listed(scope.as_deref(), &listed);
                     }
                 }
-            },
+            }),
         ));
         let service_stores = ServiceStores {
             namespaced: Stores::new(services.stores.clone()),
@@ -142,20 +142,23 @@ impl Caches {
             scopes,
             &not_ours,
             (watches, "Secret/credentials"),
-            |_| {
+            // After the store: a user woken by a changed Secret must see its new version.
+            (Hook::AfterStore, |_: Option<&str>| {
                 service_signals::on_secret_event(
                     service_changed.clone(),
                     service_stores.clone(),
                     config.operator_namespace.clone(),
                 )
-            },
+            }),
         ));
         drivers.0.extend(services.drive(
             client,
             scopes,
             &all,
             (watches, "CommunicationService"),
-            |_| service_signals::on_service_event(service_changed.clone(), namespaced_service_key),
+            (Hook::AfterStore, |_: Option<&str>| {
+                service_signals::on_service_event(service_changed.clone(), namespaced_service_key)
+            }),
         ));
         drivers.0.push(shared_watch::drive_cluster(
             client,

@@ -47,6 +47,7 @@ impl Context {
                 sealing_key_secret: ("default".into(), "sealing".into()),
             },
             rollout_restart: false,
+            manage_cluster_services: true,
             restart_coalesce_window: Duration::from_secs(10),
             propagation_allowance: Duration::from_secs(120),
             metrics_addr: ([127, 0, 0, 1], 0).into(),

@@ -478,7 +478,9 @@ fn controllers(
             .boxed(),
         );
     }
-    if let Some(stream) = subs.cluster_services {
+    // By default only a cluster-wide install writes the cluster services' status.
+    let manage = ctx.config.manage_cluster_services;
+    if let Some(stream) = subs.cluster_services.filter(|_| manage) {
         let changed = service_signals::service_wakeups(
             ctx,
             ctx.service_changed.subscribe(),

@@ -1,7 +1,9 @@
 //! The service reconciler (both kinds): proves a service's credentials with one read that
 //! changes nothing (on change, and then every [`REPROBE`], never twice within
 //! [`MIN_PROBE_INTERVAL`]), and reports them and how many users and tokens use the service.
-//! It never writes to ACS: users act, services only report.
+//! It never writes to ACS: users act, services only report. By default only a cluster-wide
+//! install reconciles ClusterCommunicationServices (`--manage-cluster-services`: several
+//! namespaced installs would each count their own users into one status).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +153,9 @@ async fn apply<K: ServiceObject>(obj: Arc<K>, ctx: &Context) -> Result<Action, E
             status.tokens = Some(tokens);
             match ctx.credentials.service_credentials(&view).await {
                 Err(e) => {
-                    status.fingerprint = None;
+                    if status.fingerprint.take().is_some() {
+                        announce_unwatched(ctx, &view);
+                    }
                     set_condition(
                         &mut status.conditions,
                         types::READY,
@@ -165,10 +169,13 @@ async fn apply<K: ServiceObject>(obj: Arc<K>, ctx: &Context) -> Result<Action, E
                 }
                 Ok(creds) => {
                     let fingerprint = creds.fingerprint().to_string();
+                    let before = status.fingerprint.replace(fingerprint.clone());
+                    if before.is_some_and(|b| b != fingerprint) {
+                        announce_unwatched(ctx, &view);
+                    }
                     match probe_due(current, &fingerprint, generation, now) {
                         Due::Now => {
-                            // The fingerprint recorded is the one last probed.
-                            status.fingerprint = Some(fingerprint);
+                            status.probed_fingerprint = Some(fingerprint);
                             status.last_probe_time = Some(Time(now));
                             let (ok, reason, message) = probe(ctx, &creds, &view).await;
                             set_condition(
@@ -221,6 +228,18 @@ fn error_policy<K: ServiceObject>(_: Arc<K>, err: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(30))
 }
 
+/// Users resolve through the service again when what it resolves to changed without a watch
+/// event saying so (a Secret outside the watched namespaces, a ServiceAccount's annotations,
+/// the operator's own identity); a watched Secret's change was announced by its watch.
+fn announce_unwatched(ctx: &Context, view: &ServiceView) {
+    let announced = view
+        .secret()
+        .is_some_and(|(ns, _)| ctx.credentials.watches_secrets_of(ns));
+    if !announced {
+        let _ = ctx.service_changed.send(view.key.clone());
+    }
+}
+
 /// When the next probe is due.
 #[derive(Debug, PartialEq, Eq)]
 enum Due {
@@ -246,9 +265,12 @@ fn probe_due(
         .duration_since(last.0)
         .try_into()
         .unwrap_or(Duration::ZERO);
-    let changed = st.fingerprint.as_deref() != Some(fingerprint)
-        || st.observed_generation != generation
-        || !st.conditions.is_true(types::READY);
+    // The Ready condition is written by probes (and resolution failures) only: its
+    // generation is the spec the last probe saw.
+    let ready = st.conditions.find(types::READY);
+    let changed = st.probed_fingerprint.as_deref() != Some(fingerprint)
+        || ready.and_then(|c| c.observed_generation) != generation
+        || ready.is_none_or(|c| c.status != "True");
     let wait = if changed { MIN_PROBE_INTERVAL } else { REPROBE };
     match wait.checked_sub(age) {
         Some(d) if !d.is_zero() => Due::In(d),
@@ -358,6 +380,7 @@ mod tests {
         CommunicationServiceStatus {
             observed_generation: Some(gen),
             fingerprint: Some(fp.into()),
+            probed_fingerprint: Some(fp.into()),
             last_probe_time: Some(Time(probed)),
             conditions: vec![Condition {
                 type_: types::READY.into(),

@@ -16,22 +16,39 @@ use tokio::sync::broadcast;
 use super::Context;
 use crate::api::{CommunicationUser, ServiceKey};
 use crate::credentials::ServiceStores;
+use crate::relist::Relist;
 
 /// A change of one service, or (`None`, after a lagging receiver lost some) of any.
 pub type Changed = Option<ServiceKey>;
 
-/// The event hook of a service kind's watch: announces a service created, deleted, or with a
-/// new generation (its own status writes are not changes), and after a relist, a generation
-/// that moved while the watch was down.
+/// The event hook of a service kind's watch (after its store): announces a service created,
+/// deleted, recreated or with a new generation (its own status writes are not changes). After
+/// a relist it announces what the watch missed while down: services gone, new, or changed.
 pub fn on_service_event<K: Resource + 'static>(
     tx: broadcast::Sender<ServiceKey>,
     key_of: fn(&K) -> Option<ServiceKey>,
 ) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
-    let mut seen: HashMap<ServiceKey, Option<i64>> = HashMap::new();
+    // What identifies a version of a service: its UID (a recreated service is a change) and
+    // generation.
+    let mut seen: HashMap<ServiceKey, (Option<String>, Option<i64>)> = HashMap::new();
+    let mut relist = Relist::default();
+    let mut listed_once = false;
     move |e| {
-        let (obj, listed) = match e {
+        if let Some(listed) = relist.on_event(e) {
+            seen.retain(|k, _| {
+                let gone = listed.stale(None, k.namespace.as_deref().unwrap_or_default(), &k.name);
+                if gone {
+                    let _ = tx.send(k.clone());
+                }
+                !gone
+            });
+            listed_once = true;
+            return;
+        }
+        let (obj, initial) = match e {
             watcher::Event::Apply(o) => (o, false),
-            watcher::Event::InitApply(o) => (o, true),
+            // The first list is the start-up state; a later one may show what was missed.
+            watcher::Event::InitApply(o) => (o, !listed_once),
             watcher::Event::Delete(o) => {
                 if let Some(k) = key_of(o) {
                     seen.remove(&k);
@@ -42,11 +59,10 @@ pub fn on_service_event<K: Resource + 'static>(
             watcher::Event::Init | watcher::Event::InitDone => return,
         };
         let Some(k) = key_of(obj) else { return };
-        let generation = obj.meta().generation;
-        let before = seen.insert(k.clone(), generation);
-        let changed = match before {
-            Some(g) => g != generation,
-            None => !listed,
+        let version = (obj.meta().uid.clone(), obj.meta().generation);
+        let changed = match seen.insert(k.clone(), version.clone()) {
+            Some(before) => before != version,
+            None => !initial,
         };
         if changed {
             let _ = tx.send(k);
@@ -54,18 +70,39 @@ pub fn on_service_event<K: Resource + 'static>(
     }
 }
 
-/// The event hook of the credentials Secrets' watch: announces the services whose Secret
-/// was created, changed or deleted (a key rotation), so their users re-resolve.
+/// The event hook of the credentials Secrets' watch (after its store): announces the
+/// services whose Secret was created, changed or deleted (a key rotation), so their users
+/// re-resolve; after a relist, also those whose Secret went or changed while it was down.
 pub fn on_secret_event(
     tx: broadcast::Sender<ServiceKey>,
     services: ServiceStores,
     operator_namespace: String,
 ) -> impl FnMut(&watcher::Event<PartialObjectMeta<Secret>>) + Send + 'static {
     let mut versions: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut relist = Relist::default();
+    let mut listed_once = false;
     move |e| {
-        let (s, listed, deleted) = match e {
+        let announce = |id: &(String, String)| {
+            for v in services.views(&operator_namespace) {
+                if v.secret() == Some((id.0.as_str(), id.1.as_str())) {
+                    let _ = tx.send(v.key);
+                }
+            }
+        };
+        if let Some(listed) = relist.on_event(e) {
+            versions.retain(|id, _| {
+                let gone = listed.stale(None, &id.0, &id.1);
+                if gone {
+                    announce(id);
+                }
+                !gone
+            });
+            listed_once = true;
+            return;
+        }
+        let (s, initial, deleted) = match e {
             watcher::Event::Apply(s) => (s, false, false),
-            watcher::Event::InitApply(s) => (s, true, false),
+            watcher::Event::InitApply(s) => (s, !listed_once, false),
             watcher::Event::Delete(s) => (s, false, true),
             watcher::Event::Init | watcher::Event::InitDone => return,
         };
@@ -73,31 +110,28 @@ pub fn on_secret_event(
             s.metadata.namespace.clone().unwrap_or_default(),
             s.metadata.name.clone().unwrap_or_default(),
         );
-        let keys: Vec<ServiceKey> = services
+        let used = services
             .views(&operator_namespace)
-            .into_iter()
-            .filter(|v| v.secret() == Some((id.0.as_str(), id.1.as_str())))
-            .map(|v| v.key)
-            .collect();
-        if keys.is_empty() {
+            .iter()
+            .any(|v| v.secret() == Some((id.0.as_str(), id.1.as_str())));
+        if !used {
+            // Only Secrets some service names are followed (a service created later reads
+            // its Secret when it is reconciled).
             versions.remove(&id);
             return;
         }
         let rv = s.metadata.resource_version.clone();
-        let before = if deleted {
-            versions.remove(&id)
+        let changed = if deleted {
+            versions.remove(&id);
+            true
         } else {
-            versions.insert(id, rv.clone())
-        };
-        let changed = deleted
-            || match before {
-                Some(b) => b != rv,
-                None => !listed,
-            };
-        if changed {
-            for k in keys {
-                let _ = tx.send(k);
+            match versions.insert(id.clone(), rv.clone()) {
+                Some(before) => before != rv,
+                None => !initial,
             }
+        };
+        if changed {
+            announce(&id);
         }
     }
 }

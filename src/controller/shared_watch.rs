@@ -1,7 +1,7 @@
 //! The shared caches' watches: one reflector per watched scope and kind, its event hooks, and
 //! the tasks driving them (their health reported to [`super::watch_health`]).
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -46,15 +46,17 @@ where
     }
 
     /// Spawns one watch per scope feeding its store and subscribers; the writers are consumed.
-    /// `on_event(scope)` makes the event hook of each scope's watch; `resource` names the kind
-    /// in logs and metrics.
+    /// `on_event(scope)` makes the event hook of each scope's watch, which sees an event
+    /// before the store does (`Hook::BeforeStore`) or after (`Hook::AfterStore`: what the
+    /// hook wakes reads the store as the event left it); `resource` names the kind in logs
+    /// and metrics.
     pub(super) fn drive<F>(
         &mut self,
         client: &Client,
         scopes: &[Option<String>],
         config: &watcher::Config,
         (health, resource): (&watch_health::WatchHealth, &'static str),
-        on_event: impl Fn(Option<&str>) -> F,
+        (hook, on_event): (Hook, impl Fn(Option<&str>) -> F),
     ) -> Vec<tokio::task::JoinHandle<()>>
     where
         F: FnMut(&watcher::Event<K>) + Send + 'static,
@@ -64,19 +66,41 @@ where
             .zip(std::mem::take(&mut self.writers))
             .map(|(scope, w)| {
                 let mut tracker = health.track(resource);
-                let stream = watcher(api_for::<K>(client, scope), config.clone())
+                let events = watcher(api_for::<K>(client, scope), config.clone())
                     .default_backoff()
-                    .modify(slim)
-                    .inspect_ok(on_event(scope.as_deref()))
-                    .reflect_shared(w)
-                    .for_each(move |r| {
-                        tracker.observe(&r);
-                        futures::future::ready(())
-                    });
+                    .modify(slim);
+                let mut f = on_event(scope.as_deref());
+                let stream = match hook {
+                    Hook::BeforeStore => events
+                        .inspect_ok(f)
+                        .reflect_shared(w)
+                        .for_each(move |r| {
+                            tracker.observe(&r);
+                            futures::future::ready(())
+                        })
+                        .boxed(),
+                    Hook::AfterStore => events
+                        .reflect_shared(w)
+                        .for_each(move |r| {
+                            if let Ok(e) = &r {
+                                f(e);
+                            }
+                            tracker.observe(&r);
+                            futures::future::ready(())
+                        })
+                        .boxed(),
+                };
                 tokio::spawn(stream)
             })
             .collect()
     }
+}
+
+/// When a watch's event hook sees an event, relative to its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hook {
+    BeforeStore,
+    AfterStore,
 }
 
 /// The event hook of a watch whose events feed nothing but its store.
@@ -134,12 +158,16 @@ where
         + 'static,
 {
     let mut tracker = health.track(resource);
+    let mut on_event = on_event;
+    // The hook sees each event after the store: what it wakes reads the store as it left it.
     let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(slim)
-        .inspect_ok(on_event)
         .reflect_shared(writer)
         .for_each(move |r| {
+            if let Ok(e) = &r {
+                on_event(e);
+            }
             tracker.observe(&r);
             futures::future::ready(())
         });

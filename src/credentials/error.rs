@@ -50,6 +50,14 @@ pub enum CredentialsError {
         found: String,
         expected: String,
     },
+    /// A cluster service failed for a reason its own status shows: the tenant using it is not
+    /// told the platform's Secret, key or hosts.
+    #[error("{service} cannot be used now ({reason}); the platform team that owns it sees why in its status", reason = .source.reason())]
+    ServiceUnusable {
+        service: String,
+        #[source]
+        source: Box<CredentialsError>,
+    },
     #[error("{service} uses operatorIdentity, but the operator has no workload identity of its own (chart value entra.operatorIdentity)")]
     NoOperatorIdentity { service: String },
     #[error(transparent)]
@@ -61,6 +69,9 @@ pub enum CredentialsError {
 impl CredentialsError {
     /// Transient errors are retried with backoff; the others wait for a Secret change.
     pub fn is_transient(&self) -> bool {
+        if let Self::ServiceUnusable { source, .. } = self {
+            return source.is_transient();
+        }
         matches!(
             self,
             Self::Kube(_) | Self::Sealing(SealingKeyError::Kube(..))
@@ -71,6 +82,7 @@ impl CredentialsError {
     /// annotations are read again after a minute.
     pub fn requeue(&self) -> std::time::Duration {
         match self {
+            Self::ServiceUnusable { source, .. } => source.requeue(),
             Self::ServiceAccountNotFound { .. }
             | Self::TokenRequestNotAllowed { .. }
             | Self::ServiceAccountIncomplete { .. } => std::time::Duration::from_secs(60),
@@ -83,6 +95,7 @@ impl CredentialsError {
     /// The condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::ServiceUnusable { source, .. } => source.reason(),
             Self::Invalid { .. }
             | Self::KeyMissing { .. }
             | Self::EndpointMismatch { .. }

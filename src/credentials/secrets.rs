@@ -15,7 +15,7 @@ use crate::config::DefaultCredentials;
 use crate::secret::SealKey;
 
 /// How long what was read of a Secret gone from the cache is kept.
-const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+pub(super) const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Clone)]
 pub(super) struct CachedSecret {
@@ -83,7 +83,7 @@ impl CredentialsResolver {
                 auth: Auth::Key(conn.clone()),
                 source,
                 operator_default: false,
-                requests_per_second: None,
+                budget: None,
             }),
             Some(Err(e)) => Err(CredentialsError::Invalid {
                 namespace: namespace.to_string(),
@@ -191,7 +191,7 @@ impl CredentialsResolver {
                     key: key.to_string(),
                 },
                 operator_default: false,
-                requests_per_second: None,
+                budget: None,
             }),
             Err(_) => None,
         }

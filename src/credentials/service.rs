@@ -142,6 +142,9 @@ impl ServiceView {
     }
 }
 
+/// The last view of each service a user resolved through, and when.
+pub(super) type LastViews = Arc<Mutex<HashMap<ServiceKey, (std::time::Instant, ServiceView)>>>;
+
 /// Namespace labels read, and when.
 pub(super) type NamespaceLabels =
     Arc<Mutex<HashMap<String, (std::time::Instant, BTreeMap<String, String>)>>>;
@@ -191,6 +194,7 @@ impl CredentialsResolver {
             .ok_or_else(|| CredentialsError::ServiceNotFound {
                 service: key.to_string(),
             })?;
+        self.remember(&view);
         if let Some(selector) = &view.selector {
             if !self
                 .namespace_selected(namespace, selector.as_ref())
@@ -202,10 +206,65 @@ impl CredentialsResolver {
                 });
             }
         }
-        let mut c = self.service_credentials(&view).await?;
+        let cluster = view.key.kind == ServiceKind::ClusterCommunicationService;
+        let mut c = match self.service_credentials(&view).await {
+            Ok(c) => c,
+            // The tenant is not told the platform's Secret, key or hosts.
+            Err(e) if cluster => {
+                return Err(CredentialsError::ServiceUnusable {
+                    service: key.to_string(),
+                    source: Box::new(e),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         // A cluster service's credentials are shared by other namespaces.
-        c.operator_default = view.key.kind == ServiceKind::ClusterCommunicationService;
+        c.operator_default = cluster;
         Ok(c)
+    }
+
+    /// Keeps the service's view, so a cleanup racing its deletion (a namespace being deleted
+    /// takes its CommunicationServices first) still finds its Secret.
+    fn remember(&self, view: &ServiceView) {
+        let Ok(mut m) = self.last_views.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if self.sweeps.views.due(m.len()) {
+            m.retain(|k, (at, _)| {
+                now.duration_since(*at) < super::secrets::FORGET_AFTER || self.service(k).is_some()
+            });
+            self.sweeps.views.swept(m.len());
+        }
+        m.insert(view.key.clone(), (now, view.clone()));
+    }
+
+    /// The last credentials seen for a user of `namespace` referencing `r`, even if the service
+    /// or its Secret is gone now (for [`super::secrets::FORGET_AFTER`]): lets a finalizer
+    /// delete an identity while its namespace is being torn down. Connection strings only.
+    pub fn last_known_service(&self, namespace: &str, r: &ServiceRef) -> Option<Credentials> {
+        let key = ServiceKey::of_ref(namespace, r);
+        let view = match self.service(&key) {
+            // A cluster service that is there decides by its selector, which refused.
+            Some(v) if v.selector.is_some() => return None,
+            Some(v) => v,
+            None => {
+                let m = self.last_views.lock().ok()?;
+                m.get(&key)
+                    .filter(|(at, _)| at.elapsed() < super::secrets::FORGET_AFTER)
+                    .map(|(_, v)| v.clone())?
+            }
+        };
+        match &view.auth {
+            ServiceAuth::ConnectionString {
+                namespace,
+                name,
+                key,
+            } => self
+                .last_known(namespace, name, key)
+                .filter(|c| same_endpoint(&c.endpoint, &view.endpoint)),
+            _ => None,
+        }
     }
 
     /// The credentials a service names, if their endpoint is an allowed host.
@@ -263,7 +322,12 @@ impl CredentialsResolver {
                 .await?
             }
         };
-        c.requests_per_second = view.requests_per_second;
+        c.budget = view
+            .requests_per_second
+            .map(|requests_per_second| super::ServiceBudget {
+                service: view.key.to_string(),
+                requests_per_second,
+            });
         self.check_endpoint(c)
     }
 
@@ -321,14 +385,16 @@ pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, Str
         .iter()
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v));
+    // As Kubernetes validates them: `In`/`NotIn` need values, `Exists`/`DoesNotExist` take
+    // none. An invalid requirement matches nothing (never every namespace by accident).
     let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
         let values = e.values.as_deref().unwrap_or_default();
         let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
+        match (e.operator.as_str(), values.is_empty()) {
+            ("In", false) => value.is_some_and(|v| values.contains(v)),
+            ("NotIn", false) => value.is_none_or(|v| !values.contains(v)),
+            ("Exists", true) => value.is_some(),
+            ("DoesNotExist", true) => value.is_none(),
             _ => false,
         }
     });
@@ -376,6 +442,14 @@ mod tests {
         assert!(label_selector_matches(&req("Exists", &[]), &labels));
         assert!(!label_selector_matches(&req("DoesNotExist", &[]), &labels));
         assert!(!label_selector_matches(&req("Bogus", &[]), &labels));
+        // Invalid requirements select nothing, not everything.
+        assert!(!label_selector_matches(&req("NotIn", &[]), &labels));
+        assert!(!label_selector_matches(
+            &req("NotIn", &[]),
+            &BTreeMap::new()
+        ));
+        assert!(!label_selector_matches(&req("Exists", &["a"]), &labels));
+        assert!(!label_selector_matches(&req("In", &[]), &labels));
     }
 
     #[test]

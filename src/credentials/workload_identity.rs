@@ -119,7 +119,7 @@ impl CredentialsResolver {
             source,
             seal,
             operator_default,
-            requests_per_second: None,
+            budget: None,
         })
     }
 }

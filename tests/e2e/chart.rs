@@ -220,7 +220,12 @@ async fn run_and_audit(env: &TestEnv, inst: &Installed, acs: &Acs) -> Vec<audit:
     let run = std::panic::AssertUnwindSafe(async {
         scenario::core_scenarios(env, acs).await;
         scenario::entra_scenario(env, acs).await;
-        scenario::service_scenario(env, acs).await;
+        let cluster_wide = helm::env_value(
+            helm::operator_container(&inst.deployment),
+            "WATCH_NAMESPACES",
+        )
+        .is_none();
+        scenario::service_scenario(env, acs, cluster_wide).await;
         if rollout {
             scenario::rollout_scenario(env).await;
         }

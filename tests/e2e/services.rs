@@ -215,7 +215,11 @@ async fn a_cluster_service_serves_only_the_namespaces_it_selects() {
         }),
     )
     .await;
-    let mut args = OperatorArgs::new(&team, &acs);
+    // Watching a list of namespaces, the operator writes cluster services' status only when
+    // told to (by default a cluster-wide install does).
+    let mut args = OperatorArgs::new(&team, &acs)
+        .arg("--manage-cluster-services")
+        .arg("true");
     args.namespaces = vec![
         platform.ns().to_string(),
         team.ns().to_string(),
@@ -451,7 +455,11 @@ async fn services_authenticate_with_a_service_accounts_or_the_operators_own_work
         }),
     )
     .await;
-    let mut op = Operator::spawn(crate::entra::own_identity(&env, &acs, &own, &file));
+    let mut op = Operator::spawn(
+        crate::entra::own_identity(&env, &acs, &own, &file)
+            .arg("--manage-cluster-services")
+            .arg("true"),
+    );
     op.wait_ready().await;
 
     let services: Api<CommunicationService> = env.api();
@@ -570,6 +578,58 @@ async fn a_services_request_budget_is_shared_by_every_user_of_it() {
     assert!(
         spans[1] < spans[0],
         "the unbudgeted service was held back as much: {spans:?}"
+    );
+    op.stop();
+}
+
+/// A namespace deleted with its CommunicationService, its Secret and its users: the service
+/// and the Secret may go first, and the users' finalizers still delete their identities in
+/// ACS with the credentials last seen through the service.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_deleted_with_its_service_still_deletes_its_identities() {
+    let env = TestEnv::new("svc-teardown").await;
+    let acs = Acs::start().await;
+    put_secret(&env, "acs", "connectionString", &acs.connection_string()).await;
+    create_service(
+        &env,
+        "acs",
+        json!({
+            "endpoint": acs.emu.endpoint(),
+            "connectionString": { "secretRef": { "name": "acs" } },
+        }),
+    )
+    .await;
+    let mut op = Operator::spawn(OperatorArgs::new(&env, &acs));
+    op.wait_ready().await;
+    let users: Api<CommunicationUser> = env.api();
+    let mut ids = Vec::new();
+    for n in ["a", "b"] {
+        create_user(&env, n, service_user("CommunicationService", "acs")).await;
+        let u = wait_for(&users, n, CONVERGE, "user Ready", user_ready(""))
+            .await
+            .expect("user");
+        ids.push(u.identity_id().expect("identity").to_string());
+    }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .delete(env.ns(), &DeleteParams::background())
+        .await
+        .expect("delete the namespace");
+    crate::support::eventually("the namespace gone", Duration::from_secs(120), || async {
+        match namespaces.get_opt(env.ns()).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|n| n.map(|n| n.status)))),
+        }
+    })
+    .await;
+    for id in &ids {
+        let identity = acs.identity(id).await.expect("identity");
+        assert_eq!(identity["deleted"], json!(true), "{id} deleted in ACS");
+    }
+    assert_eq!(
+        acs.calls("deleteIdentity").await,
+        2,
+        "one delete per identity"
     );
     op.stop();
 }

@@ -193,14 +193,17 @@ runs that enable them: namespace ServiceAccounts in both, rollout restarts in th
 {{- end }}
 
 {{/*
-ClusterCommunicationServices (cluster-scoped, so a ClusterRole in both modes): watched, and
-their status written by server-side apply.
+ClusterCommunicationServices (cluster-scoped, so a ClusterRole in both modes): watched, and,
+by a cluster-wide install only, their status written by server-side apply (several namespaced
+installs would each count their own users into one status).
 */}}
 {{- define "acs-identity-operator.clusterServiceRules" -}}
 - apiGroups: ["communication.acs.dev"]
   resources: ["clustercommunicationservices"]
   verbs: ["list", "watch"]
+{{- if not .Values.watchNamespaces }}
 - apiGroups: ["communication.acs.dev"]
   resources: ["clustercommunicationservices/status"]
   verbs: ["patch"]
+{{- end }}
 {{- end }}

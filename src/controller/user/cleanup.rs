@@ -60,15 +60,17 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
             // A ServiceAccount's workload identity has no last-known form: its tokens are
             // requested for the ServiceAccount, which must still exist.
             // A service's Secret is found through the service, which may be gone.
-            let last = match &user.spec.credentials {
-                _ if user.spec.service_ref.is_some() => None,
-                Some(r) => r.secret(),
-                None => Some((
+            let last = match (&user.spec.service_ref, &user.spec.credentials) {
+                (Some(r), _) => ctx.credentials.last_known_service(&ns, r),
+                (None, Some(r)) => r
+                    .secret()
+                    .and_then(|(secret, key)| ctx.credentials.last_known(&ns, secret, key)),
+                (None, None) => ctx.credentials.last_known(
+                    &ns,
                     api::DEFAULT_CREDENTIALS_SECRET,
                     api::DEFAULT_CREDENTIALS_KEY,
-                )),
-            }
-            .and_then(|(secret, key)| ctx.credentials.last_known(&ns, secret, key));
+                ),
+            };
             match last {
                 Some(c) => c,
                 None => {

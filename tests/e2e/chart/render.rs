@@ -369,10 +369,7 @@ fn cases() -> Vec<Case> {
                             "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]},
                            {"apiGroups": ["communication.acs.dev"],
                             "resources": ["clustercommunicationservices"],
-                            "verbs": ["list", "watch"]},
-                           {"apiGroups": ["communication.acs.dev"],
-                            "resources": ["clustercommunicationservices/status"],
-                            "verbs": ["patch"]}])
+                            "verbs": ["list", "watch"]}])
                 );
                 assert_eq!(env(docs, "ROLLOUT_RESTART"), Some("false"));
                 assert_no_apps_rules(docs);

@@ -449,9 +449,10 @@ pub fn dry_patch() -> PatchParams {
 }
 
 /// The service kinds under the chart's identity: a CommunicationService and a
-/// ClusterCommunicationService selecting this namespace, each Ready (its status written) and
-/// serving a Ready user.
-pub async fn service_scenario(env: &TestEnv, acs: &Acs) {
+/// ClusterCommunicationService selecting this namespace, each serving a Ready user; each Ready
+/// (its status written) where this install writes it (the cluster kind's status only when
+/// `cluster_wide`).
+pub async fn service_scenario(env: &TestEnv, acs: &Acs, cluster_wide: bool) {
     use acs_identity_operator::api::{ClusterCommunicationService, CommunicationService};
     put_secret(
         env,
@@ -491,15 +492,17 @@ pub async fn service_scenario(env: &TestEnv, acs: &Acs) {
     )
     .await
     .expect("service");
-    wait_for(
-        &cluster,
-        &cluster_name,
-        CONVERGE,
-        "cluster service Ready",
-        service_ready(""),
-    )
-    .await
-    .expect("cluster service");
+    if cluster_wide {
+        wait_for(
+            &cluster,
+            &cluster_name,
+            CONVERGE,
+            "cluster service Ready",
+            service_ready(""),
+        )
+        .await
+        .expect("cluster service");
+    }
     create_user(env, "svc", service_user("CommunicationService", "acs")).await;
     create_user(
         env,
