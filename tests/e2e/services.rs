@@ -583,8 +583,8 @@ async fn a_services_request_budget_is_shared_by_every_user_of_it() {
 }
 
 /// A namespace deleted with its CommunicationService, its Secret and its users: the service
-/// and the Secret may go first, and the users' finalizers still delete their identities in
-/// ACS with the credentials last seen through the service.
+/// and the Secret may go first (here they do), and the users' finalizers still delete their
+/// identities in ACS with the credentials last seen through the service.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_deleted_with_its_service_still_deletes_its_identities() {
     let env = TestEnv::new("svc-teardown").await;
@@ -609,6 +609,20 @@ async fn a_namespace_deleted_with_its_service_still_deletes_its_identities() {
             .await
             .expect("user");
         ids.push(u.identity_id().expect("identity").to_string());
+    }
+    // The service and its Secret go first (as a namespace's teardown may order it): the
+    // users learn it, and their finalizers must still find the credentials.
+    let services: Api<CommunicationService> = env.api();
+    services
+        .delete("acs", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    env.api::<k8s_openapi::api::core::v1::Secret>()
+        .delete("acs", &DeleteParams::default())
+        .await
+        .expect("delete Secret");
+    for n in ["a", "b"] {
+        wait_for(&users, n, CONVERGE, "service gone", user_ready("ServiceNotFound")).await;
     }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
     namespaces
