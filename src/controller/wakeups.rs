@@ -1,14 +1,18 @@
-//! Relations between watches: wake-ups of a controller's objects by a signal (the unwatched
-//! default credentials changed), and the keys and references of the service kinds.
+//! Relations between watches, shared by the controllers: which users a credentials Secret or
+//! a signal (the unwatched default credentials changed) concerns, and the keys and references
+//! of the service kinds.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::Resource;
 
-use super::{user, Context};
+use kube::runtime::reflector::ObjectRef;
+
+use super::Context;
 use crate::api::{
-    ClusterCommunicationService, CommunicationService, CommunicationUser, ServiceKey, ServiceKind,
+    self, ClusterCommunicationService, CommunicationService, CommunicationUser, ServiceKey,
+    ServiceKind,
 };
 
 /// A stream of the signals sent on `rx` (a lagging receiver still yields once).
@@ -45,7 +49,7 @@ where
     let scope = scope.clone();
     signals(rx).flat_map(move |()| {
         let refs = match ctx.config.default_credentials.as_ref() {
-            Some(_) => map(&ctx, user::users_on_default(&ctx)),
+            Some(_) => map(&ctx, users_on_default(&ctx)),
             None => Vec::new(),
         };
         let scope = scope.clone();
@@ -88,4 +92,50 @@ pub(super) fn cluster_service_ref(
 ) -> Option<kube::runtime::reflector::ObjectRef<ClusterCommunicationService>> {
     (k.kind == ServiceKind::ClusterCommunicationService)
         .then(|| kube::runtime::reflector::ObjectRef::new(&k.name))
+}
+
+/// True when Secret `ns/name` is the operator-wide default credentials.
+pub fn is_default_secret(ctx: &Context, ns: &str, name: &str) -> bool {
+    ctx.config
+        .default_credentials
+        .as_ref()
+        .is_some_and(|d| d.namespace == ns && d.name == name)
+}
+
+/// The users of namespace `ns` whose credentials resolve to its Secret `name`: those naming
+/// it, and those using the namespace's `acs-credentials`. The operator-wide default Secret
+/// is routed by [`users_on_default`] instead (its users live in other namespaces, which
+/// other controllers may serve).
+pub fn users_using_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Vec<ObjectRef<CommunicationUser>> {
+    ctx.users
+        .in_namespace_where(ns, |u| match &u.spec.credentials {
+            _ if u.spec.service_ref.is_some() => false,
+            Some(c) => c.secret_name.as_deref() == Some(name),
+            None => name == api::DEFAULT_CREDENTIALS_SECRET,
+        })
+        .iter()
+        .map(|u| ObjectRef::from_obj(u.as_ref()))
+        .collect()
+}
+
+/// The users that resolve to the operator-wide default credentials: no reference and no
+/// `acs-credentials` of their own namespace.
+pub fn users_on_default(ctx: &Context) -> Vec<ObjectRef<CommunicationUser>> {
+    ctx.users
+        .all_where(|u| {
+            let uns = u.metadata.namespace.as_deref().unwrap_or_default();
+            u.spec.credentials.is_none()
+                && u.spec.service_ref.is_none()
+                && ctx
+                    .credentials
+                    .secret_meta(uns, api::DEFAULT_CREDENTIALS_SECRET)
+                    .is_none()
+        })
+        .iter()
+        .map(|u| ObjectRef::from_obj(u.as_ref()))
+        .collect()
 }

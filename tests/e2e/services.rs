@@ -622,7 +622,14 @@ async fn a_namespace_deleted_with_its_service_still_deletes_its_identities() {
         .await
         .expect("delete Secret");
     for n in ["a", "b"] {
-        wait_for(&users, n, CONVERGE, "service gone", user_ready("ServiceNotFound")).await;
+        wait_for(
+            &users,
+            n,
+            CONVERGE,
+            "service gone",
+            user_ready("ServiceNotFound"),
+        )
+        .await;
     }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
     namespaces

@@ -203,13 +203,13 @@ pub fn controller(
         let name = s.name_any();
         // The default Secret's users may be served by other controllers (one per watched
         // namespace): signal them all, users and tokens, through `default_changed`.
-        if super::user::is_default_secret(&by_secret, &ns, &name) {
+        if super::wakeups::is_default_secret(&by_secret, &ns, &name) {
             let _ = by_secret.default_changed.send(());
             return Vec::new();
         }
         tokens_of_users(
             &by_secret,
-            super::user::users_using_secret(&by_secret, &ns, &name),
+            super::wakeups::users_using_secret(&by_secret, &ns, &name),
         )
     })
     // The unwatched default credentials changed (polled).

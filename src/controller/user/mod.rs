@@ -16,15 +16,16 @@ use tracing::{info, instrument, warn, Span};
 
 mod cleanup;
 mod revoke;
+mod status;
 
 use self::cleanup::cleanup;
+use self::status::{acs_failed, current_status, not_ready, remember, write_identity, write_status};
 use super::backoff::inputs_hash;
 use super::{key_of, Context};
 use crate::acs::{AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
 use crate::api::{
-    self, set_condition, CommunicationToken, CommunicationUser, CommunicationUserStatus,
-    ConditionExt, RevocationStatus,
+    self, set_condition, CommunicationToken, CommunicationUser, ConditionExt, RevocationStatus,
 };
 use crate::credentials::{Credentials, CredentialsError};
 
@@ -147,10 +148,10 @@ pub fn controller(
         let name = s.name_any();
         // The default Secret wakes its users through `default_changed` (the token
         // controller's mapper sends that signal once for both).
-        if is_default_secret(&cred_lookup, &ns, &name) {
+        if super::wakeups::is_default_secret(&cred_lookup, &ns, &name) {
             return Vec::new();
         }
-        users_using_secret(&cred_lookup, &ns, &name)
+        super::wakeups::users_using_secret(&cred_lookup, &ns, &name)
     })
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
@@ -163,52 +164,6 @@ pub fn controller(
         }
         futures::future::ready(())
     })
-}
-
-/// True when Secret `ns/name` is the operator-wide default credentials.
-pub fn is_default_secret(ctx: &Context, ns: &str, name: &str) -> bool {
-    ctx.config
-        .default_credentials
-        .as_ref()
-        .is_some_and(|d| d.namespace == ns && d.name == name)
-}
-
-/// The users of namespace `ns` whose credentials resolve to its Secret `name`: those naming
-/// it, and those using the namespace's `acs-credentials`. The operator-wide default Secret
-/// is routed by [`users_on_default`] instead (its users live in other namespaces, which
-/// other controllers may serve).
-pub fn users_using_secret(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-) -> Vec<ObjectRef<CommunicationUser>> {
-    ctx.users
-        .in_namespace_where(ns, |u| match &u.spec.credentials {
-            _ if u.spec.service_ref.is_some() => false,
-            Some(c) => c.secret_name.as_deref() == Some(name),
-            None => name == api::DEFAULT_CREDENTIALS_SECRET,
-        })
-        .iter()
-        .map(|u| ObjectRef::from_obj(u.as_ref()))
-        .collect()
-}
-
-/// The users that resolve to the operator-wide default credentials: no reference and no
-/// `acs-credentials` of their own namespace.
-pub fn users_on_default(ctx: &Context) -> Vec<ObjectRef<CommunicationUser>> {
-    ctx.users
-        .all_where(|u| {
-            let uns = u.metadata.namespace.as_deref().unwrap_or_default();
-            u.spec.credentials.is_none()
-                && u.spec.service_ref.is_none()
-                && ctx
-                    .credentials
-                    .secret_meta(uns, api::DEFAULT_CREDENTIALS_SECRET)
-                    .is_none()
-        })
-        .iter()
-        .map(|u| ObjectRef::from_obj(u.as_ref()))
-        .collect()
 }
 
 /// The user knows its identity was deleted outside the operator (a revoke or one of its
@@ -284,119 +239,6 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         cur = e.source();
     }
     s
-}
-
-/// Writes status if it changed, on the resourceVersion `user` was read at (or this reconcile
-/// last wrote): a status built from a stale read fails with [`Error::Fenced`] instead of
-/// overwriting a newer one, so no write can lower the revocation epoch or drop a pending
-/// revocation. Returns the user as written, for the rest of the reconcile to build on.
-async fn write_status(
-    ctx: &Context,
-    user: &CommunicationUser,
-    status: &CommunicationUserStatus,
-) -> Result<Option<Arc<CommunicationUser>>, Error> {
-    if user.status.as_ref() == Some(status) {
-        return Ok(None);
-    }
-    let rv =
-        revoke::fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
-    Ok(Some(as_written(user, status, rv)))
-}
-
-/// The first record of a new identity, written unfenced: in GA mode it is the only durable
-/// record of the identity, so an unrelated change of the object (a label) must not make it
-/// fail; a user without an identity has no revocation state a stale read could lower.
-async fn write_identity(
-    ctx: &Context,
-    user: &CommunicationUser,
-    status: &CommunicationUserStatus,
-) -> Result<Arc<CommunicationUser>, Error> {
-    let rv = revoke::fenced_write(ctx, user, status, None).await?;
-    Ok(as_written(user, status, rv))
-}
-
-/// `user` with the status this process wrote and the resourceVersion that write returned
-/// (the status kept as sent: the apiserver's copy rounds times, and would compare unequal).
-fn as_written(
-    user: &CommunicationUser,
-    status: &CommunicationUserStatus,
-    resource_version: Option<String>,
-) -> Arc<CommunicationUser> {
-    let mut u = user.clone();
-    u.status = Some(status.clone());
-    u.metadata.resource_version = resource_version;
-    Arc::new(u)
-}
-
-/// Sets Ready=False with `reason`, writes status, and emits a Warning event when the reason is
-/// new (events on transitions only).
-async fn not_ready(
-    ctx: &Context,
-    user: &CommunicationUser,
-    mut status: CommunicationUserStatus,
-    reason: &str,
-    message: String,
-) -> Result<(), Error> {
-    let previous = status
-        .conditions
-        .find(types::READY)
-        .map(|c| c.reason.clone());
-    set_condition(
-        &mut status.conditions,
-        types::READY,
-        false,
-        reason,
-        message.clone(),
-        user.metadata.generation,
-        ctx.now(),
-    );
-    write_status(ctx, user, &status).await?;
-    if previous.as_deref() != Some(reason) {
-        ctx.event(user, EventType::Warning, reason, "Reconcile", message)
-            .await;
-    }
-    Ok(())
-}
-
-/// The user's status, or the one this process wrote with a new identity when the cache has
-/// not caught up with that write yet.
-fn current_status(ctx: &Context, user: &CommunicationUser) -> CommunicationUserStatus {
-    let cached = user.status.clone().unwrap_or_default();
-    let (Some(uid), Ok(mut recent)) = (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
-    else {
-        return cached;
-    };
-    if cached.identity_id.is_some() {
-        recent.remove(uid);
-        return cached;
-    }
-    recent.get(uid).cloned().unwrap_or(cached)
-}
-
-fn remember(ctx: &Context, user: &CommunicationUser, status: &CommunicationUserStatus) {
-    if let (Some(uid), Ok(mut recent)) = (user.metadata.uid.clone(), ctx.recent_identities.lock()) {
-        recent.insert(uid, status.clone());
-    }
-}
-
-/// Reports a failed ACS call on the resource: `CredentialsRejected` for a 401 (wrong or
-/// regenerated key), else `AcsError`; the caller still returns the error so transient
-/// failures back off.
-async fn acs_failed(
-    ctx: &Context,
-    user: &CommunicationUser,
-    status: CommunicationUserStatus,
-    err: &AcsError,
-    action: &str,
-) -> Result<(), Error> {
-    let reason = super::credential_reason(err).unwrap_or(reasons::ACS_ERROR);
-    let msg = format!(
-        "failed to {action} ({}): {}{}",
-        err.category(),
-        error_chain(err),
-        super::failure_hint(err)
-    );
-    not_ready(ctx, user, status, reason, msg).await
 }
 
 /// The ACS resource GUID inside an identity id (`8:acs:<resource>_<user>`).

@@ -132,7 +132,7 @@ pub async fn revoke_if_requested(
     );
     // `user` is as read, or as this reconcile last wrote it.
     let rv = fenced_write(ctx, user, status, user.metadata.resource_version.clone()).await?;
-    let pending = super::as_written(user, status, rv);
+    let pending = super::status::as_written(user, status, rv);
 
     if let (Some(uid), false) = (user.metadata.uid.as_deref(), resuming) {
         // Counted once per revocation, when it starts: the retries of a failing one back off
@@ -198,7 +198,7 @@ pub async fn revoke_if_requested(
         ),
     )
     .await;
-    Ok(Outcome::Wrote(super::as_written(user, status, rv)))
+    Ok(Outcome::Wrote(super::status::as_written(user, status, rv)))
 }
 
 /// How long the coalescing window still runs for requests made at `requested_at`: until no
