@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::kubeconfig::{self, Identity};
 use crate::options::Options;
 use crate::process::Process;
+use crate::spawn::{free_ports, spawn_apiserver, spawn_controller_manager, spawn_etcd};
 use crate::{crds, readiness, workdir};
 
 /// envtest retries a start that lost a port race up to five times; so do we.
@@ -557,58 +558,4 @@ async fn boot(
         .await?;
     }
     Ok((layout, config))
-}
-
-fn spawn_etcd(bins: &Binaries, layout: &Layout) -> Result<Process, Error> {
-    Process::spawn(
-        ETCD,
-        bins.path(Binary::Etcd),
-        &components::etcd_args(layout),
-        &layout.log(ETCD),
-    )
-}
-
-fn spawn_apiserver(bins: &Binaries, layout: &Layout, options: &Options) -> Result<Process, Error> {
-    Process::spawn(
-        APISERVER,
-        bins.path(Binary::KubeApiserver),
-        &components::apiserver_args(layout, &options.extra_apiserver_args),
-        &layout.log(APISERVER),
-    )
-}
-
-fn spawn_controller_manager(bins: &Binaries, layout: &Layout) -> Result<Process, Error> {
-    Process::spawn(
-        CONTROLLER_MANAGER,
-        bins.path(Binary::KubeControllerManager),
-        &components::controller_manager_args(layout),
-        &layout.log(CONTROLLER_MANAGER),
-    )
-}
-
-/// Distinct free loopback ports: all listeners are held open together so no port repeats, then
-/// closed for the components to bind (a race a retry covers).
-fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
-    let mut listeners = Vec::with_capacity(N);
-    let mut ports = [0u16; N];
-    for port in ports.iter_mut() {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::FreePort)?;
-        *port = listener.local_addr().map_err(Error::FreePort)?.port();
-        listeners.push(listener);
-    }
-    Ok(ports)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_ports_are_distinct_and_non_zero() {
-        let ports: [u16; 3] = free_ports().unwrap();
-        assert!(ports.iter().all(|p| *p != 0));
-        assert_ne!(ports[0], ports[1]);
-        assert_ne!(ports[1], ports[2]);
-        assert_ne!(ports[0], ports[2]);
-    }
 }

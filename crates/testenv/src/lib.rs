@@ -41,6 +41,7 @@ pub mod process;
 pub mod readiness;
 pub mod release;
 pub mod shared;
+mod spawn;
 pub mod workdir;
 
 use std::path::{Path, PathBuf};

@@ -451,7 +451,7 @@ async fn observe_plan_act(
             user_revoking: user.revocation_pending(),
             now: ctx.now(),
         }) {
-            return keep(&ctx, &token, st, &r).await;
+            return status::keep(&ctx, &token, st, &r).await;
         }
     }
     // A token never issued whose Secret the listed metadata watch does not show creates it
@@ -506,7 +506,7 @@ async fn observe_plan_act(
         previous_revision,
     };
     match plan {
-        Plan::Keep(r) => keep(&ctx, &token, st, &r).await,
+        Plan::Keep(r) => status::keep(&ctx, &token, st, &r).await,
         Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
         Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
         Plan::RequestRevocation(e) => {
@@ -546,67 +546,4 @@ async fn observe_plan_act(
             Err(Error::WaitingForRevocation)
         }
     }
-}
-
-/// The Secret holds a good token: record it in status (written only if that changed).
-async fn keep(
-    ctx: &Context,
-    token: &CommunicationToken,
-    mut st: api::CommunicationTokenStatus,
-    r: &secret::RecordedToken,
-) -> Result<Action, Error> {
-    let gen = token.metadata.generation;
-    let now = ctx.now();
-    let margin = status::record(&mut st, r, token, ctx.config.propagation_allowance);
-    status::margin_condition(&mut st, token, &margin, gen, now);
-    if st
-        .revocation_requested
-        .is_some_and(|e| r.revocation_epoch > e)
-    {
-        st.revocation_requested = None;
-        st.revocation_requested_at = None;
-    }
-    st.failed_attempts = 0;
-    ctx.failures.reset(&key_of(token));
-    let renew = plan::renewal_at(token, r);
-    // The condition written with the token (TokenIssued, TokenRotated, ...) already says it
-    // is valid; rewriting it would cost a status write per issuance.
-    let current = st.conditions.find(types::READY).is_some_and(|c| {
-        c.status == "True"
-            && c.observed_generation == gen
-            && [
-                reasons::TOKEN_ISSUED,
-                reasons::TOKEN_ROTATED,
-                reasons::SECRET_RESTORED,
-                reasons::SECRET_REPAIRED,
-                reasons::TOKEN_VALID,
-            ]
-            .contains(&c.reason.as_str())
-    }) && st
-        .conditions
-        .find(types::ISSUING)
-        .is_some_and(|c| c.status == "False");
-    if !current {
-        status::set_both(
-            &mut st,
-            true,
-            false,
-            reasons::TOKEN_VALID,
-            &format!(
-                "token valid until {}; next renewal at {renew}",
-                r.expires_on
-            ),
-            gen,
-            now,
-        );
-    }
-    let restart_wait = restart::ensure(ctx, token, &mut st).await;
-    status::write(ctx, token, &st).await?;
-    let next = crate::rotation::requeue_after(
-        now,
-        renew,
-        Duration::from_secs(1),
-        ctx.config.resync_period,
-    );
-    Ok(Action::requeue(restart_wait.map_or(next, |w| w.min(next))))
 }

@@ -294,3 +294,68 @@ pub fn recorded(status: &CommunicationTokenStatus) -> Option<RecordedToken> {
     })
     .filter(|r| !r.scopes.is_empty())
 }
+
+/// The Secret holds a good token: record it in status (written only if that changed).
+pub(super) async fn keep(
+    ctx: &Context,
+    token: &CommunicationToken,
+    mut st: api::CommunicationTokenStatus,
+    r: &RecordedToken,
+) -> Result<kube::runtime::controller::Action, Error> {
+    let gen = token.metadata.generation;
+    let now = ctx.now();
+    let margin = record(&mut st, r, token, ctx.config.propagation_allowance);
+    margin_condition(&mut st, token, &margin, gen, now);
+    if st
+        .revocation_requested
+        .is_some_and(|e| r.revocation_epoch > e)
+    {
+        st.revocation_requested = None;
+        st.revocation_requested_at = None;
+    }
+    st.failed_attempts = 0;
+    ctx.failures.reset(&crate::controller::key_of(token));
+    let renew = super::plan::renewal_at(token, r);
+    // The condition written with the token (TokenIssued, TokenRotated, ...) already says it
+    // is valid; rewriting it would cost a status write per issuance.
+    let current = st.conditions.find(types::READY).is_some_and(|c| {
+        c.status == "True"
+            && c.observed_generation == gen
+            && [
+                reasons::TOKEN_ISSUED,
+                reasons::TOKEN_ROTATED,
+                reasons::SECRET_RESTORED,
+                reasons::SECRET_REPAIRED,
+                reasons::TOKEN_VALID,
+            ]
+            .contains(&c.reason.as_str())
+    }) && st
+        .conditions
+        .find(types::ISSUING)
+        .is_some_and(|c| c.status == "False");
+    if !current {
+        set_both(
+            &mut st,
+            true,
+            false,
+            reasons::TOKEN_VALID,
+            &format!(
+                "token valid until {}; next renewal at {renew}",
+                r.expires_on
+            ),
+            gen,
+            now,
+        );
+    }
+    let restart_wait = super::restart::ensure(ctx, token, &mut st).await;
+    write(ctx, token, &st).await?;
+    let next = crate::rotation::requeue_after(
+        now,
+        renew,
+        std::time::Duration::from_secs(1),
+        ctx.config.resync_period,
+    );
+    Ok(kube::runtime::controller::Action::requeue(
+        restart_wait.map_or(next, |w| w.min(next)),
+    ))
+}
