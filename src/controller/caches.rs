@@ -10,7 +10,7 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::watcher;
 use kube::Client;
 
-use super::shared_watch::{self, ignore_events, Drivers, Hook, Shared};
+use super::shared_watch::{self, Drivers, Hook, Shared};
 use super::wakeups::{cluster_service_key, namespaced_service_key};
 use super::{service_signals, status_memo, watch_health};
 use crate::api::{
@@ -63,7 +63,10 @@ impl Caches {
         config: &Config,
         scopes: &[Option<String>],
         watches: &watch_health::WatchHealth,
-        service_changed: &tokio::sync::broadcast::Sender<ServiceKey>,
+        (service_changed, service_usage): (
+            &tokio::sync::broadcast::Sender<ServiceKey>,
+            &tokio::sync::broadcast::Sender<ServiceKey>,
+        ),
     ) -> Self {
         let mut users = Shared::<CommunicationUser>::new(scopes, 1024);
         let mut tokens = Shared::<CommunicationToken>::new(scopes, 1024);
@@ -109,8 +112,11 @@ impl Caches {
             scopes,
             &all,
             (watches, "CommunicationUser"),
-            (Hook::BeforeStore, ignore_events),
+            (Hook::AfterStore, |_: Option<&str>| {
+                service_signals::on_user_event(service_usage.clone())
+            }),
         ));
+        let user_stores = Stores::new(users.stores.clone());
         // Every event of the tokens' watch keeps the index and the status memo in step
         // (deletions included, which the controllers' subscriber streams do not carry; and, at
         // the end of a relist, the deletions the watch missed while it was down).
@@ -121,11 +127,20 @@ impl Caches {
             (watches, "CommunicationToken"),
             (Hook::BeforeStore, |scope: Option<&str>| {
                 let (ix, memo) = (token_index.clone(), token_status.clone());
+                let (users, usage) = (user_stores.clone(), service_usage.clone());
                 let scope = scope.map(str::to_string);
                 let mut relist = crate::relist::Relist::default();
                 move |e: &watcher::Event<CommunicationToken>| {
                     ix.apply(e);
                     memo.on_event(e);
+                    let counted = match e {
+                        watcher::Event::Apply(t) => service_signals::token_usage(&users, t, false),
+                        watcher::Event::Delete(t) => service_signals::token_usage(&users, t, true),
+                        _ => None,
+                    };
+                    if let Some(k) = counted {
+                        let _ = usage.send(k);
+                    }
                     if let Some(listed) = relist.on_event(e) {
                         ix.retain_listed(scope.as_deref(), &listed);
                         memo.retain_listed(scope.as_deref(), &listed);
@@ -167,7 +182,7 @@ impl Caches {
             service_signals::on_service_event(service_changed.clone(), cluster_service_key),
         ));
         Self {
-            users: Stores::new(users.stores),
+            users: user_stores,
             tokens: Stores::new(tokens.stores),
             creds: Stores::new(creds.stores),
             services: service_stores,

@@ -42,6 +42,8 @@ pub struct Context {
     pub default_changed: tokio::sync::broadcast::Sender<()>,
     /// Announces a service whose spec or Secret changed (see [`service_signals`]).
     pub service_changed: tokio::sync::broadcast::Sender<ServiceKey>,
+    /// Announces a service whose users or tokens were created or deleted (its counts).
+    pub service_usage: tokio::sync::broadcast::Sender<ServiceKey>,
     /// User statuses this process wrote with a new identity, by UID, until the cache shows
     /// them: a reconcile that reads a cache not yet updated by its own write must not create
     /// a second identity (GA creation is not idempotent).

@@ -86,6 +86,7 @@ impl Context {
             guard: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,
             service_changed: tokio::sync::broadcast::channel(4).0,
+            service_usage: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),
             watches: super::watch_health::WatchHealth::new(Default::default(), metrics),
             change_filters: Default::default(),

@@ -164,8 +164,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let scopes = scopes(&config);
     let service_changed = tokio::sync::broadcast::channel::<ServiceKey>(1024).0;
+    let service_usage = tokio::sync::broadcast::channel::<ServiceKey>(1024).0;
     let watches = watch_health::WatchHealth::new(readiness.clone(), metrics.clone());
-    let caches = Caches::start(&client, &config, &scopes, &watches, &service_changed);
+    let caches = Caches::start(
+        &client,
+        &config,
+        &scopes,
+        &watches,
+        (&service_changed, &service_usage),
+    );
     let caches_ready = caches.ready();
     let Caches {
         users,
@@ -185,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         &watches,
         (users.clone(), tokens.clone(), creds, services.clone()),
         (token_index, token_status),
-        service_changed,
+        (service_changed, service_usage),
     )?;
     metrics
         .objects
@@ -270,7 +277,10 @@ fn context(
     watches: &watch_health::WatchHealth,
     (users, tokens, creds, services): CacheStores,
     (token_index, token_status): WriteMemory,
-    service_changed: tokio::sync::broadcast::Sender<ServiceKey>,
+    (service_changed, service_usage): (
+        tokio::sync::broadcast::Sender<ServiceKey>,
+        tokio::sync::broadcast::Sender<ServiceKey>,
+    ),
 ) -> Result<Arc<Context>, RunError> {
     Ok(Arc::new(Context {
         client: client.clone(),
@@ -297,6 +307,7 @@ fn context(
         guard: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         service_changed,
+        service_usage,
         recent_identities: Default::default(),
         watches: watches.clone(),
         change_filters: Default::default(),
@@ -460,10 +471,17 @@ fn controllers(
             continue;
         };
         let scope = scopes[i].clone();
-        let changed = service_signals::service_wakeups(
-            ctx,
-            ctx.service_changed.subscribe(),
-            namespaced_service_ref,
+        let changed = futures::stream::select(
+            service_signals::service_wakeups(
+                ctx,
+                ctx.service_changed.subscribe(),
+                namespaced_service_ref,
+            ),
+            service_signals::service_wakeups(
+                ctx,
+                ctx.service_usage.subscribe(),
+                namespaced_service_ref,
+            ),
         )
         .filter(move |r| futures::future::ready(scope.is_none() || r.namespace == scope));
         controllers.push(
@@ -481,10 +499,17 @@ fn controllers(
     // By default only a cluster-wide install writes the cluster services' status.
     let manage = ctx.config.manage_cluster_services;
     if let Some(stream) = subs.cluster_services.filter(|_| manage) {
-        let changed = service_signals::service_wakeups(
-            ctx,
-            ctx.service_changed.subscribe(),
-            cluster_service_ref,
+        let changed = futures::stream::select(
+            service_signals::service_wakeups(
+                ctx,
+                ctx.service_changed.subscribe(),
+                cluster_service_ref,
+            ),
+            service_signals::service_wakeups(
+                ctx,
+                ctx.service_usage.subscribe(),
+                cluster_service_ref,
+            ),
         );
         controllers.push(
             service::controller(

@@ -31,9 +31,8 @@ pub(crate) const CONTROLLER: &str = "communicationservice";
 pub const REPROBE: Duration = Duration::from_secs(600);
 /// Never two probes of one service closer than this, whatever changes.
 pub const MIN_PROBE_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the counts of users and tokens are brought up to date (no ACS call, and a
-/// status write only when they moved).
-const RECOUNT: Duration = Duration::from_secs(15);
+/// Bursts of usage changes (users and tokens created or deleted) become one recount.
+const RECOUNT_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// Why a service reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +110,7 @@ pub fn controller<K: ServiceObject>(
         ),
         reader,
     )
+    .with_config(kube::runtime::controller::Config::default().debounce(RECOUNT_DEBOUNCE))
     .reconcile_on(changed)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
@@ -136,7 +136,7 @@ async fn apply<K: ServiceObject>(obj: Arc<K>, ctx: &Context) -> Result<Action, E
     let mut status = current.cloned().unwrap_or_default();
     status.observed_generation = generation;
     let now = ctx.now();
-    let mut requeue = RECOUNT;
+    let mut requeue = REPROBE;
     match obj.view(&ctx.config.operator_namespace) {
         None => set_condition(
             &mut status.conditions,

@@ -136,6 +136,43 @@ pub fn on_secret_event(
     }
 }
 
+/// The event hook of the users' watch: announces, on `usage`, the service of a user created,
+/// deleted or with a spec not yet reconciled (a new `serviceRef`), so the service's counts
+/// follow. A user moved off a service is counted out at that service's next reconcile.
+pub fn on_user_event(
+    usage: broadcast::Sender<ServiceKey>,
+) -> impl FnMut(&watcher::Event<CommunicationUser>) + Send + 'static {
+    move |e| {
+        let (u, deleted) = match e {
+            watcher::Event::Apply(u) => (u, false),
+            watcher::Event::Delete(u) => (u, true),
+            _ => return,
+        };
+        let Some(r) = &u.spec.service_ref else { return };
+        let unreconciled =
+            u.status.as_ref().and_then(|s| s.observed_generation) != u.metadata.generation;
+        if deleted || unreconciled {
+            let ns = u.metadata.namespace.as_deref().unwrap_or_default();
+            let _ = usage.send(ServiceKey::of_ref(ns, r));
+        }
+    }
+}
+
+/// The service of a token's user, for the token watch's hook: a token created (its first
+/// event has no status) or deleted changes that service's count of tokens.
+pub fn token_usage(
+    users: &crate::stores::Stores<CommunicationUser>,
+    t: &crate::api::CommunicationToken,
+    deleted: bool,
+) -> Option<ServiceKey> {
+    if !deleted && t.status.is_some() {
+        return None;
+    }
+    let ns = t.metadata.namespace.as_deref()?;
+    let user = users.get(ns, &t.spec.user_ref.name)?;
+    Some(ServiceKey::of_ref(ns, user.spec.service_ref.as_ref()?))
+}
+
 /// The service changes sent on `rx`.
 pub fn changes(
     rx: broadcast::Receiver<ServiceKey>,

@@ -103,11 +103,6 @@ pub(super) enum Hook {
     AfterStore,
 }
 
-/// The event hook of a watch whose events feed nothing but its store.
-pub(super) fn ignore_events<K>(_: Option<&str>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
-    |_| {}
-}
-
 /// The watch tasks; dropping them (shutdown, or any early return) stops them on purpose.
 pub(super) struct Drivers(
     pub(super) Vec<tokio::task::JoinHandle<()>>,
