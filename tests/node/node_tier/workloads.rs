@@ -104,8 +104,10 @@ async fn a_mounted_token_reaches_the_running_app_after_a_rotation_while_an_env_v
     let _node = exclusive().await;
     let acs = Acs::start().await;
     install(acs, default_tag(), &["--set", "replicas=1"]);
-    kubectl_apply(&example("00-namespace.yaml"));
+    // The tenant's plain Namespace first: applied after the example's, it would drop the
+    // label the example's ClusterCommunicationService selects (kubectl apply's 3-way merge).
     tenant(NS, acs);
+    kubectl_apply(&example("00-namespace.yaml"));
     example_service(acs);
     kubectl_apply(&example("10-user.yaml"));
     kubectl_apply(&example("20-tokens.yaml"));
@@ -287,8 +289,10 @@ async fn an_env_var_deployment_is_restarted_once_per_rotation_and_its_new_pod_ho
             "rolloutRestart.coalesceWindow=2s",
         ],
     );
-    kubectl_apply(&example("00-namespace.yaml"));
+    // The tenant's plain Namespace first: applied after the example's, it would drop the
+    // label the example's ClusterCommunicationService selects (kubectl apply's 3-way merge).
     tenant(NS, acs);
+    kubectl_apply(&example("00-namespace.yaml"));
     example_service(acs);
     kubectl_apply(&example("10-user.yaml"));
     kubectl_apply(&example("20-tokens.yaml"));
