@@ -122,6 +122,9 @@ pub struct CredentialsResolver {
     secrets: Stores<PartialObjectMeta<Secret>>,
     default: Option<DefaultCredentials>,
     cache: Arc<Mutex<HashMap<(String, String), CachedSecret>>>,
+    /// One read at a time per Secret: the reconciles that miss the cache together (a start,
+    /// a new namespace's tokens) wait for the first one's read instead of each reading.
+    loads: secrets::Loads,
     /// Namespaces seen opted in, and when.
     opt_in: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     entra: Option<Entra>,
@@ -186,6 +189,7 @@ impl CredentialsResolver {
             secrets,
             default,
             cache: Arc::default(),
+            loads: secrets::Loads::default(),
             opt_in: Arc::default(),
             entra,
             allowed: None,

@@ -226,6 +226,7 @@ impl Writer {
             issued_scopes: t.spec.scopes.clone(),
             issued_expires_in_minutes: Some(t.spec.expires_in_minutes),
             key_fingerprint: Some(secret::key_fingerprint(&self.sample.key)),
+            secret_resource_version: None,
             handled_rotate_annotation: None,
             failed_attempts: 0,
             // The same field the operator writes (its value does not change the cost).
@@ -338,13 +339,13 @@ impl Writer {
                     what: "the token's Secret",
                     detail: "the CommunicationToken has no name or uid".into(),
                 })?;
-                if mix {
+                let written = if mix {
                     // The operator creates a token's first Secret (and learns of one in the
                     // way from the 409); the floor applies it, the cheapest single write.
                     secrets
                         .create(&PostParams::default(), &desired)
                         .await
-                        .map_err(Error::kube("create a Secret"))?;
+                        .map_err(Error::kube("create a Secret"))?
                 } else {
                     secrets
                         .patch(
@@ -353,9 +354,11 @@ impl Writer {
                             &Patch::Apply(&desired),
                         )
                         .await
-                        .map_err(Error::kube("apply a Secret"))?;
-                }
-                let body = status_body::<CommunicationToken, _>(&self.token_status(&t));
+                        .map_err(Error::kube("apply a Secret"))?
+                };
+                let mut status = self.token_status(&t);
+                status.secret_resource_version = written.metadata.resource_version;
+                let body = status_body::<CommunicationToken, _>(&status);
                 api.patch_status(
                     &name,
                     &PatchParams::apply(api::TOKEN_MANAGER).force(),

@@ -266,6 +266,12 @@ pub struct CommunicationTokenStatus {
     /// revokes the token at ACS, so a changed fingerprint means re-issue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// The Secret's resourceVersion when this token's status last vouched for it: the
+    /// operator's own write, or a read that found it intact. A restarted operator whose Secret
+    /// watch shows the Secret still at this version (and the token still at `observedGeneration`)
+    /// trusts the fields above without reading the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
     /// The value of the `communication.acs.dev/rotate` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_rotate_annotation: Option<String>,

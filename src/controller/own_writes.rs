@@ -29,7 +29,15 @@ pub struct OwnWrites {
     wrote: Mutex<HashMap<Key, Entry>>,
     /// The scopes (a namespace, or `None`: every namespace) the watch has listed at least once.
     listed: Mutex<HashSet<Option<String>>>,
+    /// Bumped whenever a scope is listed, for reconciles waiting on the first list.
+    listings: tokio::sync::watch::Sender<u64>,
+    /// How long after the first wait reconciles stop waiting for a list that does not come.
+    give_up_at: std::sync::OnceLock<tokio::time::Instant>,
 }
+
+/// How long a restarted process's reconciles wait, in all, for the Secrets' first list before
+/// they read Secrets as if nothing were known.
+const FIRST_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn key(ns: &str, name: &str) -> Key {
     (ns.to_string(), name.to_string())
@@ -76,14 +84,14 @@ impl OwnWrites {
             );
     }
 
-    /// What the Secret holds, when the watch shows it unchanged since this process wrote it
-    /// for the token at `generation`.
+    /// What the Secret holds, and its resourceVersion, when the watch shows it unchanged since
+    /// this process wrote it for the token at `generation`.
     pub fn unchanged(
         &self,
         ns: &str,
         name: &str,
         generation: Option<i64>,
-    ) -> Option<RecordedToken> {
+    ) -> Option<(RecordedToken, String)> {
         let k = key(ns, name);
         let seen = self
             .seen
@@ -96,7 +104,7 @@ impl OwnWrites {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = wrote.get(&k)?;
-        (e.resource_version == seen && e.generation == generation).then(|| e.record.clone())
+        (e.resource_version == seen && e.generation == generation).then(|| (e.record.clone(), seen))
     }
 
     /// Drops the Secrets of `scope` a complete list of the watch did not show.
@@ -118,6 +126,36 @@ impl OwnWrites {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(scope.map(str::to_string));
+        self.listings.send_modify(|n| *n += 1);
+    }
+
+    fn is_listed(&self, ns: &str) -> bool {
+        let listed = self
+            .listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listed.contains(&None) || listed.contains(&Some(ns.to_string()))
+    }
+
+    /// The resourceVersion the watch shows for Secret `ns`/`name`, once it has listed `ns`:
+    /// a reconcile right after a start waits for that first list (at most `FIRST_LIST_WAIT`
+    /// after the first such wait, for all of them together) rather than read the Secret.
+    pub async fn seen_after_list(&self, ns: &str, name: &str) -> Option<String> {
+        if !self.is_listed(ns) {
+            let until = *self
+                .give_up_at
+                .get_or_init(|| tokio::time::Instant::now() + FIRST_LIST_WAIT);
+            let mut rx = self.listings.subscribe();
+            let listed = tokio::time::timeout_at(until, rx.wait_for(|_| self.is_listed(ns)));
+            if !matches!(listed.await, Ok(Ok(_))) {
+                return None;
+            }
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key(ns, name))
+            .cloned()
     }
 
     /// Whether token Secret `ns`/`name` is known not to exist as ours: its namespace has been
@@ -125,14 +163,9 @@ impl OwnWrites {
     /// the watch has not delivered yet). A Secret of that name that is not ours (no label) is
     /// not in the watch: creating over it gets a 409, the conflict path.
     pub fn known_absent(&self, ns: &str, name: &str) -> bool {
-        let listed = self
-            .listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !listed.contains(&None) && !listed.contains(&Some(ns.to_string())) {
+        if !self.is_listed(ns) {
             return false;
         }
-        drop(listed);
         let k = key(ns, name);
         !self
             .seen
@@ -213,7 +246,10 @@ mod tests {
         w.observed("ns", "s", Some("4"));
         assert_eq!(w.unchanged("ns", "s", Some(1)), None);
         w.observed("ns", "s", Some("5"));
-        assert_eq!(w.unchanged("ns", "s", Some(1)), Some(record()));
+        assert_eq!(
+            w.unchanged("ns", "s", Some(1)),
+            Some((record(), "5".into()))
+        );
         // Another spec (a template change may mean drift): read it.
         assert_eq!(w.unchanged("ns", "s", Some(2)), None);
         // Edited by someone else.
@@ -248,8 +284,33 @@ mod tests {
             .unwrap();
         w.retain_listed(Some("ns"), &listed);
         assert_eq!(w.len(), (2, 1));
-        assert_eq!(w.unchanged("ns", "kept", Some(1)), Some(record()));
+        assert_eq!(
+            w.unchanged("ns", "kept", Some(1)),
+            Some((record(), "5".into()))
+        );
         assert_eq!(w.unchanged("ns", "gone", Some(1)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_after_a_start_waits_for_the_first_list_and_not_forever() {
+        let w = std::sync::Arc::new(OwnWrites::default());
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.seen_after_list("a", "web").await }
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "answered before the list");
+        w.observed("a", "web", Some("5"));
+        w.mark_listed(Some("a"));
+        assert_eq!(waiting.await.unwrap(), Some("5".into()));
+        assert_eq!(w.seen_after_list("a", "other").await, None);
+        // A namespace never listed: the wait ends at the common deadline, then none waits.
+        let started = tokio::time::Instant::now();
+        assert_eq!(w.seen_after_list("b", "web").await, None);
+        assert!(started.elapsed() <= FIRST_LIST_WAIT);
+        let again = tokio::time::Instant::now();
+        assert_eq!(w.seen_after_list("b", "web").await, None);
+        assert_eq!(again.elapsed(), std::time::Duration::ZERO);
     }
 
     #[test]

@@ -17,6 +17,46 @@ use crate::secret::SealKey;
 /// How long what was read of a Secret gone from the cache is kept.
 pub(super) const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The reads of Secrets in progress, by namespace and name; an entry lives while a read of
+/// it is awaited.
+#[derive(Default, Clone)]
+pub(super) struct Loads(Arc<std::sync::Mutex<HashMap<(String, String), Gate>>>);
+
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
+impl Loads {
+    fn gate(&self, key: &(String, String)) -> Gate {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The last of those that waited on `gate` removes it.
+    fn release(&self, key: &(String, String), gate: Gate) {
+        let mut loads = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loads
+            .get(key)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(&gate) == 2)
+        {
+            loads.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct CachedSecret {
     resource_version: String,
@@ -43,37 +83,57 @@ impl CredentialsResolver {
             .secrets
             .get(namespace, name)
             .and_then(|m| m.metadata.resource_version.clone());
-        let cached = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&cache_key).cloned())
-            .filter(|c| match &current_rv {
-                Some(rv) => *rv == c.resource_version,
-                // A Secret outside the watched namespaces (the operator-wide default in
-                // namespaced mode) has no watch to tell of changes: re-read it after a while.
-                None => !self.secrets.covers(namespace) && c.fetched_at.elapsed() < UNWATCHED_TTL,
-            });
-        let entry = match cached {
+        // `since`: an entry read after this instant is as fresh as a read of our own.
+        let cached = |since: Option<std::time::Instant>| {
+            self.cache
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&cache_key).cloned())
+                .filter(|c| {
+                    since.is_some_and(|s| c.fetched_at >= s)
+                        || match &current_rv {
+                            Some(rv) => *rv == c.resource_version,
+                            // A Secret outside the watched namespaces (the operator-wide default
+                            // in namespaced mode) has no watch to tell of changes: re-read it
+                            // after a while.
+                            None => {
+                                !self.secrets.covers(namespace)
+                                    && c.fetched_at.elapsed() < UNWATCHED_TTL
+                            }
+                        }
+                })
+        };
+        let entry = match cached(None) {
             Some(c) => c,
             None => {
-                let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-                    .get_opt(name)
-                    .await
-                    .map_err(CredentialsError::Kube)?
-                    .ok_or_else(|| CredentialsError::SecretNotFound {
-                        namespace: namespace.to_string(),
-                        name: name.to_string(),
-                    })?;
-                let entry = parse_secret(&secret);
-                if let Ok(mut c) = self.cache.lock() {
-                    if self.sweeps.secrets.due(c.len()) {
-                        self.sweep(&mut c);
-                        self.sweeps.secrets.swept(c.len());
+                let since = std::time::Instant::now();
+                let gate = self.loads.gate(&cache_key);
+                let read: Result<CachedSecret, CredentialsError> = async {
+                    let _one_at_a_time = gate.lock().await;
+                    if let Some(c) = cached(Some(since)) {
+                        return Ok(c);
                     }
-                    c.insert(cache_key, entry.clone());
+                    let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(CredentialsError::Kube)?
+                        .ok_or_else(|| CredentialsError::SecretNotFound {
+                            namespace: namespace.to_string(),
+                            name: name.to_string(),
+                        })?;
+                    let entry = parse_secret(&secret);
+                    if let Ok(mut c) = self.cache.lock() {
+                        if self.sweeps.secrets.due(c.len()) {
+                            self.sweep(&mut c);
+                            self.sweeps.secrets.swept(c.len());
+                        }
+                        c.insert(cache_key.clone(), entry.clone());
+                    }
+                    Ok(entry)
                 }
-                entry
+                .await;
+                self.loads.release(&cache_key, gate);
+                read?
             }
         };
         match entry.keys.get(key) {
@@ -228,6 +288,28 @@ mod tests {
     use kube::api::PartialObjectMeta;
     use kube::Client;
     use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn concurrent_reads_of_a_secret_share_one_gate_that_the_last_one_removes() {
+        let loads = Loads::default();
+        let key = ("ns".to_string(), "creds".to_string());
+        let first = loads.gate(&key);
+        let second = loads.gate(&key);
+        assert!(Arc::ptr_eq(&first, &second), "one gate per Secret");
+        let other = loads.gate(&("ns".to_string(), "other".to_string()));
+        assert!(!Arc::ptr_eq(&first, &other));
+        let held = first.lock().await;
+        assert!(
+            second.try_lock().is_err(),
+            "the second waits for the first read"
+        );
+        drop(held);
+        loads.release(&key, first);
+        assert_eq!(loads.len(), 2, "a waiter still holds the gate");
+        loads.release(&key, second);
+        loads.release(&("ns".to_string(), "other".to_string()), other);
+        assert_eq!(loads.len(), 0, "nothing kept once no read is in progress");
+    }
 
     #[test]
     fn secret_keys_parse_independently_and_errors_hold_no_key() {

@@ -151,7 +151,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
     ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
     let name = t.token.secret_name();
-    match write_secret(
+    let written = match write_secret(
         ctx,
         t.token,
         &name,
@@ -162,11 +162,12 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     )
     .await?
     {
-        Written::Ok => {}
+        Written::Ok(rv) => rv,
         Written::Refused(a) => return Ok(a),
-    }
+    };
     ctx.metrics.secret_repaired();
     let mut st = t.status.clone();
+    st.secret_resource_version = written;
     status::record(&mut st, record, t.token, ctx.config.propagation_allowance);
     st.failed_attempts = 0;
     let now = ctx.now();
@@ -354,10 +355,11 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         Some(c) if c.immutable == Some(true) => Write::Recreate,
         Some(_) => Write::Replace,
     };
-    match write_secret(ctx, token, &name, &desired, how, &st, &recorded).await? {
-        Written::Ok => {}
-        Written::Refused(a) => return Ok(a),
-    }
+    st.secret_resource_version =
+        match write_secret(ctx, token, &name, &desired, how, &st, &recorded).await? {
+            Written::Ok(rv) => rv,
+            Written::Refused(a) => return Ok(a),
+        };
     ctx.failures.reset(&object_key);
     ctx.metrics.token_issued(reason.as_str());
 
@@ -438,7 +440,8 @@ enum Write {
 }
 
 enum Written {
-    Ok,
+    /// Written; the Secret's new resourceVersion.
+    Ok(Option<String>),
     /// The apiserver refused the Secret in a way retrying cannot fix; status says why.
     Refused(Action),
 }
@@ -501,7 +504,7 @@ async fn write_secret(
                 ctx.own_writes
                     .wrote(&ns, name, rv, token.metadata.generation, record.clone());
             }
-            Ok(Written::Ok)
+            Ok(Written::Ok(written.metadata.resource_version))
         }
         Err(kube::Error::Api(e)) if e.code == 409 && create => {
             let msg = format!("Secret {name} was created by someone else; it is never taken over: delete it or choose another secretName");

@@ -333,6 +333,27 @@ async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
+/// What the token's status recorded of its Secret, when the Secret watch shows the Secret
+/// still at the resourceVersion the status vouched for, at the token's current generation: the
+/// Secret then holds exactly that (every change to a Secret moves its resourceVersion).
+async fn vouched_by_status(
+    ctx: &Context,
+    token: &CommunicationToken,
+    ns: &str,
+    secret_name: &str,
+) -> Option<(crate::secret::RecordedToken, String)> {
+    let prev = token.status.as_ref()?;
+    let rv = prev.secret_resource_version.as_deref()?;
+    if prev.observed_generation != token.metadata.generation {
+        return None;
+    }
+    let seen = ctx.own_writes.seen_after_list(ns, secret_name).await?;
+    if seen != rv {
+        return None;
+    }
+    Some((status::recorded(prev)?, seen))
+}
+
 async fn observe_plan_act(
     token: Arc<CommunicationToken>,
     ctx: Arc<Context>,
@@ -355,6 +376,9 @@ async fn observe_plan_act(
     };
     let mut st = token.status.clone().unwrap_or_default();
     st.observed_generation = gen;
+    // Only a write or a confirmation of the Secret at this generation vouches for its version
+    // (keep, issue, repair); any other status this reconcile writes does not.
+    st.secret_resource_version = None;
     let secret_name = token.secret_name();
     st.secret_name = Some(secret_name.clone());
     let resync = ctx.config.resync_period;
@@ -432,12 +456,14 @@ async fn observe_plan_act(
     };
     let key = &creds.seal;
     let epoch = user.revocation_epoch();
-    // A Secret the watch shows unchanged since this process wrote it needs no GET to confirm
-    // it: only a plan other than Keep reads it (to rewrite it at its resourceVersion).
-    if let Some(record) = ctx
-        .own_writes
-        .unchanged(&ns, &secret_name, token.metadata.generation)
-        .filter(|r| r.key_fingerprint == creds.fingerprint())
+    // A Secret the watch shows unchanged since this process wrote it (or, after a restart,
+    // since the status vouched for it) needs no GET to confirm it: only a plan other than Keep
+    // reads it (to rewrite it at its resourceVersion).
+    let unchanged = match ctx.own_writes.unchanged(&ns, &secret_name, gen) {
+        Some(found) => Some(found),
+        None => vouched_by_status(&ctx, &token, &ns, &secret_name).await,
+    };
+    if let Some((record, rv)) = unchanged.filter(|(r, _)| r.key_fingerprint == creds.fingerprint())
     {
         let state = SecretState::Intact {
             record,
@@ -451,7 +477,7 @@ async fn observe_plan_act(
             user_revoking: user.revocation_pending(),
             now: ctx.now(),
         }) {
-            return status::keep(&ctx, &token, st, &r).await;
+            return status::keep(&ctx, &token, st, &r, Some(rv)).await;
         }
     }
     // A token never issued whose Secret the listed metadata watch does not show creates it
@@ -506,7 +532,12 @@ async fn observe_plan_act(
         previous_revision,
     };
     match plan {
-        Plan::Keep(r) => status::keep(&ctx, &token, st, &r).await,
+        Plan::Keep(r) => {
+            let rv = current
+                .as_ref()
+                .and_then(|c| c.metadata.resource_version.clone());
+            status::keep(&ctx, &token, st, &r, rv).await
+        }
         Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
         Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
         Plan::RequestRevocation(e) => {

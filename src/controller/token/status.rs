@@ -301,6 +301,7 @@ pub(super) async fn keep(
     token: &CommunicationToken,
     mut st: api::CommunicationTokenStatus,
     r: &RecordedToken,
+    secret_rv: Option<String>,
 ) -> Result<kube::runtime::controller::Action, Error> {
     let gen = token.metadata.generation;
     let now = ctx.now();
@@ -348,6 +349,20 @@ pub(super) async fn keep(
         );
     }
     let restart_wait = super::restart::ensure(ctx, token, &mut st).await;
+    // Vouch for the Secret's version (a restart then needs no read of it) when the status is
+    // written anyway or already vouches for a version; never a write of its own for an object
+    // whose status predates the field (an upgrade writes nothing).
+    let prior = token
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_resource_version.clone());
+    st.secret_resource_version.clone_from(&prior);
+    let changed = Some(&st) != token.status.as_ref();
+    st.secret_resource_version = if prior.is_some() || changed {
+        secret_rv
+    } else {
+        None
+    };
     write(ctx, token, &st).await?;
     let next = crate::rotation::requeue_after(
         now,
