@@ -88,8 +88,10 @@ impl Context {
             service_changed: tokio::sync::broadcast::channel(4).0,
             service_usage: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),
-            watches: super::watch_health::WatchHealth::new(Default::default(), metrics),
+            watches: super::watch_health::WatchHealth::new(Default::default(), metrics.clone()),
             change_filters: Default::default(),
+            user_lanes: super::lanes::Lanes::new(1, metrics.clone(), "user"),
+            token_lanes: super::lanes::Lanes::new(1, metrics.clone(), "token"),
             clock: Arc::new(jiff::Timestamp::now),
         };
         (Arc::new(ctx), ApiServer(handle))

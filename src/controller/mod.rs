@@ -10,6 +10,7 @@ pub mod events;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fixtures;
 pub mod guard;
+pub mod lanes;
 pub mod own_writes;
 mod run;
 pub mod series;

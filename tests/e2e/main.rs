@@ -15,6 +15,7 @@ mod entra;
 mod fencing;
 mod harness;
 mod kubectl_acs;
+mod lanes;
 mod leader;
 mod operator_runtime;
 mod ownership;

@@ -21,13 +21,13 @@ pub fn goals(c: &CompareRun) -> Vec<Goal> {
         let x = ratio(r.t_script, r.operator.t_ready);
         g.push(Goal {
             name: "T_script / T_op",
-            target: "≥ 10 at 100 ms per ACS call",
+            target: "≥ 12 at 100 ms per ACS call",
             measured: format!(
                 "{x:.1} at {} ms, {} tokens",
                 r.ms,
                 int(r.operator.tokens as f64)
             ),
-            met: x >= 10.0 && r.ms >= 100,
+            met: x >= 12.0 && r.ms >= 100,
             exact: false,
         });
     }

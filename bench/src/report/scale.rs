@@ -52,16 +52,16 @@ pub fn goals(s: &ScaleRun) -> Vec<Goal> {
     let mut g = vec![
         Goal {
             name: "T_op / T_floor",
-            target: "≤ 1.5",
+            target: "≤ 1.3",
             measured: format!("{op_vs_floor:.2}"),
-            met: op_vs_floor <= 1.5,
+            met: op_vs_floor <= 1.3,
             exact: false,
         },
         Goal {
             name: "operator peak RSS",
-            target: "≤ 128 MiB at 20,000 tokens",
+            target: "≤ 96 MiB at 20,000 tokens",
             measured: format!("{rss:.1} MiB at {} tokens", int(s.operator.tokens as f64)),
-            met: rss <= 128.0,
+            met: rss <= 96.0,
             exact: false,
         },
         Goal {
@@ -120,9 +120,15 @@ pub fn goals(s: &ScaleRun) -> Vec<Goal> {
         },
         Goal {
             name: "restart: every object re-verified",
-            target: "≤ 15 s",
-            measured: secs(s.restart.reverified),
-            met: s.restart.reverified <= Duration::from_secs(15),
+            // Two GETs are not token Secrets: the apiserver's /version and the workload's one
+            // credentials Secret.
+            target: "≤ 5 s, no token Secret read",
+            measured: format!(
+                "{}, {} GETs",
+                secs(s.restart.reverified),
+                int(s.restart.gets)
+            ),
+            met: s.restart.reverified <= Duration::from_secs(5) && s.restart.gets <= 2.0,
             exact: false,
         },
     ];

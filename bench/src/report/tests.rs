@@ -15,7 +15,7 @@ fn cold(tokens: usize, t: u64, throttled: u64) -> ColdStart {
         t_ready: Duration::from_secs(t),
         settled: Duration::from_secs(t + 3),
         usage: Usage {
-            peak_rss_kib: 100 * 1024,
+            peak_rss_kib: 90 * 1024,
             cpu_seconds: 12.5,
         },
         acs: Stats {
@@ -92,10 +92,10 @@ fn results() -> Results {
             },
             restart: Restart {
                 readyz: Duration::from_millis(500),
-                reverified: Duration::from_secs(8),
+                reverified: Duration::from_secs(4),
                 acs_calls: 0,
                 writes: 0.0,
-                gets: 20000.0,
+                gets: 2.0,
             },
             spread: Some(Spread {
                 renewals: 20000,
@@ -177,6 +177,8 @@ fn goals_are_judged_against_the_issue_targets() {
     let s = r.scale.as_mut().unwrap();
     s.operator.t_ready = Duration::from_secs(160);
     s.steady.writes = 3.0;
+    // A restart that reads the token Secrets again.
+    s.restart.gets = 20002.0;
     // One more read per token than the model: the design drifted from its model.
     *s.operator.kube.get_mut("get").unwrap() += 20000.0;
     r.renewal.as_mut().unwrap().renewed = 4999;
@@ -188,6 +190,7 @@ fn goals_are_judged_against_the_issue_targets() {
             "T_op / T_floor",
             "floor's model vs the operator's counters, by verb",
             "apiserver writes, quiet minute",
+            "restart: every object re-verified",
             "renewal lateness p99, real limits, failing tokens present"
         ]
     );
@@ -223,8 +226,8 @@ fn the_table_has_every_phase_and_goal() {
         "6 Restart",
         "7 Renewal spread",
         "8 Renewal",
-        "| T_op / T_floor | ≤ 1.5 | 1.20 | met |",
-        "| T_script / T_op | ≥ 10 at 100 ms per ACS call | 12.5 at 100 ms, 5,000 tokens | met |",
+        "| T_op / T_floor | ≤ 1.3 | 1.20 | met |",
+        "| T_script / T_op | ≥ 12 at 100 ms per ACS call | 12.5 at 100 ms, 5,000 tokens | met |",
         "create 1.00, get 0.83, patch 2.00 | create 1.00, get 0.83, patch 2.01",
         "+100 ms per ACS call: sample of 200 tokens",
         "149 ms · 247 ms · 249 ms (200)",

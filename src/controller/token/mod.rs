@@ -174,7 +174,8 @@ pub fn controller(
         ),
         reader,
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+    // Unbounded here: `ctx.token_lanes` bounds the reconciles, new objects first.
+    .with_config(kube::runtime::controller::Config::default())
     .owns_stream(owned)
     // A user's epoch moving (or its identity appearing) wakes all of its tokens.
     .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
@@ -215,7 +216,7 @@ pub fn controller(
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
+    .run(in_lane, error_policy, ctx)
     .for_each(|r| {
         if let Err(e) = r {
             tracing::debug!(error = %e, "token reconcile trigger error");
@@ -238,6 +239,25 @@ pub fn tokens_of_users(
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
         })
         .collect()
+}
+
+/// Waits for a reconcile slot (a token just applied ahead of the others), then reconciles;
+/// the reconcile's body is built only once it has its slot.
+async fn in_lane(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let has_status = token.status.is_some()
+        || ctx
+            .token_status
+            .fresher(
+                &token.namespace().unwrap_or_default(),
+                &token.name_any(),
+                token.metadata.resource_version.as_deref(),
+            )
+            .is_some();
+    let lane = super::lanes::lane_of(&token.metadata, has_status, ctx.now());
+    let Some(_slot) = ctx.token_lanes.enter(lane).await else {
+        return Ok(Action::await_change());
+    };
+    Box::pin(reconcile(token, ctx)).await
 }
 
 #[instrument(skip(token, ctx), fields(namespace = token.namespace().unwrap_or_default(), name = %token.name_any(), controller = CONTROLLER))]

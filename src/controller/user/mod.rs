@@ -125,7 +125,8 @@ pub fn controller(
         ),
         reader,
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+    // Unbounded here: `ctx.user_lanes` bounds the reconciles, new objects first.
+    .with_config(kube::runtime::controller::Config::default())
     // A token asking for a revocation, or finding the identity gone, wakes its user.
     .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
         // Only a revocation request concerns the user: waking it on every token change
@@ -156,7 +157,7 @@ pub fn controller(
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
+    .run(in_lane, error_policy, ctx)
     .for_each(move |r| {
         let _ = &lookup;
         if let Err(e) = r {
@@ -175,6 +176,16 @@ pub fn identity_lost(user: &CommunicationUser) -> bool {
                 .find(types::READY)
                 .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
     })
+}
+
+/// Waits for a reconcile slot (a user just applied ahead of the others), then reconciles;
+/// the reconcile's body is built only once it has its slot.
+async fn in_lane(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let lane = super::lanes::lane_of(&user.metadata, user.status.is_some(), ctx.now());
+    let Some(_slot) = ctx.user_lanes.enter(lane).await else {
+        return Ok(Action::await_change());
+    };
+    Box::pin(reconcile(user, ctx)).await
 }
 
 #[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER))]

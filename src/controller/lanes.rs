@@ -1,0 +1,310 @@
+//! The reconciles a controller runs at once, in two lanes: an object just applied and never
+//! reconciled (a new application's user or token, someone waiting at `kubectl apply`) takes the
+//! next free slot ahead of every other (a start's re-verification, a key rotation's wave of
+//! re-issues, a large rollout past its first seconds), so it never waits behind a backlog of
+//! thousands. kube-runtime's own queue is first in, first out: the controllers run it unbounded
+//! and queue here instead, where a waiting reconcile holds a few bytes (its body is built only
+//! once it has a slot).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// Which lane an object waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Created in the last [`FRESH`], no status yet.
+    First,
+    /// Everything else.
+    Known,
+}
+
+/// How recently an object without a status must have been created to go first. A rollout of
+/// thousands is first for its first seconds only: its objects then queue as a backlog, and an
+/// object applied after them still goes first. Objects waiting for something else (a token
+/// for its user) write no status, so age, not status alone, tells them apart.
+pub const FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The lane of an object with `meta`, with or without a status, at `now`.
+pub fn lane_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    has_status: bool,
+    now: jiff::Timestamp,
+) -> Lane {
+    let fresh = meta.creation_timestamp.as_ref().is_some_and(|c| {
+        now.duration_since(c.0)
+            .try_into()
+            .is_ok_and(|age: std::time::Duration| age <= FRESH)
+    });
+    if fresh && !has_status && meta.deletion_timestamp.is_none() {
+        Lane::First
+    } else {
+        Lane::Known
+    }
+}
+
+pub struct Lanes {
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    controller: &'static str,
+}
+
+struct State {
+    /// At shutdown: no slot is given any more.
+    closed: bool,
+    free: usize,
+    first: VecDeque<oneshot::Sender<()>>,
+    known: VecDeque<oneshot::Sender<()>>,
+}
+
+/// A reconcile's slot, given back when dropped.
+pub struct Slot(Arc<Lanes>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A wait for a slot; a slot handed to a wait dropped before it took it goes to the next.
+struct Waiting {
+    rx: oneshot::Receiver<()>,
+    lanes: Arc<Lanes>,
+    taken: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.rx.close();
+            if self.rx.try_recv().is_ok() {
+                self.lanes.release();
+            }
+        }
+    }
+}
+
+impl Lanes {
+    /// `slots` reconciles at once (at least one).
+    pub fn new(slots: usize, metrics: Arc<Metrics>, controller: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                closed: false,
+                free: slots.max(1),
+                first: VecDeque::new(),
+                known: VecDeque::new(),
+            }),
+            metrics,
+            controller,
+        })
+    }
+
+    /// Waits for a slot in `lane`; `None` once the lanes are closed (shutdown: the controller
+    /// waits for the reconciles it started, which must then not be the whole backlog).
+    pub async fn enter(self: &Arc<Self>, lane: Lane) -> Option<Slot> {
+        let rx = {
+            let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.closed {
+                return None;
+            }
+            // Waiters exist only while no slot is free.
+            if s.free > 0 {
+                s.free -= 1;
+                return Some(Slot(self.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            match lane {
+                Lane::First => s.first.push_back(tx),
+                Lane::Known => s.known.push_back(tx),
+            }
+            self.report(&s);
+            rx
+        };
+        let mut waiting = Waiting {
+            rx,
+            lanes: self.clone(),
+            taken: false,
+        };
+        // A sender dropped unanswered: the lanes closed.
+        let handed = (&mut waiting.rx).await.is_ok();
+        waiting.taken = true;
+        handed.then(|| Slot(self.clone()))
+    }
+
+    /// Shutdown: the waiting reconciles return without reconciling, and none starts any more.
+    pub fn close(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.closed = true;
+        s.first.clear();
+        s.known.clear();
+        self.report(&s);
+    }
+
+    /// Hands a slot to the next waiter, the first lane's before the other's.
+    fn release(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let next = match s.first.pop_front() {
+                Some(tx) => Some(tx),
+                None => s.known.pop_front(),
+            };
+            match next {
+                Some(tx) => {
+                    if tx.send(()).is_ok() {
+                        break;
+                    }
+                }
+                None => {
+                    s.free += 1;
+                    break;
+                }
+            }
+        }
+        self.report(&s);
+    }
+
+    fn report(&self, s: &State) {
+        self.metrics.set_queue_depth(
+            self.controller,
+            i64::try_from(s.first.len() + s.known.len()).unwrap_or(i64::MAX),
+        );
+    }
+
+    /// Reconciles waiting, in each lane.
+    #[cfg(test)]
+    fn waiting(&self) -> (usize, usize) {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.first.len(), s.known.len())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lanes(slots: usize) -> Arc<Lanes> {
+        Lanes::new(slots, Arc::new(Metrics::default()), "test")
+    }
+
+    /// Starts a waiter that records its name once it has a slot, and holds the slot until
+    /// told to let go.
+    fn waiter(
+        l: &Arc<Lanes>,
+        lane: Lane,
+        name: &'static str,
+        order: &Arc<Mutex<Vec<&'static str>>>,
+    ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
+        let (done, hold) = oneshot::channel::<()>();
+        let l = l.clone();
+        let order = order.clone();
+        let task = tokio::spawn(async move {
+            let _slot = l.enter(lane).await.unwrap();
+            order.lock().unwrap().push(name);
+            let _ = hold.await;
+        });
+        (task, done)
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_object_takes_the_next_slot_ahead_of_the_backlog() {
+        let l = lanes(1);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (running, free_running) = waiter(&l, Lane::Known, "running", &order);
+        settle().await;
+        let mut backlog = Vec::new();
+        for name in ["known-1", "known-2", "known-3"] {
+            backlog.push(waiter(&l, Lane::Known, name, &order));
+            settle().await;
+        }
+        let (new, free_new) = waiter(&l, Lane::First, "new", &order);
+        settle().await;
+        assert_eq!(l.waiting(), (1, 3));
+        free_running.send(()).unwrap();
+        running.await.unwrap();
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), ["running", "new"]);
+        free_new.send(()).unwrap();
+        new.await.unwrap();
+        for (task, free) in backlog {
+            settle().await;
+            free.send(()).unwrap();
+            task.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["running", "new", "known-1", "known-2", "known-3"],
+            "the backlog keeps its order"
+        );
+        assert_eq!(l.waiting(), (0, 0));
+        // Every slot is back: as many enter at once as there are slots.
+        let a = l.enter(Lane::Known).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), l.enter(Lane::First))
+                .await
+                .is_err(),
+            "one slot only"
+        );
+        drop(a);
+        let b = l.enter(Lane::First).await.unwrap();
+        // Shutdown: a waiter and a newcomer both get no slot.
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.enter(Lane::Known).await.is_some() }
+        });
+        settle().await;
+        l.close();
+        assert!(!waiting.await.unwrap(), "a waiter got a slot after close");
+        assert!(l.enter(Lane::First).await.is_none());
+        drop(b);
+        assert_eq!(l.waiting(), (0, 0));
+    }
+
+    #[test]
+    fn only_an_object_just_created_without_a_status_goes_first() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let created = |secs_ago: i64| ObjectMeta {
+            creation_timestamp: Some(Time(
+                jiff::Timestamp::from_second(1_000_000 - secs_ago).unwrap(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(lane_of(&created(0), false, now), Lane::First);
+        assert_eq!(lane_of(&created(10), false, now), Lane::First);
+        assert_eq!(lane_of(&created(11), false, now), Lane::Known, "a backlog");
+        assert_eq!(lane_of(&created(1), true, now), Lane::Known, "reconciled");
+        // Clock skew: created "in the future" by the apiserver's clock.
+        assert_eq!(lane_of(&created(-5), false, now), Lane::Known);
+        let mut deleting = created(1);
+        deleting.deletion_timestamp = deleting.creation_timestamp.clone();
+        assert_eq!(lane_of(&deleting, false, now), Lane::Known);
+        assert_eq!(lane_of(&ObjectMeta::default(), false, now), Lane::Known);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_given_up_loses_no_slot() {
+        let l = lanes(1);
+        let held = l.enter(Lane::Known).await.unwrap();
+        // A waiter dropped while it waits (and one whose slot was handed but not taken).
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), l.enter(Lane::First)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(l.waiting(), (1, 0), "its sender is still queued");
+        drop(held);
+        // The queued sender's receiver is gone: the slot passes it by and stays free.
+        let _again = tokio::time::timeout(Duration::from_secs(1), l.enter(Lane::Known))
+            .await
+            .expect("the slot was lost");
+        assert_eq!(l.waiting(), (0, 0));
+    }
+}
