@@ -43,8 +43,8 @@ pub struct RunArgs {
         default_value = ""
     )]
     pub watch_namespaces: Vec<String>,
-    /// Reconciles run at once, per kind (users, tokens); objects never reconciled take the
-    /// next free one ahead of the rest.
+    /// Reconciles run at once, per controller; objects just applied take the next free one
+    /// ahead of the rest.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// ACS request budget per ACS resource (requests per second to one endpoint, shared by

@@ -32,21 +32,27 @@ pub struct ReadyWatch {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn user_ready(u: &CommunicationUser) -> bool {
-    u.status
-        .as_ref()
-        .is_some_and(|s| s.conditions.is_true(types::READY))
+/// Whether a user is Ready; `None` for the latency probe's, which is not the workload's.
+fn user_ready(u: &CommunicationUser) -> Option<bool> {
+    (u.name_any() != crate::probe::USER).then(|| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.is_true(types::READY))
+    })
 }
 
-fn token_ready(t: &CommunicationToken) -> bool {
-    t.status
-        .as_ref()
-        .is_some_and(|s| s.conditions.is_true(types::READY))
+/// Whether a token is Ready; `None` for the latency probe's.
+fn token_ready(t: &CommunicationToken) -> Option<bool> {
+    (t.spec.user_ref.name != crate::probe::USER).then(|| {
+        t.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.is_true(types::READY))
+    })
 }
 
 fn spawn_counter<K>(
     api: Api<K>,
-    is_ready: fn(&K) -> bool,
+    is_ready: fn(&K) -> Option<bool>,
 ) -> (watch::Receiver<Count>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -66,14 +72,18 @@ where
             match ev {
                 watcher::Event::Init => init.clear(),
                 watcher::Event::InitApply(o) => {
-                    init.insert(o.name_any(), is_ready(&o));
+                    if let Some(r) = is_ready(&o) {
+                        init.insert(o.name_any(), r);
+                    }
                 }
                 watcher::Event::InitDone => {
                     state = std::mem::take(&mut init);
                     synced = true;
                 }
                 watcher::Event::Apply(o) => {
-                    state.insert(o.name_any(), is_ready(&o));
+                    if let Some(r) = is_ready(&o) {
+                        state.insert(o.name_any(), r);
+                    }
                 }
                 watcher::Event::Delete(o) => {
                     state.remove(&o.name_any());

@@ -266,7 +266,9 @@ async fn compare_part(
     }
     env.emu.set_latency(0).await?;
 
-    // The operator as users run it (default flags, budget included) for both latency figures.
+    // The operator as users run it (default flags, budget included) for both latency figures:
+    // watching two namespaces for the quiet samples, cluster-wide for phase 4, whose samples
+    // are taken in the rollout's own namespace (a new object must not wait behind it).
     let (probe_ns, limited_ns) = ("bench-probe", "bench-limits");
     let flags = vec![
         "--watch-namespaces".to_string(),
@@ -281,14 +283,18 @@ async fn compare_part(
     );
     workload::ensure_namespace(&env.client, probe_ns).await?;
     workload::create_credentials(&env.client, probe_ns, &env.emu.connection_string()).await?;
+    workload::ensure_namespace(&env.client, limited_ns).await?;
+    workload::create_credentials(&env.client, limited_ns, &env.emu.connection_string()).await?;
     let mut op = operator::Operator::spawn(&env.spec, &flags)?;
     op.wait_ready(Duration::from_secs(120)).await?;
     probe::ready_user(&env.client, probe_ns, env.deadline).await?;
+    probe::ready_user(&env.client, limited_ns, env.deadline).await?;
     let probe = Probe::start(&env.client, probe_ns).await?;
     let quiet = probe
         .sequential("quiet-", scale.latency_samples, Duration::from_secs(30))
         .await?;
     op.stop().await?;
+    let rollout_probe = Probe::start(&env.client, limited_ns).await?;
 
     step(
         t,
@@ -298,13 +304,14 @@ async fn compare_part(
     // One sample a second: phase 4 at 5,000 tokens takes about 240 s with the default budget.
     let during = During {
         busy: Some(Busy {
-            probe: &probe,
+            probe: &rollout_probe,
             n: scale.latency_samples,
             every: Duration::from_secs(1),
         }),
         perf: false,
     };
-    let (op, limited) = phases::cold_start(env, limited_ns, &w, &flags, during).await?;
+    let cluster_wide: Vec<String> = Vec::new();
+    let (op, limited) = phases::cold_start(env, limited_ns, &w, &cluster_wide, during).await?;
     op.stop().await?;
     env.emu.set_rate_limits("off").await?;
     Ok(CompareRun {

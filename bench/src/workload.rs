@@ -94,10 +94,12 @@ pub async fn create_credentials(client: &Client, ns: &str, connection: &str) -> 
         ),
         ..Secret::default()
     };
-    api.create(&PostParams::default(), &secret)
-        .await
-        .map_err(Error::kube("create the credentials Secret"))?;
-    Ok(())
+    // Already there (a phase that prepared the namespace first): the same connection string.
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("create the credentials Secret")(e)),
+    }
 }
 
 /// Names of the objects of one workload.

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::acs_pool::AcsPool;
 use super::backoff::Failures;
-use super::{events, guard, lanes, own_writes, status_memo, triggers, watch_health};
+use super::{events, guard, own_writes, status_memo, triggers, watch_health};
 use crate::api::{CommunicationToken, CommunicationUser, ServiceKey};
 use crate::config::Config;
 use crate::credentials::CredentialsResolver;
@@ -53,10 +53,6 @@ pub struct Context {
     pub watches: watch_health::WatchHealth,
     /// The controllers' change filters (pruned and measured by [`tables::report`]).
     pub change_filters: triggers::ChangeFilters,
-    /// The reconcile slots of each kind, shared by its controllers (one per watched scope):
-    /// objects never reconciled go first.
-    pub user_lanes: Arc<lanes::Lanes>,
-    pub token_lanes: Arc<lanes::Lanes>,
     pub clock: Clock,
 }
 

@@ -88,10 +88,8 @@ impl Context {
             service_changed: tokio::sync::broadcast::channel(4).0,
             service_usage: tokio::sync::broadcast::channel(4).0,
             recent_identities: Default::default(),
-            watches: super::watch_health::WatchHealth::new(Default::default(), metrics.clone()),
+            watches: super::watch_health::WatchHealth::new(Default::default(), metrics),
             change_filters: Default::default(),
-            user_lanes: super::lanes::Lanes::new(1, metrics.clone(), "user"),
-            token_lanes: super::lanes::Lanes::new(1, metrics.clone(), "token"),
             clock: Arc::new(jiff::Timestamp::now),
         };
         (Arc::new(ctx), ApiServer(handle))

@@ -4,7 +4,10 @@
 //! re-issues, a large rollout past its first seconds), so it never waits behind a backlog of
 //! thousands. kube-runtime's own queue is first in, first out: the controllers run it unbounded
 //! and queue here instead, where a waiting reconcile holds a few bytes (its body is built only
-//! once it has a slot).
+//! once it has a slot, for the object as the cache then shows it). The other lane is never
+//! starved: while it waits, it gets at least one slot in [`FIRST_RUN`] + 1, so a stream of
+//! creations in one namespace cannot hold back renewals. Each controller (one per watched
+//! namespace) has its own lanes, as it had its own `--concurrency` before.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +30,9 @@ pub enum Lane {
 /// object applied after them still goes first. Objects waiting for something else (a token
 /// for its user) write no status, so age, not status alone, tells them apart.
 pub const FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Slots the first lane may take in a row while the other waits.
+const FIRST_RUN: u32 = 3;
 
 /// The lane of an object with `meta`, with or without a status, at `now`.
 pub fn lane_of(
@@ -56,6 +62,8 @@ struct State {
     /// At shutdown: no slot is given any more.
     closed: bool,
     free: usize,
+    /// Slots handed to the first lane in a row while the other waited.
+    first_run: u32,
     first: VecDeque<oneshot::Sender<()>>,
     known: VecDeque<oneshot::Sender<()>>,
 }
@@ -94,6 +102,7 @@ impl Lanes {
             state: Mutex::new(State {
                 closed: false,
                 free: slots.max(1),
+                first_run: 0,
                 first: VecDeque::new(),
                 known: VecDeque::new(),
             }),
@@ -120,7 +129,7 @@ impl Lanes {
                 Lane::First => s.first.push_back(tx),
                 Lane::Known => s.known.push_back(tx),
             }
-            self.report(&s);
+            self.metrics.add_queue_depth(self.controller, 1);
             rx
         };
         let mut waiting = Waiting {
@@ -138,39 +147,56 @@ impl Lanes {
     pub fn close(&self) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.closed = true;
+        let waiting = s.first.len() + s.known.len();
         s.first.clear();
         s.known.clear();
-        self.report(&s);
+        self.metrics
+            .add_queue_depth(self.controller, -i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
-    /// Hands a slot to the next waiter, the first lane's before the other's.
+    /// Hands a slot to the next waiter: the first lane's before the other's, but the other's
+    /// after [`FIRST_RUN`] first-lane slots in a row.
     fn release(&self) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let next = match s.first.pop_front() {
-                Some(tx) => Some(tx),
-                None => s.known.pop_front(),
-            };
-            match next {
-                Some(tx) => {
-                    if tx.send(()).is_ok() {
-                        break;
+            let known_turn = s.known.front().is_some() && s.first_run >= FIRST_RUN;
+            let next = match (known_turn, s.first.is_empty()) {
+                (false, false) => {
+                    if !s.known.is_empty() {
+                        s.first_run += 1;
                     }
+                    s.first.pop_front()
                 }
-                None => {
-                    s.free += 1;
-                    break;
+                _ => {
+                    s.first_run = 0;
+                    s.known.pop_front()
                 }
+            };
+            let Some(tx) = next else {
+                s.free += 1;
+                break;
+            };
+            self.metrics.add_queue_depth(self.controller, -1);
+            if tx.send(()).is_ok() {
+                break;
             }
         }
-        self.report(&s);
     }
 
-    fn report(&self, s: &State) {
-        self.metrics.set_queue_depth(
-            self.controller,
-            i64::try_from(s.first.len() + s.known.len()).unwrap_or(i64::MAX),
-        );
+    /// A controller's shutdown signal that first closes these lanes: the reconciles waiting for
+    /// a slot then return at once, and only those running finish.
+    pub fn closing_on<F>(
+        self: &Arc<Self>,
+        shutdown: F,
+    ) -> impl std::future::Future<Output = ()> + Send + Sync + 'static
+    where
+        F: std::future::Future<Output = ()> + Send + Sync + 'static,
+    {
+        let lanes = self.clone();
+        async move {
+            shutdown.await;
+            lanes.close();
+        }
     }
 
     /// Reconciles waiting, in each lane.
@@ -290,6 +316,47 @@ mod tests {
         deleting.deletion_timestamp = deleting.creation_timestamp.clone();
         assert_eq!(lane_of(&deleting, false, now), Lane::Known);
         assert_eq!(lane_of(&ObjectMeta::default(), false, now), Lane::Known);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_other_lane_gets_a_slot_after_three_new_objects_in_a_row() {
+        let l = lanes(1);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut holders = std::collections::HashMap::new();
+        holders.insert("running", waiter(&l, Lane::Known, "running", &order));
+        settle().await;
+        holders.insert("renewal", waiter(&l, Lane::Known, "renewal", &order));
+        settle().await;
+        for name in ["new-1", "new-2", "new-3", "new-4", "new-5"] {
+            holders.insert(name, waiter(&l, Lane::First, name, &order));
+            settle().await;
+        }
+        // Whoever holds the slot lets go, until every waiter had it.
+        while !holders.is_empty() {
+            let held = *order.lock().unwrap().last().unwrap();
+            let (task, free) = holders.remove(held).unwrap();
+            free.send(()).unwrap();
+            task.await.unwrap();
+            settle().await;
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["running", "new-1", "new-2", "new-3", "renewal", "new-4", "new-5"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_handed_to_a_wait_dropped_before_it_took_it_goes_to_the_next() {
+        let l = lanes(1);
+        let held = l.enter(Lane::Known).await.unwrap();
+        let mut gave_up = Box::pin(l.enter(Lane::First));
+        assert!(futures::poll!(&mut gave_up).is_pending());
+        drop(held); // handed to `gave_up`, which never polls again
+        drop(gave_up);
+        let _again = tokio::time::timeout(Duration::from_secs(1), l.enter(Lane::Known))
+            .await
+            .expect("the slot was lost")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

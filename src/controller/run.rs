@@ -217,14 +217,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // Watches ending from here on end on purpose, not as failures.
     let stop: Shutdown = {
         let (stop, watches) = (leading.stop.clone(), watches.clone());
-        let lanes = [ctx.user_lanes.clone(), ctx.token_lanes.clone()];
         let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             stop.await;
             watches.stopping();
-            // Reconciles waiting for a slot return at once: only those running finish.
-            for l in lanes {
-                l.close();
-            }
         });
         f.shared()
     };
@@ -316,16 +311,6 @@ fn context(
         recent_identities: Default::default(),
         watches: watches.clone(),
         change_filters: Default::default(),
-        user_lanes: super::lanes::Lanes::new(
-            config.concurrency.into(),
-            metrics.clone(),
-            super::user::CONTROLLER,
-        ),
-        token_lanes: super::lanes::Lanes::new(
-            config.concurrency.into(),
-            metrics.clone(),
-            super::token::CONTROLLER,
-        ),
         clock: Arc::new(jiff::Timestamp::now),
     }))
 }

@@ -24,27 +24,53 @@ pub(super) struct Loads(Arc<std::sync::Mutex<HashMap<(String, String), Gate>>>);
 
 type Gate = Arc<tokio::sync::Mutex<()>>;
 
+/// A reconcile's hold on the gate of one Secret's read; the last one dropped removes it (a
+/// cancelled reconcile included).
+pub(super) struct Entered {
+    loads: Loads,
+    key: (String, String),
+    gate: Option<Gate>,
+}
+
+impl Entered {
+    pub(super) fn gate(&self) -> &tokio::sync::Mutex<()> {
+        self.gate
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("set until dropped"))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let mut loads = self
+            .loads
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the lock, where every clone is made: the last holder sees only the map's.
+        drop(self.gate.take());
+        if loads
+            .get(&self.key)
+            .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            loads.remove(&self.key);
+        }
+    }
+}
+
 impl Loads {
-    fn gate(&self, key: &(String, String)) -> Gate {
-        self.0
+    fn enter(&self, key: &(String, String)) -> Entered {
+        let gate = self
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.clone())
             .or_default()
-            .clone()
-    }
-
-    /// The last of those that waited on `gate` removes it.
-    fn release(&self, key: &(String, String), gate: Gate) {
-        let mut loads = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if loads
-            .get(key)
-            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(&gate) == 2)
-        {
-            loads.remove(key);
+            .clone();
+        Entered {
+            loads: self.clone(),
+            key: key.clone(),
+            gate: Some(gate),
         }
     }
 
@@ -107,33 +133,34 @@ impl CredentialsResolver {
             Some(c) => c,
             None => {
                 let since = std::time::Instant::now();
-                let gate = self.loads.gate(&cache_key);
-                let read: Result<CachedSecret, CredentialsError> = async {
-                    let _one_at_a_time = gate.lock().await;
-                    if let Some(c) = cached(Some(since)) {
-                        return Ok(c);
-                    }
-                    let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(CredentialsError::Kube)?
-                        .ok_or_else(|| CredentialsError::SecretNotFound {
-                            namespace: namespace.to_string(),
-                            name: name.to_string(),
-                        })?;
-                    let entry = parse_secret(&secret);
-                    if let Ok(mut c) = self.cache.lock() {
-                        if self.sweeps.secrets.due(c.len()) {
-                            self.sweep(&mut c);
-                            self.sweeps.secrets.swept(c.len());
+                let entered = self.loads.enter(&cache_key);
+                let _one_at_a_time = entered.gate().lock().await;
+                match cached(Some(since)) {
+                    Some(c) => c,
+                    None => {
+                        // Stamped before the request: a read sent before another reconcile's
+                        // miss is not fresh enough for it.
+                        let sent = std::time::Instant::now();
+                        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+                            .get_opt(name)
+                            .await
+                            .map_err(CredentialsError::Kube)?
+                            .ok_or_else(|| CredentialsError::SecretNotFound {
+                                namespace: namespace.to_string(),
+                                name: name.to_string(),
+                            })?;
+                        let mut entry = parse_secret(&secret);
+                        entry.fetched_at = sent;
+                        if let Ok(mut c) = self.cache.lock() {
+                            if self.sweeps.secrets.due(c.len()) {
+                                self.sweep(&mut c);
+                                self.sweeps.secrets.swept(c.len());
+                            }
+                            c.insert(cache_key.clone(), entry.clone());
                         }
-                        c.insert(cache_key.clone(), entry.clone());
+                        entry
                     }
-                    Ok(entry)
                 }
-                .await;
-                self.loads.release(&cache_key, gate);
-                read?
             }
         };
         match entry.keys.get(key) {
@@ -293,21 +320,37 @@ mod tests {
     async fn concurrent_reads_of_a_secret_share_one_gate_that_the_last_one_removes() {
         let loads = Loads::default();
         let key = ("ns".to_string(), "creds".to_string());
-        let first = loads.gate(&key);
-        let second = loads.gate(&key);
-        assert!(Arc::ptr_eq(&first, &second), "one gate per Secret");
-        let other = loads.gate(&("ns".to_string(), "other".to_string()));
-        assert!(!Arc::ptr_eq(&first, &other));
-        let held = first.lock().await;
+        let first = loads.enter(&key);
+        let second = loads.enter(&key);
         assert!(
-            second.try_lock().is_err(),
+            std::ptr::eq(first.gate(), second.gate()),
+            "one gate per Secret"
+        );
+        let other = loads.enter(&("ns".to_string(), "other".to_string()));
+        assert!(!std::ptr::eq(first.gate(), other.gate()));
+        let held = first.gate().lock().await;
+        assert!(
+            second.gate().try_lock().is_err(),
             "the second waits for the first read"
         );
         drop(held);
-        loads.release(&key, first);
+        drop(first);
         assert_eq!(loads.len(), 2, "a waiter still holds the gate");
-        loads.release(&key, second);
-        loads.release(&("ns".to_string(), "other".to_string()), other);
+        // A reconcile cancelled while it waits gives its hold back too.
+        let cancelled = tokio::spawn({
+            let loads = loads.clone();
+            let key = key.clone();
+            async move {
+                let e = loads.enter(&key);
+                let _g = e.gate().lock().await;
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        drop(second);
+        drop(other);
         assert_eq!(loads.len(), 0, "nothing kept once no read is in progress");
     }
 

@@ -26,6 +26,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use tracing::{instrument, warn};
 
+use super::lanes::Lanes;
 use super::user::error_chain;
 use super::{key_of, Context};
 use crate::acs::AcsError;
@@ -160,6 +161,11 @@ pub fn controller(
     .touched_objects();
     let by_user = ctx.clone();
     let by_secret = ctx.clone();
+    let lanes = Lanes::new(
+        ctx.config.concurrency.into(),
+        ctx.metrics.clone(),
+        CONTROLLER,
+    );
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
     Controller::for_shared_stream(
@@ -174,7 +180,7 @@ pub fn controller(
         ),
         reader,
     )
-    // Unbounded here: `ctx.token_lanes` bounds the reconciles, new objects first.
+    // Unbounded here: `lanes` bounds the reconciles, new objects first.
     .with_config(kube::runtime::controller::Config::default())
     .owns_stream(owned)
     // A user's epoch moving (or its identity appearing) wakes all of its tokens.
@@ -215,8 +221,12 @@ pub fn controller(
     })
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
-    .graceful_shutdown_on(shutdown)
-    .run(in_lane, error_policy, ctx)
+    .graceful_shutdown_on(lanes.closing_on(shutdown))
+    .run(
+        move |t, ctx| in_lane(lanes.clone(), t, ctx),
+        error_policy,
+        ctx,
+    )
     .for_each(|r| {
         if let Err(e) = r {
             tracing::debug!(error = %e, "token reconcile trigger error");
@@ -241,9 +251,14 @@ pub fn tokens_of_users(
         .collect()
 }
 
-/// Waits for a reconcile slot (a token just applied ahead of the others), then reconciles;
-/// the reconcile's body is built only once it has its slot.
-async fn in_lane(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Waits for a reconcile slot (a token just applied ahead of the others), then reconciles the
+/// token as the cache shows it by then (gone: nothing to do; its deletion was reconciled or
+/// will be); the reconcile's body is built only once it has its slot.
+async fn in_lane(
+    lanes: Arc<Lanes>,
+    token: Arc<CommunicationToken>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let has_status = token.status.is_some()
         || ctx
             .token_status
@@ -254,7 +269,11 @@ async fn in_lane(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Ac
             )
             .is_some();
     let lane = super::lanes::lane_of(&token.metadata, has_status, ctx.now());
-    let Some(_slot) = ctx.token_lanes.enter(lane).await else {
+    let Some(_slot) = lanes.enter(lane).await else {
+        return Ok(Action::await_change());
+    };
+    let ns = token.namespace().unwrap_or_default();
+    let Some(token) = ctx.tokens.get(&ns, &token.name_any()) else {
         return Ok(Action::await_change());
     };
     Box::pin(reconcile(token, ctx)).await

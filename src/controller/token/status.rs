@@ -218,8 +218,14 @@ pub fn record(
     status.renewal_time = Some(Time(
         jiff::Timestamp::from_second(renew.as_second()).unwrap_or(renew),
     ));
-    if status.last_rotation_time.is_none() {
-        status.last_rotation_time = Some(Time(r.issued_at));
+    // The current token's issue time (whole seconds, as above): a status vouching for the
+    // Secret must record the token the Secret holds, even after a crash between the Secret's
+    // write and the status's.
+    if status.last_rotation_time.as_ref().map(|t| t.0.as_second()) != Some(r.issued_at.as_second())
+    {
+        status.last_rotation_time = Some(Time(
+            jiff::Timestamp::from_second(r.issued_at.as_second()).unwrap_or(r.issued_at),
+        ));
     }
     status.revision = r.revision;
     status.revocation_epoch = Some(r.revocation_epoch);

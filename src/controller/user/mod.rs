@@ -21,6 +21,7 @@ mod status;
 use self::cleanup::cleanup;
 use self::status::{acs_failed, current_status, not_ready, remember, write_identity, write_status};
 use super::backoff::inputs_hash;
+use super::lanes::Lanes;
 use super::{key_of, Context};
 use crate::acs::{AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
@@ -112,6 +113,11 @@ pub fn controller(
     };
     let lookup = ctx.clone();
     let cred_lookup = ctx.clone();
+    let lanes = Lanes::new(
+        ctx.config.concurrency.into(),
+        ctx.metrics.clone(),
+        CONTROLLER,
+    );
     // Only changes a reconcile must act on: its own status writes never wake it.
     Controller::for_shared_stream(
         super::triggers::meaningful_changes(
@@ -125,7 +131,7 @@ pub fn controller(
         ),
         reader,
     )
-    // Unbounded here: `ctx.user_lanes` bounds the reconciles, new objects first.
+    // Unbounded here: `lanes` bounds the reconciles, new objects first.
     .with_config(kube::runtime::controller::Config::default())
     // A token asking for a revocation, or finding the identity gone, wakes its user.
     .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
@@ -156,8 +162,12 @@ pub fn controller(
     })
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
-    .graceful_shutdown_on(shutdown)
-    .run(in_lane, error_policy, ctx)
+    .graceful_shutdown_on(lanes.closing_on(shutdown))
+    .run(
+        move |u, ctx| in_lane(lanes.clone(), u, ctx),
+        error_policy,
+        ctx,
+    )
     .for_each(move |r| {
         let _ = &lookup;
         if let Err(e) = r {
@@ -178,11 +188,20 @@ pub fn identity_lost(user: &CommunicationUser) -> bool {
     })
 }
 
-/// Waits for a reconcile slot (a user just applied ahead of the others), then reconciles;
-/// the reconcile's body is built only once it has its slot.
-async fn in_lane(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Waits for a reconcile slot (a user just applied ahead of the others), then reconciles the
+/// user as the cache shows it by then (gone: nothing to do); the reconcile's body is built
+/// only once it has its slot.
+async fn in_lane(
+    lanes: Arc<Lanes>,
+    user: Arc<CommunicationUser>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let lane = super::lanes::lane_of(&user.metadata, user.status.is_some(), ctx.now());
-    let Some(_slot) = ctx.user_lanes.enter(lane).await else {
+    let Some(_slot) = lanes.enter(lane).await else {
+        return Ok(Action::await_change());
+    };
+    let ns = user.namespace().unwrap_or_default();
+    let Some(user) = ctx.users.get(&ns, &user.name_any()) else {
         return Ok(Action::await_change());
     };
     Box::pin(reconcile(user, ctx)).await
