@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 /// Which lane an object waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
-    /// Created in the last [`FRESH`], no status yet.
+    /// Created in the last [`FRESH`], after this process started, no status yet.
     First,
     /// Everything else.
     Known,
@@ -28,22 +28,27 @@ pub enum Lane {
 /// How recently an object without a status must have been created to go first. A rollout of
 /// thousands is first for its first seconds only: its objects then queue as a backlog, and an
 /// object applied after them still goes first. Objects waiting for something else (a token
-/// for its user) write no status, so age, not status alone, tells them apart.
+/// for its user) write no status, so age, not status alone, tells them apart. Objects created
+/// before this process started are its start's backlog, however young.
 pub const FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Slots the first lane may take in a row while the other waits.
 const FIRST_RUN: u32 = 3;
 
-/// The lane of an object with `meta`, with or without a status, at `now`.
+/// The lane of an object with `meta`, with or without a status, at `now`, in a process that
+/// started at `started`.
 pub fn lane_of(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     has_status: bool,
     now: jiff::Timestamp,
+    started: jiff::Timestamp,
 ) -> Lane {
     let fresh = meta.creation_timestamp.as_ref().is_some_and(|c| {
-        now.duration_since(c.0)
-            .try_into()
-            .is_ok_and(|age: std::time::Duration| age <= FRESH)
+        c.0 >= started
+            && now
+                .duration_since(c.0)
+                .try_into()
+                .is_ok_and(|age: std::time::Duration| age <= FRESH)
     });
     if fresh && !has_status && meta.deletion_timestamp.is_none() {
         Lane::First
@@ -53,6 +58,9 @@ pub fn lane_of(
 }
 
 pub struct Lanes {
+    /// When these lanes were made (the process's start, to a second): objects created before
+    /// are never first.
+    pub started: jiff::Timestamp,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     controller: &'static str,
@@ -98,7 +106,11 @@ impl Drop for Waiting {
 impl Lanes {
     /// `slots` reconciles at once (at least one).
     pub fn new(slots: usize, metrics: Arc<Metrics>, controller: &'static str) -> Arc<Self> {
+        // Whole seconds, as creation timestamps are: an object created in the second the
+        // process started is not taken for the start's backlog.
+        let now = jiff::Timestamp::now();
         Arc::new(Self {
+            started: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
             state: Mutex::new(State {
                 closed: false,
                 free: slots.max(1),
@@ -300,6 +312,8 @@ mod tests {
     fn only_an_object_just_created_without_a_status_goes_first() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
         let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let started = jiff::Timestamp::from_second(1_000_000 - 60).unwrap();
+        let lane_of = |m: &ObjectMeta, has_status: bool, now| lane_of(m, has_status, now, started);
         let created = |secs_ago: i64| ObjectMeta {
             creation_timestamp: Some(Time(
                 jiff::Timestamp::from_second(1_000_000 - secs_ago).unwrap(),
@@ -316,6 +330,10 @@ mod tests {
         deleting.deletion_timestamp = deleting.creation_timestamp.clone();
         assert_eq!(lane_of(&deleting, false, now), Lane::Known);
         assert_eq!(lane_of(&ObjectMeta::default(), false, now), Lane::Known);
+        // Applied before the process started: its start's backlog.
+        let later = jiff::Timestamp::from_second(1_000_000 - 55).unwrap();
+        assert_eq!(lane_of(&created(61), false, later), Lane::Known);
+        assert_eq!(lane_of(&created(58), false, later), Lane::First);
     }
 
     #[tokio::test(start_paused = true)]

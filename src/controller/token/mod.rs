@@ -268,7 +268,7 @@ async fn in_lane(
                 token.metadata.resource_version.as_deref(),
             )
             .is_some();
-    let lane = super::lanes::lane_of(&token.metadata, has_status, ctx.now());
+    let lane = super::lanes::lane_of(&token.metadata, has_status, ctx.now(), lanes.started);
     let Some(_slot) = lanes.enter(lane).await else {
         return Ok(Action::await_change());
     };

@@ -196,7 +196,12 @@ async fn in_lane(
     user: Arc<CommunicationUser>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let lane = super::lanes::lane_of(&user.metadata, user.status.is_some(), ctx.now());
+    let lane = super::lanes::lane_of(
+        &user.metadata,
+        user.status.is_some(),
+        ctx.now(),
+        lanes.started,
+    );
     let Some(_slot) = lanes.enter(lane).await else {
         return Ok(Action::await_change());
     };
