@@ -7,7 +7,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use crate::harness::*;
-use crate::support::{eventually, wait_for, TestEnv};
+use crate::support::{eventually, wait_for};
 
 const BACKLOG: usize = 24;
 const ISSUE_LATENCY_MS: u64 = 250;
@@ -27,15 +27,7 @@ async fn rotated(tokens: &Api<CommunicationToken>) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_applied_during_a_backlog_goes_ahead_of_it() {
-    let env = TestEnv::new("lanes").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("lanes").await;
     let op = Operator::spawn(OperatorArgs::new(&env, &acs).arg("--concurrency=1"));
     op.wait_ready().await;
     create_user(&env, "alice", CommunicationUserSpec::default()).await;

@@ -11,21 +11,13 @@ use kube::runtime::wait::Condition;
 use serde_json::json;
 
 use crate::harness::*;
-use crate::support::{eventually, wait_for, TestEnv};
+use crate::support::{eventually, wait_for};
 
 const TOKENS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
-    let env = TestEnv::new("requests-own-writes").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("requests-own-writes").await;
     let op = Operator::spawn(OperatorArgs::new(&env, &acs));
     op.wait_ready().await;
     let base = op.kube_requests("get").await;
@@ -127,15 +119,7 @@ async fn a_secret_the_operator_wrote_is_not_read_again_until_it_changes() {
 /// and a token whose spec changed (new generation) reads its Secret and updates it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_operator_reads_only_the_secrets_changed_while_it_was_down() {
-    let env = TestEnv::new("requests-restart").await;
-    let acs = Acs::start().await;
-    put_secret(
-        &env,
-        "acs-credentials",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
+    let (env, acs) = keyed_namespace("requests-restart").await;
     let mut op = Operator::spawn(OperatorArgs::new(&env, &acs));
     op.wait_ready().await;
     create_user(&env, "alice", CommunicationUserSpec::default()).await;
@@ -222,6 +206,14 @@ async fn a_restarted_operator_reads_only_the_secrets_changed_while_it_was_down()
     eprintln!("figure: {gets} GETs after a restart, 1 user and {TOKENS} tokens, 2 changed");
     // t3's token was replaced: a fresh one (the only ACS call); t5 keeps its token.
     assert_eq!(acs.calls("issueAccessToken").await, issues + 1);
+    // Writes: t3's Secret and status, t5's Secret and status, an event each; none for the
+    // eight tokens the statuses vouched for (their status already names the version).
+    let writes = op.kube_writes().await;
+    eprintln!("figure: {writes} apiserver writes after the restart");
+    assert!(
+        writes <= 8.0,
+        "{writes} apiserver writes after a restart (bound 8)"
+    );
     // Every Secret still holds a token the emulator accepts.
     for i in 0..TOKENS {
         let token = secret_token(&env, &format!("t{i}")).await.unwrap();
