@@ -16,7 +16,7 @@ mod summary;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
@@ -26,7 +26,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use tracing::{instrument, warn};
 
-use super::lanes::Lanes;
+use super::lanes::{express, in_lane, Laned, Lanes};
 use super::user::error_chain;
 use super::{key_of, Context};
 use crate::acs::AcsError;
@@ -166,9 +166,11 @@ pub fn controller(
         ctx.metrics.clone(),
         CONTROLLER,
     );
+    let (offers, express) = express::express(lanes.clone(), ctx.clone(), reconcile, error_policy);
+    let (user_offers, secret_offers) = (offers.clone(), offers.clone());
     // Only changes a reconcile must act on: its own status writes never wake it (see
     // `triggers`), so a failing object's back-off holds.
-    Controller::for_shared_stream(
+    let controller = Controller::for_shared_stream(
         super::triggers::meaningful_changes(
             tokens,
             {
@@ -177,11 +179,11 @@ pub fn controller(
             },
             &ctx.change_filters,
             "token_changes",
-        ),
+        )
+        .inspect(move |t| offers.offer(t.as_ref())),
         reader,
     )
-    // Unbounded here: `lanes` bounds the reconciles, new objects first.
-    .with_config(kube::runtime::controller::Config::default())
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
     .owns_stream(owned)
     // A user's epoch moving (or its identity appearing) wakes all of its tokens.
     .watches_shared_stream(users, move |u: Arc<CommunicationUser>| {
@@ -199,6 +201,7 @@ pub fn controller(
         by_user
             .tokens_of_user(&ns, &name, |_| true)
             .into_iter()
+            .inspect(|t| user_offers.offer(t.as_ref()))
             .map(|t| ObjectRef::from_obj(t.as_ref()))
             .collect::<Vec<_>>()
     })
@@ -214,16 +217,18 @@ pub fn controller(
             let _ = by_secret.default_changed.send(());
             return Vec::new();
         }
-        tokens_of_users(
+        let woken = tokens_of_users(
             &by_secret,
             super::wakeups::users_using_secret(&by_secret, &ns, &name),
-        )
+        );
+        woken.iter().for_each(|t| secret_offers.offer_ref(t));
+        woken
     })
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
     .graceful_shutdown_on(lanes.closing_on(shutdown))
     .run(
-        move |t, ctx| in_lane(lanes.clone(), t, ctx),
+        move |t, ctx| in_lane(lanes.clone(), t, ctx, |t, ctx| Box::pin(reconcile(t, ctx))),
         error_policy,
         ctx,
     )
@@ -232,7 +237,9 @@ pub fn controller(
             tracing::debug!(error = %e, "token reconcile trigger error");
         }
         futures::future::ready(())
-    })
+    });
+    // The express path ends with the controller (its offers live in the controller's streams).
+    futures::future::join(controller, express).map(|_| ())
 }
 
 /// The tokens of these users.
@@ -251,32 +258,22 @@ pub fn tokens_of_users(
         .collect()
 }
 
-/// Waits for a reconcile slot (a token just applied ahead of the others), then reconciles the
-/// token as the cache shows it by then (gone: nothing to do; its deletion was reconciled or
-/// will be); the reconcile's body is built only once it has its slot.
-async fn in_lane(
-    lanes: Arc<Lanes>,
-    token: Arc<CommunicationToken>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let has_status = token.status.is_some()
-        || ctx
-            .token_status
-            .fresher(
-                &token.namespace().unwrap_or_default(),
-                &token.name_any(),
-                token.metadata.resource_version.as_deref(),
-            )
-            .is_some();
-    let lane = super::lanes::lane_of(&token.metadata, has_status, ctx.now(), lanes.started);
-    let Some(_slot) = lanes.enter(lane).await else {
-        return Ok(Action::await_change());
-    };
-    let ns = token.namespace().unwrap_or_default();
-    let Some(token) = ctx.tokens.get(&ns, &token.name_any()) else {
-        return Ok(Action::await_change());
-    };
-    Box::pin(reconcile(token, ctx)).await
+impl Laned for CommunicationToken {
+    fn has_status(&self, ctx: &Context) -> bool {
+        self.status.is_some()
+            || ctx
+                .token_status
+                .fresher(
+                    &self.namespace().unwrap_or_default(),
+                    &self.name_any(),
+                    self.metadata.resource_version.as_deref(),
+                )
+                .is_some()
+    }
+
+    fn cached(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Self>> {
+        ctx.tokens.get(ns, name)
+    }
 }
 
 #[instrument(skip(token, ctx), fields(namespace = token.namespace().unwrap_or_default(), name = %token.name_any(), controller = CONTROLLER))]

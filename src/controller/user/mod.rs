@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
@@ -21,7 +21,7 @@ mod status;
 use self::cleanup::cleanup;
 use self::status::{acs_failed, current_status, not_ready, remember, write_identity, write_status};
 use super::backoff::inputs_hash;
-use super::lanes::Lanes;
+use super::lanes::{express, in_lane, Laned, Lanes};
 use super::{key_of, Context};
 use crate::acs::{AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
@@ -118,8 +118,10 @@ pub fn controller(
         ctx.metrics.clone(),
         CONTROLLER,
     );
+    let (offers, express) = express::express(lanes.clone(), ctx.clone(), reconcile, error_policy);
+    let secret_offers = offers.clone();
     // Only changes a reconcile must act on: its own status writes never wake it.
-    Controller::for_shared_stream(
+    let controller = Controller::for_shared_stream(
         super::triggers::meaningful_changes(
             users,
             {
@@ -128,11 +130,11 @@ pub fn controller(
             },
             &ctx.change_filters,
             "user_changes",
-        ),
+        )
+        .inspect(move |u| offers.offer(u.as_ref())),
         reader,
     )
-    // Unbounded here: `lanes` bounds the reconciles, new objects first.
-    .with_config(kube::runtime::controller::Config::default())
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
     // A token asking for a revocation, or finding the identity gone, wakes its user.
     .watches_shared_stream(tokens, |t: Arc<CommunicationToken>| {
         // Only a revocation request concerns the user: waking it on every token change
@@ -158,13 +160,15 @@ pub fn controller(
         if super::wakeups::is_default_secret(&cred_lookup, &ns, &name) {
             return Vec::new();
         }
-        super::wakeups::users_using_secret(&cred_lookup, &ns, &name)
+        let woken = super::wakeups::users_using_secret(&cred_lookup, &ns, &name);
+        woken.iter().for_each(|u| secret_offers.offer_ref(u));
+        woken
     })
     // The unwatched default credentials changed (polled).
     .reconcile_on(default_changed)
     .graceful_shutdown_on(lanes.closing_on(shutdown))
     .run(
-        move |u, ctx| in_lane(lanes.clone(), u, ctx),
+        move |u, ctx| in_lane(lanes.clone(), u, ctx, |u, ctx| Box::pin(reconcile(u, ctx))),
         error_policy,
         ctx,
     )
@@ -174,7 +178,9 @@ pub fn controller(
             tracing::debug!(error = %e, "user reconcile trigger error");
         }
         futures::future::ready(())
-    })
+    });
+    // The express path ends with the controller (its offers live in the controller's streams).
+    futures::future::join(controller, express).map(|_| ())
 }
 
 /// The user knows its identity was deleted outside the operator (a revoke or one of its
@@ -188,28 +194,14 @@ pub fn identity_lost(user: &CommunicationUser) -> bool {
     })
 }
 
-/// Waits for a reconcile slot (a user just applied ahead of the others), then reconciles the
-/// user as the cache shows it by then (gone: nothing to do); the reconcile's body is built
-/// only once it has its slot.
-async fn in_lane(
-    lanes: Arc<Lanes>,
-    user: Arc<CommunicationUser>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let lane = super::lanes::lane_of(
-        &user.metadata,
-        user.status.is_some(),
-        ctx.now(),
-        lanes.started,
-    );
-    let Some(_slot) = lanes.enter(lane).await else {
-        return Ok(Action::await_change());
-    };
-    let ns = user.namespace().unwrap_or_default();
-    let Some(user) = ctx.users.get(&ns, &user.name_any()) else {
-        return Ok(Action::await_change());
-    };
-    Box::pin(reconcile(user, ctx)).await
+impl Laned for CommunicationUser {
+    fn has_status(&self, _: &Context) -> bool {
+        self.status.is_some()
+    }
+
+    fn cached(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Self>> {
+        ctx.users.get(ns, name)
+    }
 }
 
 #[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER))]

@@ -2,19 +2,66 @@
 //! reconciled (a new application's user or token, someone waiting at `kubectl apply`) takes the
 //! next free slot ahead of every other (a start's re-verification, a key rotation's wave of
 //! re-issues, a large rollout past its first seconds), so it never waits behind a backlog of
-//! thousands. kube-runtime's own queue is first in, first out: the controllers run it unbounded
-//! and queue here instead, where a waiting reconcile holds a few bytes (its body is built only
-//! once it has a slot, for the object as the cache then shows it). The other lane is never
-//! starved: while it waits, it gets at least one slot in [`FIRST_RUN`] + 1, so a stream of
-//! creations in one namespace cannot hold back renewals. Each controller (one per watched
-//! namespace) has its own lanes, as it had its own `--concurrency` before.
+//! thousands. The other lane is never starved: while it waits, it gets at least one slot in
+//! [`FIRST_RUN`] + 1, so a stream of creations in one namespace cannot hold back renewals.
+//! Each controller (one per watched namespace) has its own lanes, as many slots as its
+//! `--concurrency`.
+//!
+//! kube-runtime's queue stays bounded at the same `--concurrency` (unbounded, it holds every
+//! waiting object as running and scans them all at each step: quadratic at 20,000 tokens), so
+//! a new object reaches its lane through [`express`] instead of behind that queue; [`claims`]
+//! keeps the two ways in from reconciling one object at once.
+
+pub mod claims;
+pub mod express;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 use tokio::sync::oneshot;
 
+use self::claims::{Claims, Key};
+use super::Context;
 use crate::metrics::Metrics;
+
+/// What the lanes need to know of a kind.
+pub trait Laned: Resource<DynamicType = ()> + Send + Sync + 'static {
+    /// Reconciled at least once: a status, in the cache or written and not yet seen there.
+    fn has_status(&self, ctx: &Context) -> bool;
+    /// The object as the cache shows it now.
+    fn cached(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Self>>;
+}
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Waits for the object's claim and a reconcile slot (a new object ahead of the others), then
+/// reconciles it as the cache shows it by then (gone: nothing to do; its deletion was
+/// reconciled or will be); the reconcile's body is built only once it has its slot.
+pub async fn in_lane<K, E, Fut>(
+    lanes: Arc<Lanes>,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> Fut,
+) -> Result<Action, E>
+where
+    K: Laned,
+    Fut: std::future::Future<Output = Result<Action, E>>,
+{
+    let (ns, name) = key_of(obj.as_ref());
+    let _claim = lanes.claims.claim((ns.clone(), name.clone())).await;
+    let lane = lane_of(obj.meta(), obj.has_status(&ctx), ctx.now(), lanes.started);
+    let Some(_slot) = lanes.enter(lane).await else {
+        return Ok(Action::await_change());
+    };
+    let Some(obj) = K::cached(&ctx, &ns, &name) else {
+        return Ok(Action::await_change());
+    };
+    reconcile(obj, ctx).await
+}
 
 /// Which lane an object waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +108,9 @@ pub struct Lanes {
     /// When these lanes were made (the process's start, to a second): objects created before
     /// are never first.
     pub started: jiff::Timestamp,
+    /// Reconciles at once.
+    pub slots: usize,
+    claims: Arc<Claims>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     controller: &'static str,
@@ -111,6 +161,8 @@ impl Lanes {
         let now = jiff::Timestamp::now();
         Arc::new(Self {
             started: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
+            slots: slots.max(1),
+            claims: Arc::default(),
             state: Mutex::new(State {
                 closed: false,
                 free: slots.max(1),
