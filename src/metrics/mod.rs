@@ -393,14 +393,6 @@ impl Metrics {
     }
 
     /// Sets how many objects of `controller` are scheduled for a reconcile that has not started.
-    /// `delta` more (or fewer) reconciles waiting for a slot (several controllers of a kind,
-    /// one per watched namespace, report into one series).
-    pub fn add_queue_depth(&self, controller: &'static str, delta: i64) {
-        self.queue_depth
-            .get_or_create(&ControllerLabels { controller })
-            .inc_by(delta);
-    }
-
     pub fn set_queue_depth(&self, controller: &'static str, depth: i64) {
         self.queue_depth
             .get_or_create(&ControllerLabels { controller })

@@ -24,7 +24,6 @@ use tokio::sync::oneshot;
 
 use self::claims::{Claims, Key};
 use super::Context;
-use crate::metrics::Metrics;
 
 /// What the lanes need to know of a kind.
 pub trait Laned: Resource<DynamicType = ()> + Send + Sync + 'static {
@@ -112,8 +111,6 @@ pub struct Lanes {
     pub slots: usize,
     claims: Arc<Claims>,
     state: Mutex<State>,
-    metrics: Arc<Metrics>,
-    controller: &'static str,
 }
 
 struct State {
@@ -155,7 +152,7 @@ impl Drop for Waiting {
 
 impl Lanes {
     /// `slots` reconciles at once (at least one).
-    pub fn new(slots: usize, metrics: Arc<Metrics>, controller: &'static str) -> Arc<Self> {
+    pub fn new(slots: usize) -> Arc<Self> {
         // Whole seconds, as creation timestamps are: an object created in the second the
         // process started is not taken for the start's backlog.
         let now = jiff::Timestamp::now();
@@ -170,8 +167,6 @@ impl Lanes {
                 first: VecDeque::new(),
                 known: VecDeque::new(),
             }),
-            metrics,
-            controller,
         })
     }
 
@@ -193,7 +188,6 @@ impl Lanes {
                 Lane::First => s.first.push_back(tx),
                 Lane::Known => s.known.push_back(tx),
             }
-            self.metrics.add_queue_depth(self.controller, 1);
             rx
         };
         let mut waiting = Waiting {
@@ -211,11 +205,8 @@ impl Lanes {
     pub fn close(&self) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.closed = true;
-        let waiting = s.first.len() + s.known.len();
         s.first.clear();
         s.known.clear();
-        self.metrics
-            .add_queue_depth(self.controller, -i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Hands a slot to the next waiter: the first lane's before the other's, but the other's
@@ -240,7 +231,6 @@ impl Lanes {
                 s.free += 1;
                 break;
             };
-            self.metrics.add_queue_depth(self.controller, -1);
             if tx.send(()).is_ok() {
                 break;
             }
@@ -278,7 +268,7 @@ mod tests {
     use std::time::Duration;
 
     fn lanes(slots: usize) -> Arc<Lanes> {
-        Lanes::new(slots, Arc::new(Metrics::default()), "test")
+        Lanes::new(slots)
     }
 
     /// Starts a waiter that records its name once it has a slot, and holds the slot until

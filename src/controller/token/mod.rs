@@ -161,11 +161,7 @@ pub fn controller(
     .touched_objects();
     let by_user = ctx.clone();
     let by_secret = ctx.clone();
-    let lanes = Lanes::new(
-        ctx.config.concurrency.into(),
-        ctx.metrics.clone(),
-        CONTROLLER,
-    );
+    let lanes = Lanes::new(ctx.config.concurrency.into());
     let (offers, express) = express::express(lanes.clone(), ctx.clone(), reconcile, error_policy);
     let (user_offers, secret_offers) = (offers.clone(), offers.clone());
     // Only changes a reconcile must act on: its own status writes never wake it (see

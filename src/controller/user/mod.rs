@@ -113,11 +113,7 @@ pub fn controller(
     };
     let lookup = ctx.clone();
     let cred_lookup = ctx.clone();
-    let lanes = Lanes::new(
-        ctx.config.concurrency.into(),
-        ctx.metrics.clone(),
-        CONTROLLER,
-    );
+    let lanes = Lanes::new(ctx.config.concurrency.into());
     let (offers, express) = express::express(lanes.clone(), ctx.clone(), reconcile, error_policy);
     let secret_offers = offers.clone();
     // Only changes a reconcile must act on: its own status writes never wake it.
