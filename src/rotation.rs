@@ -20,6 +20,12 @@ pub enum RenewalPolicy {
 /// created together would otherwise all renew in the same instant.
 const JITTER_FRACTION: f64 = 0.10;
 
+/// `ts` truncated to whole seconds, as the apiserver serializes `metav1.Time` (creation
+/// timestamps, status times): a value compared with or written as one must be cut the same way.
+pub fn whole_seconds(ts: Timestamp) -> Timestamp {
+    Timestamp::from_second(ts.as_second()).unwrap_or(ts)
+}
+
 /// The instant to renew a token issued at `issued` that expires at `expires`.
 ///
 /// The policy applies to the real lifetime (what the service granted, which may be shorter
@@ -148,6 +154,19 @@ mod tests {
     }
 
     const DAY: i64 = 86_400;
+
+    #[test]
+    fn whole_seconds_drops_the_fraction_as_the_apiserver_does() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            whole_seconds(at("2026-12-07T10:00:00.999Z")),
+            at("2026-12-07T10:00:00Z")
+        );
+        assert_eq!(
+            whole_seconds(at("2026-12-07T10:00:01Z")),
+            at("2026-12-07T10:00:01Z")
+        );
+    }
 
     #[test]
     fn default_renews_after_two_thirds_minus_a_bounded_jitter() {

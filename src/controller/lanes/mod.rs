@@ -157,7 +157,7 @@ impl Lanes {
         // process started is not taken for the start's backlog.
         let now = jiff::Timestamp::now();
         Arc::new(Self {
-            started: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now),
+            started: crate::rotation::whole_seconds(now),
             slots: slots.max(1),
             claims: Arc::default(),
             state: Mutex::new(State {

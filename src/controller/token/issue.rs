@@ -324,10 +324,9 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     });
     // Whole seconds, as the Secret records them, so the next reconcile reads back exactly what
     // this one wrote to status (no second status write).
-    let whole = |ts: jiff::Timestamp| jiff::Timestamp::from_second(ts.as_second()).unwrap_or(ts);
     let recorded = RecordedToken {
-        expires_on: whole(expires_on),
-        issued_at: whole(now),
+        expires_on: crate::rotation::whole_seconds(expires_on),
+        issued_at: crate::rotation::whole_seconds(now),
         user_id: t.identity.to_string(),
         scopes: token.spec.scopes.clone(),
         expires_in_minutes: token.spec.expires_in_minutes,

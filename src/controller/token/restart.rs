@@ -385,7 +385,7 @@ fn restart_patch(kind: WorkloadKind, hash: &str, now: Timestamp) -> serde_json::
         WorkloadKind::Rollout => json!({
             "metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: hash}},
             // Whole seconds: metav1.Time.
-            "spec": {"restartAt": Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()},
+            "spec": {"restartAt": crate::rotation::whole_seconds(now).to_string()},
         }),
         _ => json!({"spec": {"template": {"metadata": {"annotations": {
             RESTARTED_FOR_ANNOTATION: hash,

@@ -215,17 +215,13 @@ pub fn record(
     // Whole seconds: `Time` serializes without a fraction, so a fractional instant would never
     // equal what the cache reads back, and every reconcile would rewrite status.
     let renew = renewal_at(token, r);
-    status.renewal_time = Some(Time(
-        jiff::Timestamp::from_second(renew.as_second()).unwrap_or(renew),
-    ));
+    status.renewal_time = Some(Time(crate::rotation::whole_seconds(renew)));
     // The current token's issue time (whole seconds, as above): a status vouching for the
     // Secret must record the token the Secret holds, even after a crash between the Secret's
     // write and the status's.
     if status.last_rotation_time.as_ref().map(|t| t.0.as_second()) != Some(r.issued_at.as_second())
     {
-        status.last_rotation_time = Some(Time(
-            jiff::Timestamp::from_second(r.issued_at.as_second()).unwrap_or(r.issued_at),
-        ));
+        status.last_rotation_time = Some(Time(crate::rotation::whole_seconds(r.issued_at)));
     }
     status.revision = r.revision;
     status.revocation_epoch = Some(r.revocation_epoch);
