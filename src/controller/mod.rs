@@ -134,6 +134,25 @@ where
     gone
 }
 
+/// Whether adding the finalizer found it added since the cached copy was read: a reconcile of
+/// a copy that lagged the previous one's finalizer patch (kube's JSON patch `test` fails).
+/// Nothing failed: the watch event carrying the finalizer wakes the object again, so nothing
+/// is recorded or retried (it would count a failure, log a warning and delay the object's
+/// first ACS call behind a back-off).
+pub fn finalizer_raced<E: std::error::Error + 'static>(
+    e: &kube::runtime::finalizer::Error<E>,
+) -> bool {
+    let raced = matches!(
+        e,
+        kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(ae))
+            if ae.code == 422 || ae.code == 409
+    );
+    if raced {
+        tracing::debug!("finalizer already added: a lagging copy raced the previous reconcile");
+    }
+    raced
+}
+
 /// Forgets the per-object state of an object that is gone (its failures and guard entries).
 fn forget_object<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
     ctx.failures.reset(&key_of(obj));

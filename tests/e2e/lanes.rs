@@ -90,9 +90,14 @@ async fn a_token_applied_during_a_backlog_goes_ahead_of_it() {
     let writes = op.kube_writes().await - writes_before;
     eprintln!("figure: {issued} issues and {writes} apiserver writes for {BACKLOG} re-issues and one new token");
     assert_eq!(issued, BACKLOG as u64 + 1, "issues");
-    // Three each (the Secret, the status, an event); 75 measured in four runs.
-    assert!(writes <= 3.0 * (BACKLOG as f64 + 1.0), "{writes} writes");
-    // The gauge of waiting reconciles is back to 0 once the backlog is done.
+    // Three each (the Secret, the status, an event); 75 measured in four runs. The margin is
+    // for a finalizer patch a lagging cache may send twice (a 422, no failure).
+    assert!(
+        writes <= 3.0 * (BACKLOG as f64 + 1.0) + 3.0,
+        "{writes} writes"
+    );
+    // The queue-depth gauge (objects waiting for a reconcile) is back to 0 once the backlog is
+    // done.
     eventually("no reconcile waiting", CONVERGE, || async {
         let d = op
             .metric("acs_identity_operator_queue_depth{controller=\"communicationtoken\"}")

@@ -1,15 +1,17 @@
 //! The way in for an object just applied: kube-runtime's queue serves objects in the order they
 //! came, behind any backlog, so each watch event and wake-up of a controller is also offered
 //! here, and an object in the first lane (see [`super::lane_of`]) is reconciled from here as
-//! soon as a slot frees, ahead of that queue. kube-runtime's own trigger for it still runs
-//! later and finds nothing to do (its result, the next rotation, is scheduled there); a
-//! reconcile that fails here goes through the controller's error policy as any other.
+//! soon as a slot frees, ahead of that queue. kube-runtime's own trigger for it still runs,
+//! before or after this one (the claim keeps them apart), and schedules the next reconcile
+//! (this path drops its result); a reconcile that fails here goes through the controller's
+//! error policy as any other.
 //!
-//! The queue of offers is bounded: beyond [`QUEUE`] objects waiting, a large rollout applied
-//! at once goes through kube-runtime's queue as before.
+//! The queue of offers is bounded and holds each object once: beyond [`QUEUE`] objects
+//! waiting, a large rollout applied at once goes through kube-runtime's queue as before.
 
+use std::collections::HashSet;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use kube::runtime::controller::Action;
@@ -26,6 +28,9 @@ pub const QUEUE: usize = 1024;
 /// Offers objects to a controller's express path.
 pub struct Offers<K> {
     tx: mpsc::Sender<Key>,
+    /// The objects in the queue: an object offered again (its finalizer's event, a wake-up)
+    /// while it waits keeps its place instead of taking a second one.
+    queued: Arc<Mutex<HashSet<Key>>>,
     lanes: Arc<Lanes>,
     ctx: Arc<Context>,
     kind: PhantomData<fn(K)>,
@@ -35,6 +40,7 @@ impl<K> Clone for Offers<K> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            queued: self.queued.clone(),
             lanes: self.lanes.clone(),
             ctx: self.ctx.clone(),
             kind: PhantomData,
@@ -46,8 +52,13 @@ impl<K: Laned> Offers<K> {
     /// Queues `obj` for the express path if it is in the first lane; a full queue leaves it
     /// to kube-runtime's.
     pub fn offer(&self, obj: &K) {
-        if is_first(obj, &self.ctx, &self.lanes) {
-            let _ = self.tx.try_send(key_of(obj));
+        if !is_first(obj, &self.ctx, &self.lanes) {
+            return;
+        }
+        let key = key_of(obj);
+        let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        if queued.insert(key.clone()) && self.tx.try_send(key.clone()).is_err() {
+            queued.remove(&key);
         }
     }
 
@@ -78,8 +89,10 @@ where
     Fut: std::future::Future<Output = Result<Action, E>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Key>(QUEUE);
+    let queued: Arc<Mutex<HashSet<Key>>> = Arc::default();
     let offers = Offers {
         tx,
+        queued: queued.clone(),
         lanes: lanes.clone(),
         ctx: ctx.clone(),
         kind: PhantomData,
@@ -92,11 +105,15 @@ where
     let serve = keys.for_each_concurrent(workers, move |(ns, name)| {
         let (lanes, ctx) = (lanes.clone(), ctx.clone());
         async move {
-            let _claim = lanes.claims.claim((ns.clone(), name.clone())).await;
-            // Served meanwhile (by kube-runtime's queue, or an earlier offer), or gone.
+            // Served meanwhile (by kube-runtime's queue, or an earlier offer), or gone: looked
+            // at before waiting for the claim, so that no worker waits for nothing, and after.
             let first = |ctx: &Context| {
                 K::cached(ctx, &ns, &name).filter(|o| is_first(o.as_ref(), ctx, &lanes))
             };
+            if first(&ctx).is_none() {
+                return;
+            }
+            let _claim = lanes.claims.claim((ns.clone(), name.clone())).await;
             if first(&ctx).is_none() {
                 return;
             }
@@ -112,4 +129,100 @@ where
         }
     });
     (offers, serve)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use kube::ResourceExt;
+
+    // The test kind: a ConfigMap whose data stands for a status, in a cache of its own.
+    static CACHE: Mutex<Vec<ConfigMap>> = Mutex::new(Vec::new());
+    static RECONCILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    impl Laned for ConfigMap {
+        fn has_status(&self, _: &Context) -> bool {
+            self.data.is_some()
+        }
+
+        fn cached(_: &Context, ns: &str, name: &str) -> Option<Arc<Self>> {
+            let cache = CACHE.lock().unwrap();
+            cache
+                .iter()
+                .find(|c| c.metadata.namespace.as_deref() == Some(ns) && c.name_any() == name)
+                .cloned()
+                .map(Arc::new)
+        }
+    }
+
+    fn object(name: &str, age_secs: i64) -> ConfigMap {
+        let created = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age_secs);
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some(name.into()),
+                creation_timestamp: Some(Time(created)),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Records the reconcile and writes the "status" into the cache.
+    async fn reconcile(obj: Arc<ConfigMap>, _: Arc<Context>) -> Result<Action, std::io::Error> {
+        RECONCILED.lock().unwrap().push(obj.name_any());
+        let mut cache = CACHE.lock().unwrap();
+        if let Some(c) = cache.iter_mut().find(|c| c.name_any() == obj.name_any()) {
+            c.data = Some(BTreeMap::from([("done".to_string(), "yes".to_string())]));
+        }
+        Ok(Action::await_change())
+    }
+
+    fn error_policy(_: Arc<ConfigMap>, _: &std::io::Error, _: Arc<Context>) -> Action {
+        Action::await_change()
+    }
+
+    #[tokio::test]
+    async fn only_new_objects_are_served_once_each_and_the_path_ends_with_its_offers() {
+        let (ctx, _api) = Context::test();
+        // Objects created in the second the lanes start count as after it.
+        let lanes = Lanes::new(1);
+        *CACHE.lock().unwrap() = vec![object("new", 0), object("old", 3600)];
+        let (offers, serve) = express::<ConfigMap, _, _>(lanes, ctx, reconcile, error_policy);
+        let serve = tokio::spawn(serve);
+        let (new, old) = {
+            let cache = CACHE.lock().unwrap();
+            (cache[0].clone(), cache[1].clone())
+        };
+        // Offered three times (its creation, its finalizer, a wake-up) before it is served.
+        for _ in 0..3 {
+            offers.offer(&new);
+        }
+        offers.offer(&old);
+        offers.offer_ref(&ObjectRef::new("old").within("ns"));
+        offers.offer_ref(&ObjectRef::new("gone").within("ns"));
+        let more = offers.clone();
+        drop(offers);
+        // Served once: the later offers find it reconciled (or were never queued).
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while RECONCILED.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the new object was not served");
+        more.offer(&new);
+        drop(more);
+        tokio::time::timeout(Duration::from_secs(10), serve)
+            .await
+            .expect("the express path outlived its offers")
+            .unwrap();
+        assert_eq!(*RECONCILED.lock().unwrap(), ["new"]);
+    }
 }

@@ -191,8 +191,14 @@ pub fn identity_lost(user: &CommunicationUser) -> bool {
 }
 
 impl Laned for CommunicationUser {
-    fn has_status(&self, _: &Context) -> bool {
+    fn has_status(&self, ctx: &Context) -> bool {
+        // A status written with a new identity and not in the cache yet counts.
         self.status.is_some()
+            || self.metadata.uid.as_ref().is_some_and(|uid| {
+                ctx.recent_identities
+                    .lock()
+                    .is_ok_and(|recent| recent.contains_key(uid))
+            })
     }
 
     fn cached(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Self>> {
@@ -221,6 +227,9 @@ fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) ->
     let key = key_of(user.as_ref());
     if let Error::Finalizer(e) = err {
         if super::gone_at_finalizer_removal(&ctx, user.as_ref(), e) {
+            return Action::await_change();
+        }
+        if super::finalizer_raced(e) {
             return Action::await_change();
         }
     }
