@@ -57,8 +57,13 @@ impl<K: Laned> Offers<K> {
         }
         let key = key_of(obj);
         let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
-        if queued.insert(key.clone()) && self.tx.try_send(key.clone()).is_err() {
+        if !queued.insert(key.clone()) {
+            tracing::trace!(namespace = %key.0, name = %key.1, "already queued for the express path");
+        } else if self.tx.try_send(key.clone()).is_err() {
             queued.remove(&key);
+            tracing::debug!(namespace = %key.0, name = %key.1, "express path full: left to the controller's queue");
+        } else {
+            tracing::trace!(namespace = %key.0, name = %key.1, "queued for the express path");
         }
     }
 
@@ -98,10 +103,19 @@ where
         kind: PhantomData,
     };
     let workers = lanes.slots;
-    let keys = futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|key| (key, rx)) },
-    );
+    // An object leaves `queued` as a worker takes it: an offer from then on (its finalizer's
+    // event while this run adds it) queues it again.
+    let keys = futures::stream::unfold(rx, move |mut rx| {
+        let queued = queued.clone();
+        async move {
+            let key = rx.recv().await?;
+            queued
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            Some((key, rx))
+        }
+    });
     let serve = keys.for_each_concurrent(workers, move |(ns, name)| {
         let (lanes, ctx) = (lanes.clone(), ctx.clone());
         async move {
@@ -110,20 +124,30 @@ where
             let first = |ctx: &Context| {
                 K::cached(ctx, &ns, &name).filter(|o| is_first(o.as_ref(), ctx, &lanes))
             };
+            let skip = |why: &str| tracing::trace!(namespace = %ns, name = %name, why, "express path: nothing to do");
             if first(&ctx).is_none() {
-                return;
+                return skip("not new");
             }
             let _claim = lanes.claims.claim((ns.clone(), name.clone())).await;
             if first(&ctx).is_none() {
-                return;
+                return skip("reconciled meanwhile");
             }
             let Some(_slot) = lanes.enter(Lane::First).await else {
-                return;
+                return skip("shutting down");
             };
             let Some(obj) = first(&ctx) else {
-                return;
+                return skip("reconciled meanwhile");
             };
-            if let Err(e) = reconcile(obj.clone(), ctx.clone()).await {
+            let key = (ns.clone(), name.clone());
+            if lanes.claims.finalizer_pending(&key, obj.meta(), K::FINALIZER) {
+                return skip("its finalizer's event is on its way");
+            }
+            tracing::trace!(namespace = %ns, name = %name, "express path: reconciling");
+            let result = reconcile(obj.clone(), ctx.clone()).await;
+            lanes
+                .claims
+                .ran(key, obj.meta(), K::FINALIZER, result.is_ok());
+            if let Err(e) = result {
                 let _ = error_policy(obj, &e, ctx);
             }
         }
@@ -147,6 +171,8 @@ mod tests {
     static RECONCILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
     impl Laned for ConfigMap {
+        const FINALIZER: &'static str = "example.com/test";
+
         fn has_status(&self, _: &Context) -> bool {
             self.data.is_some()
         }
@@ -174,11 +200,20 @@ mod tests {
         }
     }
 
-    /// Records the reconcile and writes the "status" into the cache.
+    /// Records the reconcile and writes the "status" into the cache, except on the first run of
+    /// `twice` (a run that only adds a finalizer).
     async fn reconcile(obj: Arc<ConfigMap>, _: Arc<Context>) -> Result<Action, std::io::Error> {
-        RECONCILED.lock().unwrap().push(obj.name_any());
+        let name = obj.name_any();
+        let runs = {
+            let mut r = RECONCILED.lock().unwrap();
+            r.push(name.clone());
+            r.iter().filter(|n| **n == name).count()
+        };
+        if name == "twice" && runs == 1 {
+            return Ok(Action::await_change());
+        }
         let mut cache = CACHE.lock().unwrap();
-        if let Some(c) = cache.iter_mut().find(|c| c.name_any() == obj.name_any()) {
+        if let Some(c) = cache.iter_mut().find(|c| c.name_any() == name) {
             c.data = Some(BTreeMap::from([("done".to_string(), "yes".to_string())]));
         }
         Ok(Action::await_change())
@@ -188,41 +223,53 @@ mod tests {
         Action::await_change()
     }
 
+    async fn until(what: &str, done: impl Fn(&[String]) -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(&RECONCILED.lock().unwrap()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: {:?}", RECONCILED.lock().unwrap()));
+    }
+
     #[tokio::test]
-    async fn only_new_objects_are_served_once_each_and_the_path_ends_with_its_offers() {
+    async fn only_new_objects_are_served_each_offer_once_and_the_path_ends_with_its_offers() {
         let (ctx, _api) = Context::test();
         // Objects created in the second the lanes start count as after it.
         let lanes = Lanes::new(1);
-        *CACHE.lock().unwrap() = vec![object("new", 0), object("old", 3600)];
+        *CACHE.lock().unwrap() = vec![object("new", 0), object("twice", 0), object("old", 3600)];
         let (offers, serve) = express::<ConfigMap, _, _>(lanes, ctx, reconcile, error_policy);
         let serve = tokio::spawn(serve);
-        let (new, old) = {
-            let cache = CACHE.lock().unwrap();
-            (cache[0].clone(), cache[1].clone())
-        };
-        // Offered three times (its creation, its finalizer, a wake-up) before it is served.
+        let [new, twice, old] = <[ConfigMap; 3]>::try_from(CACHE.lock().unwrap().clone()).unwrap();
+        // Offered three times (its creation, a wake-up, another) before it is served: once.
         for _ in 0..3 {
             offers.offer(&new);
         }
         offers.offer(&old);
         offers.offer_ref(&ObjectRef::new("old").within("ns"));
         offers.offer_ref(&ObjectRef::new("gone").within("ns"));
-        let more = offers.clone();
-        drop(offers);
-        // Served once: the later offers find it reconciled (or were never queued).
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while RECONCILED.lock().unwrap().is_empty() {
-                tokio::task::yield_now().await;
-            }
+        until("the new object served", |r| r.contains(&"new".to_string())).await;
+        // Its first run left it new (a finalizer added): the event of that change, offered after
+        // the run took it off the queue, is served again.
+        offers.offer(&twice);
+        until("the first run", |r| r.iter().any(|n| n == "twice")).await;
+        offers.offer(&twice);
+        until("the second run", |r| {
+            r.iter().filter(|n| *n == "twice").count() == 2
         })
-        .await
-        .expect("the new object was not served");
-        more.offer(&new);
-        drop(more);
+        .await;
+        // Served: an offer of a stale copy finds nothing to do.
+        offers.offer(&new);
+        let queued = offers.queued.clone();
+        drop(offers);
         tokio::time::timeout(Duration::from_secs(10), serve)
             .await
             .expect("the express path outlived its offers")
             .unwrap();
-        assert_eq!(*RECONCILED.lock().unwrap(), ["new"]);
+        let mut runs = RECONCILED.lock().unwrap().clone();
+        runs.sort();
+        assert_eq!(runs, ["new", "twice", "twice"]);
+        assert!(queued.lock().unwrap().is_empty(), "an object stayed queued");
     }
 }

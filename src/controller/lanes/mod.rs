@@ -27,6 +27,8 @@ use super::Context;
 
 /// What the lanes need to know of a kind.
 pub trait Laned: Resource<DynamicType = ()> + Send + Sync + 'static {
+    /// The finalizer the kind's reconcile adds first.
+    const FINALIZER: &'static str;
     /// Reconciled at least once: a status, in the cache or written and not yet seen there.
     fn has_status(&self, ctx: &Context) -> bool;
     /// The object as the cache shows it now.
@@ -59,7 +61,19 @@ where
     let Some(obj) = K::cached(&ctx, &ns, &name) else {
         return Ok(Action::await_change());
     };
-    reconcile(obj, ctx).await
+    let key = (ns, name);
+    if lanes
+        .claims
+        .finalizer_pending(&key, obj.meta(), K::FINALIZER)
+    {
+        // The finalizer's own event wakes it.
+        return Ok(Action::await_change());
+    }
+    let result = reconcile(obj.clone(), ctx).await;
+    lanes
+        .claims
+        .ran(key, obj.meta(), K::FINALIZER, result.is_ok());
+    result
 }
 
 /// Which lane an object waits in.

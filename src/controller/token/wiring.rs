@@ -171,6 +171,8 @@ pub fn tokens_of_users(
 }
 
 impl Laned for CommunicationToken {
+    const FINALIZER: &'static str = crate::api::TOKEN_FINALIZER;
+
     fn has_status(&self, ctx: &Context) -> bool {
         self.status.is_some()
             || ctx

@@ -191,6 +191,8 @@ pub fn identity_lost(user: &CommunicationUser) -> bool {
 }
 
 impl Laned for CommunicationUser {
+    const FINALIZER: &'static str = crate::api::USER_FINALIZER;
+
     fn has_status(&self, ctx: &Context) -> bool {
         // A status written with a new identity and not in the cache yet counts.
         self.status.is_some()
