@@ -2,28 +2,30 @@
 //! revocation for all of the user's tokens, and deletes the identity behind a finalizer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
-use tracing::{info, instrument, warn, Span};
+use tracing::{instrument, warn, Span};
 
 mod cleanup;
+mod identity;
+mod observe;
+pub mod plan;
 mod revoke;
 mod status;
 
 use self::cleanup::cleanup;
-use self::status::{acs_failed, current_status, not_ready, remember, write_identity, write_status};
-use super::backoff::inputs_hash;
+use self::identity::Step;
+use self::plan::Plan;
+use self::status::{acs_failed, current_status, not_ready, write_status};
 use super::lanes::{express, in_lane, Laned, Lanes};
 use super::{key_of, Context};
-use crate::acs::{AcsError, ApiMode, CreateIdentity};
+use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{
     self, set_condition, CommunicationToken, CommunicationUser, ConditionExt, RevocationStatus,
@@ -291,187 +293,62 @@ pub fn external_id_for(user: &CommunicationUser) -> Option<String> {
 async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let mut status = current_status(&ctx, &user);
-    // Rebound to the user as written after each status write of this reconcile, so the next
-    // write compares with it and is fenced on its resourceVersion.
-    let mut user = user;
     status.observed_generation = user.metadata.generation;
-    let resync = ctx.config.resync_period;
-
     let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
-        Ok(c) => c,
+        Ok(c) => Ok(c),
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
-        Err(e) => {
-            not_ready(&ctx, &user, status, e.reason(), e.message()).await?;
-            // A watch on Secrets wakes this object when the credentials appear or change
-            // (ServiceAccounts are not watched: read again sooner).
-            return Ok(Action::requeue(e.requeue()));
-        }
+        Err(e) => Err(e),
     };
-
-    // Credentials now pointing at another ACS resource: never recreate silently.
-    if let (Some(id), Some(endpoint)) = (status.identity_id.clone(), status.endpoint.clone()) {
-        if !endpoint.eq_ignore_ascii_case(&creds.endpoint) {
-            let msg = format!(
-                "identity {id} belongs to {endpoint}, but the credentials ({}) point to {}; restore the credentials, or delete this CommunicationUser and create a new one",
-                creds.source, creds.endpoint
-            );
-            not_ready(&ctx, &user, status, reasons::RESOURCE_MISMATCH, msg).await?;
-            return Ok(Action::requeue(Duration::from_secs(300)));
-        }
+    let plan = plan::decide(&observe::observe(&ctx, &user, &status, creds.as_ref()));
+    if let Plan::NotReady {
+        reason,
+        message,
+        requeue,
+    } = plan
+    {
+        // Missing credentials: a watch on Secrets wakes this object when they appear or
+        // change (ServiceAccounts are not watched: the requeue reads again sooner).
+        not_ready(&ctx, &user, status, reason, message).await?;
+        return Ok(Action::requeue(requeue));
     }
-
-    // The identity was deleted outside the operator: known from a revoke or from one of its
-    // tokens. Nothing to call ACS for until the resource is recreated.
-    if let Some(id) = status.identity_id.clone() {
-        let user_name = user.name_any();
-        let reporter = ctx
-            .tokens_of_user(&ns, &user_name, |t| {
-                t.status.as_ref().is_some_and(|s| {
-                    s.identity_id.as_deref() == Some(id.as_str())
-                        && s.conditions
-                            .find(types::READY)
-                            .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
-                })
-            })
-            .first()
-            .map(|t| t.name_any());
-        if identity_lost(&user) || reporter.is_some() {
-            let by = reporter.map_or(String::new(), |t| {
-                format!(" (found by CommunicationToken {t})")
-            });
-            let msg = format!("identity {id} no longer exists in ACS{by}: it was deleted outside the operator; delete and recreate this CommunicationUser");
-            not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
-            return Ok(Action::requeue(resync));
-        }
-    }
-
+    // Only a refusal comes of credentials that cannot be used.
+    let creds = creds.map_err(Error::Credentials)?;
     let acs = ctx
         .acs_client(&creds, &key_of(user.as_ref()))
         .map_err(Error::Client)?;
-
-    if status.identity_id.is_none() {
+    if status.identity_id.is_none() && status.revocation.is_none() {
         // Part of the first write, so that write is also the last one of a new user.
-        if status.revocation.is_none() {
-            status.revocation = Some(RevocationStatus::default());
-        }
-        if let Some(adopt) = user.spec.identity_id.clone() {
-            if let Some(refusal) = adoption_refused(&ctx, &user, &adopt, &creds) {
-                let (reason, msg) = refusal;
-                not_ready(&ctx, &user, status, reason, msg).await?;
-                return Ok(Action::requeue(resync));
-            }
-            if ctx.config.api_mode == ApiMode::Preview {
-                match acs.get_identity(&adopt).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() || e.status() == Some(401) => {
-                        let msg = format!("identity {adopt} cannot be adopted: it does not exist in {} or belongs to another resource", creds.endpoint);
-                        not_ready(&ctx, &user, status, reasons::IDENTITY_NOT_FOUND, msg).await?;
-                        return Ok(Action::requeue(Duration::from_secs(300)));
-                    }
-                    Err(e) => return Err(Error::GetIdentity(e)),
-                }
-            }
-            status.resource_id = resource_of(&adopt);
-            status.identity_id = Some(adopt.clone());
-            status.endpoint = Some(creds.endpoint.clone());
-            set_condition(
-                &mut status.conditions,
-                types::READY,
-                true,
-                reasons::IDENTITY_ADOPTED,
-                format!("adopted identity {adopt}"),
-                user.metadata.generation,
-                ctx.now(),
-            );
-            user = write_identity(&ctx, &user, &status).await?;
-            ctx.event(
-                user.as_ref(),
-                EventType::Normal,
-                reasons::IDENTITY_ADOPTED,
-                "AdoptIdentity",
-                format!("adopted identity {adopt}"),
-            )
-            .await;
-        } else {
-            let key = key_of(user.as_ref());
-            let inputs = inputs_hash((
-                &user.metadata.generation,
-                &creds.endpoint,
-                creds.fingerprint(),
-            ));
-            if let Some(wait) = ctx
-                .failures
-                .try_attempt(&key, inputs, std::time::Instant::now())
-            {
-                return Ok(Action::requeue(wait));
-            }
-            let external_id = match ctx.config.api_mode {
-                ApiMode::Preview => external_id_for(&user),
-                ApiMode::Ga => None,
-            };
-            let created = match acs
-                .create_identity(CreateIdentity {
-                    external_id: external_id.clone(),
-                    token: None,
-                })
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    if ctx.config.api_mode == ApiMode::Ga && e.is_ambiguous() {
-                        ambiguous_create(&ctx, &user, &e).await;
-                    }
-                    acs_failed(&ctx, &user, status, &e, "create identity").await?;
-                    return Err(Error::CreateIdentity(e));
-                }
-            };
-            let id = created.identity.id.clone();
-            status.resource_id = resource_of(&id);
-            status.identity_id = Some(id.clone());
-            status.external_id = external_id;
-            status.endpoint = Some(creds.endpoint.clone());
-            set_condition(
-                &mut status.conditions,
-                types::READY,
-                true,
-                reasons::IDENTITY_CREATED,
-                format!("identity {id} is ready"),
-                user.metadata.generation,
-                ctx.now(),
-            );
-            // Remembered before the write: if the write fails, the retry must record this
-            // identity, not create a second one (GA creation is not idempotent).
-            remember(&ctx, &user, &status);
-            // Written at once: in GA mode this write is the only durable record.
-            user = write_identity(&ctx, &user, &status).await?;
-            if created.created {
-                ctx.metrics.identity_created();
-                info!(identity = %id, "identity created");
-                ctx.event(
-                    user.as_ref(),
-                    EventType::Normal,
-                    reasons::IDENTITY_CREATED,
-                    "CreateIdentity",
-                    format!("created identity {id}"),
-                )
-                .await;
-            } else {
-                info!(identity = %id, "identity recovered by externalId");
-            }
-        }
-    } else if let (Some(want), Some(have)) = (&user.spec.identity_id, &status.identity_id) {
-        if want != have {
-            let msg = format!("spec.identityId {want} differs from the managed identity {have}; create a new CommunicationUser to manage another identity");
-            not_ready(&ctx, &user, status, reasons::RESOURCE_MISMATCH, msg).await?;
-            return Ok(Action::requeue(Duration::from_secs(300)));
-        }
+        status.revocation = Some(RevocationStatus::default());
     }
-
+    // Rebound to the user as written after each status write of this reconcile, so the next
+    // write compares with it and is fenced on its resourceVersion.
+    let step = match plan {
+        Plan::Adopt { id, verify } => {
+            identity::adopt(&ctx, user, &mut status, &acs, &creds, id, verify).await?
+        }
+        Plan::Create => identity::create(&ctx, user, &mut status, &acs, &creds).await?,
+        Plan::Ready { .. } | Plan::NotReady { .. } => Step::Continue(user),
+    };
+    let user = match step {
+        Step::Continue(u) => u,
+        Step::Stop(action) => return Ok(action),
+    };
     let Some(id) = status.identity_id.clone() else {
         return Err(Error::Unnamed);
     };
+    ready(&ctx, user, &acs, &creds, &id, status).await
+}
 
-    match revoke::revoke_if_requested(&ctx, &user, &acs, &creds, &id, &mut status).await? {
+/// The identity is in place: serves a revocation request, then reports the user ready.
+async fn ready(
+    ctx: &Context,
+    mut user: Arc<CommunicationUser>,
+    acs: &crate::acs::AcsClient,
+    creds: &Credentials,
+    id: &str,
+    mut status: api::CommunicationUserStatus,
+) -> Result<Action, Error> {
+    match revoke::revoke_if_requested(ctx, &user, acs, creds, id, &mut status).await? {
         revoke::Outcome::Nothing => {}
         revoke::Outcome::Wrote(w) => user = w,
         revoke::Outcome::Stop(action) => return Ok(action),
@@ -479,7 +356,6 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     if status.revocation.is_none() {
         status.revocation = Some(RevocationStatus::default());
     }
-
     // Keep the reason of a creation or adoption until something else happens.
     let reason = status
         .conditions
@@ -497,71 +373,10 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         user.metadata.generation,
         ctx.now(),
     );
-    write_status(&ctx, &user, &status).await?;
+    write_status(ctx, &user, &status).await?;
     ctx.failures.reset(&key_of(user.as_ref()));
-    Span::current().record("identity", id.as_str());
-    Ok(Action::requeue(resync))
-}
-
-/// Why adopting `id` is refused, if it is: another CommunicationUser (among the watched
-/// namespaces) manages it and was created first, or the credentials are the operator-wide
-/// default and the operator does not allow adoption under them (whoever can create a
-/// CommunicationUser in an opted-in namespace could otherwise take over any identity of the
-/// shared resource).
-fn adoption_refused(
-    ctx: &Context,
-    user: &CommunicationUser,
-    id: &str,
-    creds: &Credentials,
-) -> Option<(&'static str, String)> {
-    let ns = user.namespace().unwrap_or_default();
-    let mine = (
-        user.metadata.creation_timestamp.clone(),
-        ns.clone(),
-        user.name_any(),
-    );
-    let holder = ctx
-        .users
-        .all_where(|o| {
-            o.metadata.uid != user.metadata.uid
-                && (o.identity_id() == Some(id)
-                    || (o.spec.identity_id.as_deref() == Some(id)
-                        && (
-                            o.metadata.creation_timestamp.clone(),
-                            o.metadata.namespace.clone().unwrap_or_default(),
-                            o.name_any(),
-                        ) < mine))
-        })
-        .into_iter()
-        .next();
-    if let Some(h) = holder {
-        let msg = format!(
-            "identity {id} is already managed by CommunicationUser {}/{}; one identity has one owner",
-            h.namespace().unwrap_or_default(),
-            h.name_any()
-        );
-        return Some((reasons::IDENTITY_IN_USE, msg));
-    }
-    if creds.operator_default && !ctx.config.guards.allow_default_credentials_adoption {
-        let msg = format!("adopting identity {id} under credentials shared with other namespaces (the operator-wide default or a ClusterCommunicationService) is not allowed (the operator's --allow-default-credentials-adoption, chart value defaultCredentials.allowAdoption); use credentials of this namespace");
-        return Some((reasons::ADOPTION_NOT_ALLOWED, msg));
-    }
-    None
-}
-
-/// A GA creation whose answer was lost may have created an identity nobody records: count
-/// it and tell the user, so an orphan is never silent.
-async fn ambiguous_create(ctx: &Context, user: &CommunicationUser, e: &AcsError) {
-    ctx.metrics.ambiguous_create();
-    warn!(category = e.category(), "identity creation failed after the request was sent; it may have created an orphan identity");
-    ctx.event(
-        user,
-        EventType::Warning,
-        reasons::AMBIGUOUS_CREATE,
-        "CreateIdentity",
-        format!("the create request was sent but its answer was lost ({}); ACS may have created an identity that is not recorded here and will be orphaned; a new one is created on retry", e.category()),
-    )
-    .await;
+    Span::current().record("identity", id);
+    Ok(Action::requeue(ctx.config.resync_period))
 }
 
 #[cfg(test)]
