@@ -299,6 +299,11 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => Err(e),
     };
+    if status.identity_id.is_none() && status.revocation.is_none() && creds.is_ok() {
+        // Part of the first write (an identity, or why not with usable credentials), so that
+        // write is also the last one of a new user.
+        status.revocation = Some(RevocationStatus::default());
+    }
     let plan = plan::decide(&observe::observe(&ctx, &user, &status, creds.as_ref()));
     if let Plan::NotReady {
         reason,
@@ -316,10 +321,6 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     let acs = ctx
         .acs_client(&creds, &key_of(user.as_ref()))
         .map_err(Error::Client)?;
-    if status.identity_id.is_none() && status.revocation.is_none() {
-        // Part of the first write, so that write is also the last one of a new user.
-        status.revocation = Some(RevocationStatus::default());
-    }
     // Rebound to the user as written after each status write of this reconcile, so the next
     // write compares with it and is fenced on its resourceVersion.
     let step = match plan {

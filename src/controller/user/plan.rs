@@ -1,6 +1,7 @@
 //! Pure: what a CommunicationUser reconcile must do, from what it observed (its status, its
 //! spec, its credentials, what its tokens and the other users say). Every verdict short of
-//! "ready" is decided here, so it is table-tested; the ACS calls and writes are the act step's.
+//! "ready" is decided here, so it is table-tested, but one: in preview mode, whether an
+//! identity to adopt exists takes an ACS call, made by the act step with the others.
 
 use std::time::Duration;
 
@@ -231,21 +232,33 @@ mod tests {
         let lost = Observed {
             endpoint: Some(EP),
             lost: Some(Some("t1".into())),
-            ..moved
+            ..moved.clone()
         };
         let p = decide(&lost);
         assert_eq!(reason(&p), (reasons::IDENTITY_NOT_FOUND, RESYNC));
         assert!(
             matches!(p, Plan::NotReady { message, .. } if message.contains("found by CommunicationToken t1"))
         );
+        // Known from the user's own status (a revoke found it gone).
+        let p = decide(&Observed {
+            lost: Some(None),
+            ..lost.clone()
+        });
+        assert_eq!(reason(&p), (reasons::IDENTITY_NOT_FOUND, RESYNC));
+        assert!(matches!(&p, Plan::NotReady { message, .. } if !message.contains("found by")));
         let other = Observed {
             lost: None,
             adopt: Some("8:acs:r_2"),
             ..lost
         };
-        assert_eq!(
-            reason(&decide(&other)),
-            (reasons::RESOURCE_MISMATCH, MISMATCH_RECHECK)
+        let p = decide(&other);
+        assert_eq!(reason(&p), (reasons::RESOURCE_MISMATCH, MISMATCH_RECHECK));
+        assert!(
+            matches!(&p, Plan::NotReady { message, .. } if message.starts_with("spec.identityId 8:acs:r_2 differs"))
+        );
+        let p = decide(&moved);
+        assert!(
+            matches!(&p, Plan::NotReady { message, .. } if message.contains("point to https://a.communication.azure.com"))
         );
     }
 }
