@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 
 use super::claims::Key;
-use super::{key_of, lane_of, Lane, Laned, Lanes};
+use super::{key_of, lane_of, run, Lane, Laned, Lanes};
 use crate::controller::Context;
 
 /// Objects waiting for the express path, at most.
@@ -138,17 +138,14 @@ where
             let Some(obj) = first(&ctx) else {
                 return skip("reconciled meanwhile");
             };
+            tracing::trace!(namespace = %ns, name = %name, "express path: its turn");
             let key = (ns.clone(), name.clone());
-            if lanes.claims.finalizer_pending(&key, obj.meta(), K::FINALIZER) {
-                return skip("its finalizer's event is on its way");
-            }
-            tracing::trace!(namespace = %ns, name = %name, "express path: reconciling");
-            let result = reconcile(obj.clone(), ctx.clone()).await;
-            lanes
-                .claims
-                .ran(key, obj.meta(), K::FINALIZER, result.is_ok());
-            if let Err(e) = result {
-                let _ = error_policy(obj, &e, ctx);
+            match run(&lanes.claims, key, obj.clone(), ctx.clone(), reconcile).await {
+                None => skip("its finalizer's event is on its way"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = error_policy(obj, &e, ctx);
+                }
             }
         }
     });

@@ -61,19 +61,31 @@ where
     let Some(obj) = K::cached(&ctx, &ns, &name) else {
         return Ok(Action::await_change());
     };
-    let key = (ns, name);
-    if lanes
-        .claims
-        .finalizer_pending(&key, obj.meta(), K::FINALIZER)
-    {
-        // The finalizer's own event wakes it.
-        return Ok(Action::await_change());
+    // Skipped: the finalizer's own event wakes it.
+    run(&lanes.claims, (ns, name), obj, ctx, reconcile)
+        .await
+        .unwrap_or(Ok(Action::await_change()))
+}
+
+/// Reconciles `obj`, its claim and slot held, unless the previous run added its finalizer to
+/// this very copy (`None`); both ways in (kube-runtime's queue and the express path) end here.
+async fn run<K, E, Fut>(
+    claims: &Claims,
+    key: Key,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> Fut,
+) -> Option<Result<Action, E>>
+where
+    K: Laned,
+    Fut: std::future::Future<Output = Result<Action, E>>,
+{
+    if claims.finalizer_pending(&key, obj.meta(), K::FINALIZER) {
+        return None;
     }
     let result = reconcile(obj.clone(), ctx).await;
-    lanes
-        .claims
-        .ran(key, obj.meta(), K::FINALIZER, result.is_ok());
-    result
+    claims.ran(key, obj.meta(), K::FINALIZER, result.is_ok());
+    Some(result)
 }
 
 /// Which lane an object waits in.
