@@ -12,7 +12,7 @@ pub enum Error {
     #[error("failed to start the ACS emulator")]
     StartEmulator(#[source] acs_emulator::EmulatorError),
     #[error("failed to issue the sample token")]
-    SampleToken(#[source] acs_identity_operator::acs::AcsError),
+    SampleToken(#[source] acs_client::AcsError),
     #[error("failed to {action}")]
     Kube {
         action: &'static str,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use acs_identity_operator::acs::{
+use acs_client::{
     AccessKey, AcsClient, ClientOptions, ConnectionString, CreateIdentity, TokenString,
 };
 use acs_identity_operator::api::condition::{reasons, types};

@@ -5,23 +5,22 @@
 
 use std::net::SocketAddr;
 
-use http::{header, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::KeySlot;
+use super::body;
 use super::context::Shared;
 use super::faults::FaultConfig;
 use super::limits::RateLimits;
 use super::persist::generate_access_key;
 use super::response::{self, format_instant, ApiError, Resp};
-use super::server::MAX_BODY_BYTES;
 use super::store::{IdentityRecord, Verdict};
 use super::token::{self, TokenError};
-use acs_identity_operator::acs::{AccessKey, ConnectionString};
+use acs_client::{AccessKey, ConnectionString};
 
 /// Every admin path and the methods it answers.
 const ROUTES: &[(&str, &str)] = &[
@@ -52,12 +51,8 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -
         .unwrap_or_default()
         .trim_end_matches('/')
         .to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(_) => return bad_request("The request body could not be read or is too large."),
+    let Ok(body) = body::read(req.into_body()).await else {
+        return bad_request("The request body could not be read or is too large.");
     };
     if let Some(rest) = path.strip_prefix("/entra/") {
         return super::entra::admin::handle(shared, &method, rest, &body);
@@ -88,21 +83,8 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -
         ("POST", "/keys/regenerate") => regenerate(shared, &body),
         ("GET", "/config") => config(shared),
         ("PUT", "/config") => put_config(shared, &body),
-        _ => method_not_allowed(allowed),
+        _ => response::method_not_allowed(allowed),
     }
-}
-
-/// 405 for an admin route (this one's and the Entra admin routes'), naming the allowed methods.
-pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = response::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        "The requested method is not allowed for this emulator admin route.",
-        None,
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
 }
 
 fn bad_request(message: &str) -> Resp {

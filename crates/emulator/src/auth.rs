@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
-use acs_identity_operator::acs::hmac;
-use acs_identity_operator::acs::AccessKey;
+use acs_client::hmac;
+use acs_client::AccessKey;
 
 /// Which access key signed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::limits::{parse_limit_override, RateLimits};
 use super::{start, EmulatorConfig, EmulatorError};
-use acs_identity_operator::acs::AccessKey;
+use acs_client::AccessKey;
 
 /// Emulator command-line arguments. `Debug` is written by hand so the keys never print.
 #[derive(clap::Args)]

@@ -9,13 +9,13 @@ use uuid::Uuid;
 use super::entra::Entra;
 use super::faults::FaultInjector;
 use super::limits::RateLimiter;
-use super::persist::{Loaded, Persister};
+use super::persist::{self, Durable, Loaded, Persister};
 use super::stats::Stats;
 use super::store::Store;
 use super::tls::Ca;
 use super::token::SigningKey;
-use super::EmulatorConfig;
-use acs_identity_operator::acs::AccessKey;
+use super::{EmulatorConfig, EmulatorError};
+use acs_client::AccessKey;
 
 #[derive(Debug)]
 pub struct Shared {
@@ -79,5 +79,22 @@ impl Shared {
             .token_lifetime
             .write()
             .unwrap_or_else(|e| e.into_inner()) = seconds;
+    }
+}
+
+impl Durable for Shared {
+    fn encode_state(&self) -> Result<Vec<u8>, EmulatorError> {
+        let entra = self.entra.snapshot();
+        let store = self.lock_store();
+        persist::encode(persist::Snapshot {
+            store: &store,
+            ca: &self.ca,
+            signing_key: &self.signing_key,
+            entra,
+        })
+    }
+
+    fn persister(&self) -> &Persister {
+        &self.persister
     }
 }

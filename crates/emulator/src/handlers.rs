@@ -1,6 +1,6 @@
 //! The GA and preview Identity operations (create, issue, revoke, delete, get, Teams exchange):
 //! body validation with the service's error shapes, state changes, and token minting. Also the
-//! helpers the legacy surface (`legacy.rs`) shares.
+//! helpers the legacy surface (`legacy.rs`) shares; `server.rs` dispatches to both.
 
 use http::StatusCode;
 use jiff::{SignedDuration, Timestamp};
@@ -10,36 +10,17 @@ use super::api_version::{ApiVersion, Surface};
 use super::auth::Caller;
 use super::context::Shared;
 use super::response::{self, format_instant, ApiError, Resp};
-use super::routes::{Operation, Routed};
 use super::store::LookupError;
 use super::token::{self, Claims};
-use acs_identity_operator::acs::models::{
+use acs_client::models::{
     AccessToken, CreateIdentityResponse, Identity, MAX_EXPIRES_IN_MINUTES, MIN_EXPIRES_IN_MINUTES,
 };
-use acs_identity_operator::acs::{Scope, TokenString};
+use acs_client::{Scope, TokenString};
 
 /// Default token lifetime when the client asks for none (24 h).
 const DEFAULT_EXPIRES_IN_MINUTES: i64 = 1440;
 /// Longest accepted `externalId`.
 const MAX_EXTERNAL_ID_CHARS: usize = 256;
-
-/// Runs one authenticated, routed, admitted request.
-pub fn dispatch(shared: &Shared, routed: &Routed, slot: Caller, body: &[u8]) -> Resp {
-    let id = routed.id.as_deref().unwrap_or_default();
-    let v = routed.version;
-    let result = match routed.op {
-        Operation::CreateIdentity => create(shared, v, slot, body),
-        Operation::IssueAccessToken => issue(shared, v, id, slot, body),
-        Operation::RevokeAccessTokens => revoke(shared, id),
-        Operation::DeleteIdentity | Operation::LegacyDeleteIdentity => delete(shared, id),
-        Operation::GetIdentity => get(shared, id),
-        Operation::ExchangeTeamsUserAccessToken => exchange(body),
-        Operation::LegacyCreateIdentity => super::legacy::create(shared),
-        Operation::LegacyIssueToken => super::legacy::issue(shared, id, slot, body),
-        Operation::LegacyRevokeTokens => super::legacy::revoke(shared, id, body),
-    };
-    result.unwrap_or_else(ApiError::into_response)
-}
 
 /// The request body as a JSON object; `None` for an empty body or `null`.
 pub fn parse_body(body: &[u8]) -> Result<Option<Map<String, Value>>, ApiError> {
@@ -197,7 +178,7 @@ pub fn mint(
     })
 }
 
-fn create(
+pub fn create(
     shared: &Shared,
     version: ApiVersion,
     slot: Caller,
@@ -262,7 +243,7 @@ fn create(
     ))
 }
 
-fn issue(
+pub fn issue(
     shared: &Shared,
     version: ApiVersion,
     id: &str,
@@ -297,13 +278,13 @@ fn issue(
     Ok(response::json(StatusCode::OK, &token))
 }
 
-fn revoke(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
+pub fn revoke(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     shared.lock_store().revoke(id).map_err(lookup_error)?;
     shared.persister.mark_dirty();
     Ok(response::empty(StatusCode::NO_CONTENT))
 }
 
-fn delete(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
+pub fn delete(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     shared
         .lock_store()
         .delete(id, Timestamp::now())
@@ -312,7 +293,7 @@ fn delete(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     Ok(response::empty(StatusCode::NO_CONTENT))
 }
 
-fn get(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
+pub fn get(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
     let identity = {
         let store = shared.lock_store();
         let r = store.live(id).map_err(lookup_error)?;
@@ -328,7 +309,7 @@ fn get(shared: &Shared, id: &str) -> Result<Resp, ApiError> {
 /// The emulator cannot check Teams users' Entra tokens, so after the body checks every exchange
 /// is the service's answer to an invalid token. An empty `token` is such a token, not a missing
 /// one: the service answers it 401 too.
-fn exchange(body: &[u8]) -> Result<Resp, ApiError> {
+pub fn exchange(body: &[u8]) -> Result<Resp, ApiError> {
     let map = parse_body(body)?;
     for (name, target) in [("token", "Token"), ("appId", "AppId"), ("userId", "UserId")] {
         let present = field(map.as_ref(), name)

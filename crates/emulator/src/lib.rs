@@ -23,6 +23,7 @@
 mod admin;
 mod api_version;
 mod auth;
+mod body;
 mod cli;
 mod context;
 mod entra;
@@ -46,7 +47,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use acs_identity_operator::acs::{AccessKey, ConnectionString};
+use acs_client::{AccessKey, ConnectionString};
 
 pub use cli::{run, Args};
 pub use limits::{Limit, LimitClass, RateLimits};
@@ -228,7 +229,7 @@ impl RunningEmulator {
         if let Some(server) = self.server.take() {
             server.stop().await;
         }
-        self.shared.persister.stop_and_flush(&self.shared).await
+        self.shared.persister.stop_and_flush(&*self.shared).await
     }
 }
 
@@ -297,7 +298,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, EmulatorEr
     .map_err(EmulatorError::OidcCa)?;
     let shared = Arc::new(context::Shared::new(&config, loaded, endpoint, entra));
     // Write the state once up front so the CA and keys survive even if no request ever comes.
-    shared.persister.flush(&shared).await?;
+    shared.persister.flush(&*shared).await?;
     shared.persister.spawn_writer(&shared);
     let server = server::serve(listener, tls_config, shared.clone());
     tracing::info!(

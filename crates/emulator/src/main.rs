@@ -3,8 +3,14 @@
 //! global `--log-level` and `--log-format` included.
 
 use clap::Parser;
+use tracing_subscriber::{fmt, EnvFilter};
 
-use acs_identity_operator::telemetry::{self, LogFormat};
+/// Log output format (the operator's two, so the two binaries log alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
 
 #[derive(Parser)]
 #[command(name = "acs-emulator", version, about)]
@@ -21,7 +27,14 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level, cli.log_format);
+    // `RUST_LOG` wins over `--log-level` when set.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -14,13 +14,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::KeySlot;
-use super::context::Shared;
 use super::entra::{Client, EntraKey, EntraState};
 use super::store::{IdentityRecord, KeyState, Store};
 use super::tls::Ca;
 use super::token::SigningKey;
 use super::{EmulatorConfig, EmulatorError};
-use acs_identity_operator::acs::AccessKey;
+use acs_client::AccessKey;
 
 /// How long the writer waits after a change, so bursts of requests become one write (a busy
 /// emulator writes at most a few times a second; shutdown always writes the final state).
@@ -220,34 +219,54 @@ fn parse(bytes: &[u8]) -> Result<Loaded, StateError> {
     })
 }
 
-fn snapshot(shared: &Shared) -> Result<Vec<u8>, EmulatorError> {
-    let (tenant_id, entra_key, clients) = shared.entra.snapshot();
-    let state = {
-        let store = shared.lock_store();
-        PersistedState {
-            format: 1,
-            resource_id: store.resource_id,
-            sequence: store.sequence,
-            keys: [KeySlot::Primary, KeySlot::Secondary]
-                .into_iter()
-                .map(|slot| PersistedKey {
-                    slot,
-                    key: store.keys[slot.index()].key.to_base64(),
-                    generation: store.keys[slot.index()].generation,
-                })
-                .collect(),
-            token_signing_key: STANDARD.encode(shared.signing_key.secret()),
-            ca: PersistedCa {
-                cert_pem: shared.ca.cert_pem.clone(),
-                key_pem: shared.ca.key_pem.clone(),
-            },
-            identities: store.list().cloned().collect(),
-            entra: Some(PersistedEntra {
-                tenant_id,
-                signing_key: entra_key.map(|der| STANDARD.encode(der)),
-                clients,
-            }),
-        }
+/// What the state file holds, borrowed from a running emulator.
+pub struct Snapshot<'a> {
+    pub store: &'a Store,
+    pub ca: &'a Ca,
+    pub signing_key: &'a SigningKey,
+    /// The Entra stand-in's tenant, signing key (PKCS#1 DER) and clients.
+    pub entra: (Uuid, Option<Vec<u8>>, Vec<Client>),
+}
+
+/// A running emulator as its persister sees it. `context::Shared` implements it, so this module
+/// never depends on the shared state it writes.
+pub trait Durable: Send + Sync + 'static {
+    /// The state file's bytes now.
+    fn encode_state(&self) -> Result<Vec<u8>, EmulatorError>;
+    fn persister(&self) -> &Persister;
+}
+
+/// The state file's bytes for `snapshot`.
+pub fn encode(snapshot: Snapshot<'_>) -> Result<Vec<u8>, EmulatorError> {
+    let Snapshot {
+        store,
+        ca,
+        signing_key,
+        entra: (tenant_id, entra_key, clients),
+    } = snapshot;
+    let state = PersistedState {
+        format: 1,
+        resource_id: store.resource_id,
+        sequence: store.sequence,
+        keys: [KeySlot::Primary, KeySlot::Secondary]
+            .into_iter()
+            .map(|slot| PersistedKey {
+                slot,
+                key: store.keys[slot.index()].key.to_base64(),
+                generation: store.keys[slot.index()].generation,
+            })
+            .collect(),
+        token_signing_key: STANDARD.encode(signing_key.secret()),
+        ca: PersistedCa {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key_pem.clone(),
+        },
+        identities: store.list().cloned().collect(),
+        entra: Some(PersistedEntra {
+            tenant_id,
+            signing_key: entra_key.map(|der| STANDARD.encode(der)),
+            clients,
+        }),
     };
     serde_json::to_vec(&state).map_err(|e| EmulatorError::WriteState(std::io::Error::other(e)))
 }
@@ -309,13 +328,13 @@ impl Persister {
     }
 
     /// Writes the current state now (no-op without a state file).
-    pub async fn flush(&self, shared: &Shared) -> Result<(), EmulatorError> {
+    pub async fn flush(&self, state: &impl Durable) -> Result<(), EmulatorError> {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
         let _serialized = self.writes.lock().await;
         self.signal.dirty.store(false, Ordering::Release);
-        let bytes = snapshot(shared)?;
+        let bytes = state.encode_state()?;
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
             .map_err(|e| EmulatorError::WriteState(std::io::Error::other(e)))?
@@ -324,11 +343,11 @@ impl Persister {
 
     /// Starts the background writer. It holds only a weak reference, so a dropped emulator
     /// does not live on through it.
-    pub fn spawn_writer(&self, shared: &Arc<Shared>) {
+    pub fn spawn_writer<D: Durable>(&self, state: &Arc<D>) {
         if self.path.is_none() {
             return;
         }
-        let weak: Weak<Shared> = Arc::downgrade(shared);
+        let weak: Weak<D> = Arc::downgrade(state);
         let signal = self.signal.clone();
         let handle = tokio::spawn(async move {
             loop {
@@ -338,8 +357,8 @@ impl Persister {
                     continue;
                 }
                 tokio::time::sleep(DEBOUNCE).await;
-                let Some(shared) = weak.upgrade() else { return };
-                if let Err(e) = shared.persister.flush(&shared).await {
+                let Some(state) = weak.upgrade() else { return };
+                if let Err(e) = state.persister().flush(&*state).await {
                     tracing::warn!(error = %e, "failed to write the emulator state file");
                 }
             }
@@ -355,12 +374,12 @@ impl Persister {
     }
 
     /// Stops the writer and writes the final state.
-    pub async fn stop_and_flush(&self, shared: &Shared) -> Result<(), EmulatorError> {
+    pub async fn stop_and_flush(&self, state: &impl Durable) -> Result<(), EmulatorError> {
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             handle.abort();
             let _ = handle.await;
         }
-        self.flush(shared).await
+        self.flush(state).await
     }
 }

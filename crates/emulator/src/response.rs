@@ -7,7 +7,7 @@ use http_body_util::Full;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use acs_identity_operator::acs::models::{ErrorBody, ErrorResponse};
+use acs_client::models::{ErrorBody, ErrorResponse};
 
 /// Every response the emulator sends.
 pub type Resp = Response<Full<Bytes>>;
@@ -128,6 +128,19 @@ pub fn format_instant(ts: Timestamp) -> String {
     let whole = ts.strftime("%Y-%m-%dT%H:%M:%S");
     let ticks = ts.subsec_nanosecond() / 100;
     format!("{whole}.{ticks:07}+00:00")
+}
+
+/// 405 for an admin route (`admin.rs`'s and the Entra admin routes'), naming the allowed methods.
+pub fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "The requested method is not allowed for this emulator admin route.",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,16 +23,16 @@ use tokio_rustls::TlsAcceptor;
 
 use super::api_version;
 use super::auth::{self, Caller, Presented};
+use super::body::{self, BodyError};
 use super::context::Shared;
 use super::entra;
 use super::faults::Injected;
 use super::handlers;
+use super::legacy;
 use super::limits::retry_after_seconds;
-use super::response::{self, Resp};
+use super::response::{self, ApiError, Resp};
 use super::routes::{self, Operation, RouteError, Routed};
 
-/// Largest accepted request body; Identity bodies are a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// How long a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests may run on after a stop.
@@ -176,17 +175,10 @@ async fn handle(
     if let Some(path) = entra::classify(raw_path) {
         let (_, raw_query) = routes::split_target(&target);
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(response::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    "The request body is too large.",
-                    None,
-                ))
-            }
-            Err(_) => return Err(Dropped),
+        let body = match body::read(body).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return Ok(body::too_large()),
+            Err(BodyError::Unreadable) => return Err(Dropped),
         };
         return Ok(entra::handle(
             &shared,
@@ -226,19 +218,14 @@ async fn handle(
         }
         None => {
             let (parts, body) = req.into_parts();
-            let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    let r = response::error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        "The request body is too large.",
-                        None,
-                    );
+            let body = match body::read(body).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => {
+                    let r = body::too_large();
                     shared.stats.record(op_name, r.status().as_u16());
                     return Ok(finish(r, request_id));
                 }
-                Err(_) => return Err(Dropped),
+                Err(BodyError::Unreadable) => return Err(Dropped),
             };
             let req = auth::Request {
                 method: &method,
@@ -288,7 +275,7 @@ fn respond(
             return response::throttled(retry_after_seconds(wait));
         }
     }
-    handlers::dispatch(shared, &routed, caller, body)
+    dispatch(shared, &routed, caller, body)
 }
 
 /// HMAC with an access key, or an Entra bearer token whose principal holds a data-plane role;
@@ -391,4 +378,22 @@ fn finish(mut r: Resp, request_id: Option<HeaderValue>) -> Resp {
         h.insert("x-ms-client-request-id", id);
     }
     r
+}
+
+/// Runs one authenticated, routed, admitted request.
+fn dispatch(shared: &Shared, routed: &Routed, slot: Caller, body: &[u8]) -> Resp {
+    let id = routed.id.as_deref().unwrap_or_default();
+    let v = routed.version;
+    let result = match routed.op {
+        Operation::CreateIdentity => handlers::create(shared, v, slot, body),
+        Operation::IssueAccessToken => handlers::issue(shared, v, id, slot, body),
+        Operation::RevokeAccessTokens => handlers::revoke(shared, id),
+        Operation::DeleteIdentity | Operation::LegacyDeleteIdentity => handlers::delete(shared, id),
+        Operation::GetIdentity => handlers::get(shared, id),
+        Operation::ExchangeTeamsUserAccessToken => handlers::exchange(body),
+        Operation::LegacyCreateIdentity => legacy::create(shared),
+        Operation::LegacyIssueToken => legacy::issue(shared, id, slot, body),
+        Operation::LegacyRevokeTokens => legacy::revoke(shared, id, body),
+    };
+    result.unwrap_or_else(ApiError::into_response)
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::auth::{Caller, KeySlot, ENTRA_SLOT};
 use super::token::Claims;
-use acs_identity_operator::acs::AccessKey;
+use acs_client::AccessKey;
 
 /// One identity, kept forever (deleted ones too) so the admin API can list every identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

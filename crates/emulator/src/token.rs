@@ -7,8 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use acs_identity_operator::acs::hmac;
-use acs_identity_operator::acs::Scope;
+use acs_client::hmac;
+use acs_client::Scope;
 
 /// The claims of an emulator token. Field order is the serialization order: `emuPad` comes
 /// first so its length shifts the base64 alignment of everything after it.

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::clients::{Client, FederatedCredential, NewClient, Role, DEFAULT_FEDERATED_AUDIENCE};
-use crate::admin::method_not_allowed;
 use crate::context::Shared;
 use crate::response::{self, format_instant, ApiError, Resp};
 
@@ -70,11 +69,11 @@ pub fn handle(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Resp {
     let result = match (segments.as_slice(), method) {
         (["clients"], "GET") => Ok(list(shared)),
         (["clients"], "POST") => create(shared, body),
-        (["clients"], _) => return method_not_allowed("GET, POST"),
+        (["clients"], _) => return response::method_not_allowed("GET, POST"),
         (["clients", id], "DELETE") => delete(shared, id),
-        (["clients", _], _) => return method_not_allowed("DELETE"),
+        (["clients", _], _) => return response::method_not_allowed("DELETE"),
         (["clients", id, "roles"], "PUT") => set_roles(shared, id, body),
-        (["clients", _, "roles"], _) => return method_not_allowed("PUT"),
+        (["clients", _, "roles"], _) => return response::method_not_allowed("PUT"),
         _ => {
             return response::error(
                 StatusCode::NOT_FOUND,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use acs_identity_operator::acs::{hmac, AccessKey};
+use acs_client::{hmac, AccessKey};
 use reqwest::StatusCode;
 
 use super::support::*;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use acs_client::hmac;
 use acs_emulator::EmulatorConfig;
-use acs_identity_operator::acs::hmac;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::StatusCode;

@@ -1,7 +1,7 @@
 //! The Identity surface: GA lifecycle and shapes, validation errors, routing errors, identity
 //! lookups, the preview externalId surface, the legacy surface and the Teams exchange.
 
-use acs_identity_operator::acs::AccessKey;
+use acs_client::AccessKey;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use acs_client::{hmac, AccessKey};
 use acs_emulator::{start, EmulatorConfig, Limit, LimitClass, RateLimits};
-use acs_identity_operator::acs::{hmac, AccessKey};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

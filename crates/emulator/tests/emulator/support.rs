@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use acs_client::hmac;
+use acs_client::AccessKey;
 use acs_emulator::{start, EmulatorConfig, RateLimits, RunningEmulator};
-use acs_identity_operator::acs::hmac;
-use acs_identity_operator::acs::AccessKey;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -111,7 +111,7 @@ async fn regenerating_a_key_rejects_it_and_invalidates_its_tokens() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["generation"], 1);
     let conn = r.body["connectionString"].as_str().unwrap();
-    let parsed = acs_identity_operator::acs::ConnectionString::parse(conn).unwrap();
+    let parsed = acs_client::ConnectionString::parse(conn).unwrap();
     assert_eq!(parsed.endpoint, e.emu.endpoint());
     assert_eq!(e.emu.access_keys()[0], parsed.access_key);
     assert_eq!(e.emu.connection_string(), conn);

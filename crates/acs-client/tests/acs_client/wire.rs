@@ -1,9 +1,7 @@
 //! What the client puts on the wire and how it reads answers, checked by a scripted server.
 
-use acs_identity_operator::acs::connection::AccessKey;
-use acs_identity_operator::acs::{
-    hmac, AcsClient, AcsError, ApiMode, ClientOptions, CreateIdentity, Scope,
-};
+use acs_client::connection::AccessKey;
+use acs_client::{hmac, AcsClient, AcsError, ApiMode, ClientOptions, CreateIdentity, Scope};
 use serde_json::json;
 
 use crate::fake::{FakeServer, Recorded, Reply, TestCa};

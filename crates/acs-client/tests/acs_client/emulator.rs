@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use acs_emulator::{EmulatorConfig, Limit, LimitClass, RateLimits, RunningEmulator};
-use acs_identity_operator::acs::{
+use acs_client::{
     AcsClient, AcsError, ApiMode, ClientOptions, ConnectionString, CreateIdentity, Scope,
 };
+use acs_emulator::{EmulatorConfig, Limit, LimitClass, RateLimits, RunningEmulator};
 use serde_json::{json, Value};
 
 use crate::secrets::{assert_no_secret, capture_logs, secrets};

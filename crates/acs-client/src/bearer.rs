@@ -1,11 +1,11 @@
 //! Microsoft Entra ID authorization of ACS calls: a source of bearer tokens the client asks
-//! before each attempt. The client knows nothing of how tokens are had (see `crate::entra`).
+//! before each attempt. The client knows nothing of how tokens are had (the operator's `entra` module does).
 
 use std::fmt;
 
 use futures::future::BoxFuture;
 
-use crate::acs::AcsError;
+use crate::AcsError;
 
 /// An Entra access token for the ACS scope. `Debug` prints `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use acs_identity_operator::acs::{AcsError, ClientOptions, CreateIdentity, Scope};
+use acs_client::{AcsError, ClientOptions, CreateIdentity, Scope};
 use serde_json::json;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -159,11 +159,9 @@ async fn no_key_token_or_signature_appears_in_trace_logs_or_errors() {
         .iter()
         .chain(silent.requests().iter())
         .map(|r| {
-            acs_identity_operator::acs::hmac::parse_authorization(
-                r.header("authorization").unwrap(),
-            )
-            .unwrap()
-            .signature
+            acs_client::hmac::parse_authorization(r.header("authorization").unwrap())
+                .unwrap()
+                .signature
         })
         .collect();
     assert_eq!(signatures.len(), 10);

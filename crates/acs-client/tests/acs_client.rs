@@ -19,9 +19,7 @@ mod wire;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use acs_identity_operator::acs::{
-    AcsClient, ApiMode, ClientOptions, ConnectionString, RequestObserver,
-};
+use acs_client::{AcsClient, ApiMode, ClientOptions, ConnectionString, RequestObserver};
 use serde_json::json;
 
 use fake::FakeServer;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
-use crate::acs::error::AcsError;
+use crate::error::AcsError;
 
 /// Whether sending a request twice can have a different effect than sending it once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ fn parse_non_negative(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acs::error::DecodeError;
+    use crate::error::DecodeError;
 
     fn service(status: u16) -> AcsError {
         AcsError::Service {

@@ -6,19 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// An ACS token scope, with its exact ACS spelling: `chat`, `voip`, `chat.join`,
 /// `chat.join.limited` or `voip.join`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Scope {
     /// Chat: create, read and manage chat threads.
     #[serde(rename = "chat")]

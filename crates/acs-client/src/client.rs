@@ -1,5 +1,5 @@
 //! Typed calls to the ACS Identity API: each attempt waits for the shared rate limiter, is
-//! signed over the exact bytes it sends, and is retried per [`crate::acs::retry`].
+//! signed over the exact bytes it sends, and is retried per [`crate::retry`].
 //!
 //! CONTRACT (shared with the operator and tests; keep these names):
 //! - `ClientOptions { api_mode: ApiMode, ca_pem: Option<Vec<u8>>, request_timeout, max_retries,
@@ -22,14 +22,14 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
-use crate::acs::bearer::BearerSource;
-use crate::acs::connection::ConnectionString;
-use crate::acs::error::{AcsError, DecodeError};
-use crate::acs::models::{AccessToken, CreateIdentityResponse, Identity, Scope};
-pub use crate::acs::options::{ApiMode, ClientOptions, MutationGate, RequestObserver};
-pub use crate::acs::request::CreateIdentity;
-use crate::acs::request::{self, Prepared};
-use crate::acs::retry::{self, RetryPolicy};
+use crate::bearer::BearerSource;
+use crate::connection::ConnectionString;
+use crate::error::{AcsError, DecodeError};
+use crate::models::{AccessToken, CreateIdentityResponse, Identity, Scope};
+pub use crate::options::{ApiMode, ClientOptions, MutationGate, RequestObserver};
+pub use crate::request::CreateIdentity;
+use crate::request::{self, Prepared};
+use crate::retry::{self, RetryPolicy};
 
 const USER_AGENT: &str = concat!("acs-identity-operator/", env!("CARGO_PKG_VERSION"));
 

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use acs_identity_operator::acs::{
-    AcsClient, AcsError, ClientOptions, CreateIdentity, RateLimiter, Scope,
-};
+use acs_client::{AcsClient, AcsError, ClientOptions, CreateIdentity, RateLimiter, Scope};
 use serde_json::json;
 use tokio::net::TcpListener;
 

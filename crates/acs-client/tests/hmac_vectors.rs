@@ -6,13 +6,13 @@
 
 use std::time::SystemTime;
 
-use acs_identity_operator::acs::connection::AccessKey;
-use acs_identity_operator::acs::hmac;
+use acs_client::connection::AccessKey;
+use acs_client::hmac;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("fixtures/acs-hmac-vectors.json");
+const FIXTURE: &str = include_str!("../../../tests/fixtures/acs-hmac-vectors.json");
 
 /// What the fixture holds today; fewer means it was truncated and the walk would prove less.
 const MIN_CURRENT_VECTORS: usize = 13;

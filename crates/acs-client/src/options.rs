@@ -1,13 +1,13 @@
-//! Settings of [`crate::acs::AcsClient`]: api-version surface, trust, timeouts, retries, the
+//! Settings of [`crate::AcsClient`]: api-version surface, trust, timeouts, retries, the
 //! shared rate limiter and the per-request metrics hook.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::acs::models::{GA_API_VERSION, PREVIEW_API_VERSION};
-use crate::acs::ratelimit::RateLimiter;
-use crate::acs::retry::RetryPolicy;
+use crate::models::{GA_API_VERSION, PREVIEW_API_VERSION};
+use crate::ratelimit::RateLimiter;
+use crate::retry::RetryPolicy;
 
 /// Which api-version surface the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +44,7 @@ pub trait MutationGate: Send + Sync {
     fn admit(&self, operation: &'static str) -> bool;
 }
 
-/// Options for [`crate::acs::AcsClient`].
+/// Options for [`crate::AcsClient`].
 #[derive(Clone)]
 pub struct ClientOptions {
     pub api_mode: ApiMode,

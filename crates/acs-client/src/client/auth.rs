@@ -9,11 +9,11 @@ use http::header::HeaderValue;
 use reqwest::Url;
 
 use super::{header_value, request_target, AcsClient};
-use crate::acs::bearer::{BearerSource, BearerToken, CredentialFailure};
-use crate::acs::connection::AccessKey;
-use crate::acs::error::AcsError;
-use crate::acs::hmac;
-use crate::acs::request::Prepared;
+use crate::bearer::{BearerSource, BearerToken, CredentialFailure};
+use crate::connection::AccessKey;
+use crate::error::AcsError;
+use crate::hmac;
+use crate::request::Prepared;
 
 /// How requests are authorized: signed with the resource's access key (HMAC), or carrying a
 /// Microsoft Entra ID bearer token. The SDKs never send both.

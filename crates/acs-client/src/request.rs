@@ -6,10 +6,10 @@ use std::io;
 use http::Method;
 use serde::Serialize;
 
-use crate::acs::error::AcsError;
-use crate::acs::models::{CreateIdentityRequest, IssueTokenRequest, Scope};
-use crate::acs::options::ApiMode;
-use crate::acs::retry::Idempotency;
+use crate::error::AcsError;
+use crate::models::{CreateIdentityRequest, IssueTokenRequest, Scope};
+use crate::options::ApiMode;
+use crate::retry::Idempotency;
 
 /// What to create in `create_identity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -244,7 +244,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
 mod tests {
     use super::*;
 
-    const VECTORS: &str = include_str!("../../tests/fixtures/acs-hmac-vectors.json");
+    const VECTORS: &str = include_str!("../../../tests/fixtures/acs-hmac-vectors.json");
     const ID: &str =
         "8:acs:2dee53b4-368b-45b4-ab52-8493fb117652_00000005-14a2-493b-8a72-5a3a0d000081";
 

@@ -5,7 +5,7 @@ use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
 
-use crate::acs::connection::ConnectionStringError;
+use crate::connection::ConnectionStringError;
 
 /// Service messages are copied into errors; cap them so a misbehaving server cannot flood logs.
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -98,7 +98,7 @@ pub enum AcsError {
     /// secret.
     #[error("{message}")]
     Credential {
-        failure: crate::acs::bearer::CredentialFailure,
+        failure: crate::bearer::CredentialFailure,
         message: String,
     },
 }
