@@ -21,7 +21,7 @@ mod error;
 mod secrets;
 mod service;
 mod workload_identity;
-use crate::secret::SealKey;
+use crate::secret::Seal;
 use crate::stores::Stores;
 pub use error::CredentialsError;
 use secrets::CachedSecret;
@@ -81,7 +81,7 @@ pub struct Credentials {
     pub auth: Auth,
     pub source: CredentialsSource,
     /// Seals token Secrets; its fingerprint names these credentials.
-    pub seal: SealKey,
+    pub seal: Seal,
     /// These credentials are shared with other namespaces: the operator-wide default, or a
     /// ClusterCommunicationService's.
     pub operator_default: bool,

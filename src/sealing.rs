@@ -20,7 +20,7 @@ const KEY_BYTES: usize = 64;
 
 /// Loads (or creates) the sealing key once; a failure is retried at the next use.
 #[derive(Clone)]
-pub struct SealingKey {
+pub struct SealingKeySecret {
     client: kube::Client,
     namespace: String,
     name: String,
@@ -36,7 +36,7 @@ pub enum SealingKeyError {
     Unusable(String),
 }
 
-impl SealingKey {
+impl SealingKeySecret {
     pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         Self {
             client,

@@ -78,12 +78,12 @@ pub enum SecretState {
 /// under. With a connection string both come from the access key; with Entra ID the seal is
 /// the operator's own sealing key and the fingerprint names endpoint and principal.
 #[derive(Clone)]
-pub struct SealKey {
+pub struct Seal {
     key: AccessKey,
     fingerprint: String,
 }
 
-impl SealKey {
+impl Seal {
     /// Sealed and fingerprinted by an ACS access key.
     pub fn access_key(key: &AccessKey) -> Self {
         Self {
@@ -102,9 +102,9 @@ impl SealKey {
     }
 }
 
-impl std::fmt::Debug for SealKey {
+impl std::fmt::Debug for Seal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealKey([redacted], {})", self.fingerprint)
+        write!(f, "Seal([redacted], {})", self.fingerprint)
     }
 }
 
@@ -133,7 +133,7 @@ fn rfc3339(t: Timestamp) -> String {
 /// Still accepted when reading, so Secrets written by an older operator read as intact (and
 /// are rewritten with the current seal) instead of as edited.
 fn digest_v1(
-    key: &SealKey,
+    key: &Seal,
     data: &BTreeMap<String, ByteString>,
     records: &[(&str, String)],
 ) -> String {
@@ -158,7 +158,7 @@ fn digest_v1(
 /// it, and nothing else. Anyone can read it, but only the key holder can make one that
 /// matches an edited token or record; labels, other annotations and extra data keys are not
 /// sealed, so drift there is repaired with the same token instead of a new one.
-fn seal(key: &SealKey, token: &[u8], r: &RecordedToken) -> String {
+fn seal(key: &Seal, token: &[u8], r: &RecordedToken) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.key.expose())
         .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
     m.update(b"v2\0");
@@ -229,7 +229,7 @@ fn desired_metadata(
     owner: &CommunicationToken,
     token: &[u8],
     r: &RecordedToken,
-    key: &SealKey,
+    key: &Seal,
 ) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>)> {
     let template = owner.spec.secret_template.clone().unwrap_or_default();
     let template_keys = template
@@ -257,11 +257,7 @@ fn desired_metadata(
 }
 
 /// The full desired Secret, for a create.
-pub fn desired_secret(
-    owner: &CommunicationToken,
-    t: &IssuedToken,
-    key: &SealKey,
-) -> Option<Secret> {
+pub fn desired_secret(owner: &CommunicationToken, t: &IssuedToken, key: &Seal) -> Option<Secret> {
     let token = t.token.expose().as_bytes();
     let (labels, ann) = desired_metadata(owner, token, &t.record, key)?;
     Some(Secret {
@@ -288,7 +284,7 @@ pub fn rewritten_secret(
     owner: &CommunicationToken,
     token: &[u8],
     r: &RecordedToken,
-    key: &SealKey,
+    key: &Seal,
 ) -> Option<Secret> {
     let (labels, ann) = desired_metadata(owner, token, r, key)?;
     let mut out = current.clone();
@@ -352,7 +348,7 @@ pub fn is_controlled_by(secret: &Secret, owner: &CommunicationToken) -> bool {
 pub fn read_secret(
     secret: Option<&Secret>,
     owner: &CommunicationToken,
-    key: &SealKey,
+    key: &Seal,
     fallback: Option<&RecordedToken>,
 ) -> SecretState {
     let Some(secret) = secret else {

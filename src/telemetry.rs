@@ -12,10 +12,76 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` wins over `level` when set.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let directives = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| level.to_string());
+    let filter = EnvFilter::try_new(with_client_directives(&directives))
+        .unwrap_or_else(|_| EnvFilter::new(level));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The ACS client is a crate of its own (`acs_client`), once the operator's `acs` module: a
+/// directive for the operator's target (`acs_identity_operator=debug`) or that module
+/// (`acs_identity_operator::acs::client=trace`) covers the client as it always did, unless the
+/// filter names `acs_client` itself.
+fn with_client_directives(filter: &str) -> String {
+    if filter.contains("acs_client") {
+        return filter.to_string();
+    }
+    let mirrored: Vec<String> = filter
+        .split(',')
+        .filter_map(|d| {
+            let rest = d.trim().strip_prefix("acs_identity_operator")?;
+            let rest = match rest.strip_prefix("::acs") {
+                Some(module) => module,
+                // Another module of the operator.
+                None if rest.starts_with(':') => return None,
+                None => rest,
+            };
+            let whole_target = rest.is_empty() || rest.starts_with(['=', '[', ':']);
+            whole_target.then(|| format!("acs_client{rest}"))
+        })
+        .collect();
+    if mirrored.is_empty() {
+        filter.to_string()
+    } else {
+        format!("{filter},{}", mirrored.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_client_directives as f;
+
+    #[test]
+    fn a_directive_for_the_operator_covers_its_acs_client_crate() {
+        assert_eq!(f("info"), "info");
+        assert_eq!(
+            f("info,acs_identity_operator=trace"),
+            "info,acs_identity_operator=trace,acs_client=trace"
+        );
+        assert_eq!(
+            f("acs_identity_operator::acs::client=debug"),
+            "acs_identity_operator::acs::client=debug,acs_client::client=debug"
+        );
+        assert_eq!(
+            f("acs_identity_operator"),
+            "acs_identity_operator,acs_client"
+        );
+        // Other modules of the operator are not the client; a filter naming the client wins.
+        assert_eq!(
+            f("acs_identity_operator::controller=debug"),
+            "acs_identity_operator::controller=debug"
+        );
+        assert_eq!(
+            f("acs_identity_operator::acsx=debug"),
+            "acs_identity_operator::acsx=debug"
+        );
+        assert_eq!(
+            f("acs_identity_operator=trace,acs_client=info"),
+            "acs_identity_operator=trace,acs_client=info"
+        );
+    }
 }

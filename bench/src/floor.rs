@@ -333,7 +333,7 @@ impl Writer {
                 let desired = secret::desired_secret(
                     &t,
                     &issued,
-                    &secret::SealKey::access_key(&self.sample.key),
+                    &secret::Seal::access_key(&self.sample.key),
                 )
                 .ok_or(Error::Parse {
                     what: "the token's Secret",

@@ -256,4 +256,16 @@ impl CommunicationUser {
     pub fn identity_id(&self) -> Option<&str> {
         self.status.as_ref().and_then(|s| s.identity_id.as_deref())
     }
+
+    /// The user knows its identity was deleted outside the operator (a revoke or one of its
+    /// tokens met `IdentityNotFound`). Sticky: nothing will bring that identity back.
+    pub fn identity_lost(&self) -> bool {
+        use super::condition::{reasons, types, ConditionExt};
+        self.status.as_ref().is_some_and(|s| {
+            s.identity_id.is_some()
+                && s.conditions
+                    .find(types::READY)
+                    .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
+        })
+    }
 }

@@ -274,7 +274,7 @@ mod tests {
         );
         Credentials {
             endpoint: c.endpoint.clone(),
-            seal: crate::secret::SealKey::access_key(&c.access_key),
+            seal: crate::secret::Seal::access_key(&c.access_key),
             auth: Auth::Key(c),
             source: crate::credentials::CredentialsSource::OperatorIdentity,
             operator_default: false,
@@ -291,7 +291,7 @@ mod tests {
         );
         Credentials {
             endpoint: endpoint.into(),
-            seal: crate::secret::SealKey::new(
+            seal: crate::secret::Seal::new(
                 crate::acs::AccessKey::from_bytes(vec![1; 64]),
                 p.fingerprint(endpoint),
             ),

@@ -12,10 +12,11 @@ use kube::Client;
 
 use super::shared_watch::{self, Drivers, Hook, Shared};
 use super::wakeups::{cluster_service_key, namespaced_service_key};
-use super::{service_signals, status_memo, watch_health};
+use super::written::Written;
+use super::{service_signals, watch_health};
 use crate::api::{
     self, ClusterCommunicationService, CommunicationService, CommunicationToken,
-    CommunicationTokenStatus, CommunicationUser, ServiceKey,
+    CommunicationTokenStatus, CommunicationUser, CommunicationUserStatus, ServiceKey,
 };
 use crate::config::Config;
 use crate::credentials::ServiceStores;
@@ -50,7 +51,9 @@ pub(super) struct Caches {
     pub creds: Stores<SecretMeta>,
     pub services: ServiceStores,
     pub token_index: Arc<TokenIndex>,
-    pub token_status: Arc<status_memo::StatusMemo<CommunicationTokenStatus>>,
+    pub token_status: Arc<Written<CommunicationTokenStatus>>,
+    /// User statuses written with a new identity (see [`Written`]).
+    pub recent_identities: Arc<Written<(String, CommunicationUserStatus)>>,
     pub drivers: Drivers,
     pub subscriptions: Subscriptions,
 }
@@ -105,15 +108,27 @@ impl Caches {
             api::MANAGED_BY
         ));
         let token_index = Arc::new(TokenIndex::default());
-        let token_status: Arc<status_memo::StatusMemo<CommunicationTokenStatus>> = Arc::default();
+        let token_status: Arc<Written<CommunicationTokenStatus>> = Arc::default();
+        let recent_identities: Arc<Written<(String, CommunicationUserStatus)>> = Arc::default();
         let mut drivers = Drivers(Vec::new(), watches.clone());
         drivers.0.extend(users.drive(
             client,
             scopes,
             &all,
             (watches, "CommunicationUser"),
-            (Hook::AfterStore, |_: Option<&str>| {
-                service_signals::on_user_event(service_usage.clone())
+            // After the store: a user's new identity is remembered until the cache shows it.
+            (Hook::AfterStore, |scope: Option<&str>| {
+                let memory = recent_identities.clone();
+                let mut usage = service_signals::on_user_event(service_usage.clone());
+                let scope = scope.map(str::to_string);
+                let mut relist = crate::relist::Relist::default();
+                move |e: &watcher::Event<CommunicationUser>| {
+                    memory.on_event(e);
+                    usage(e);
+                    if let Some(listed) = relist.on_event(e) {
+                        memory.retain_listed(scope.as_deref(), &listed);
+                    }
+                }
             }),
         ));
         let user_stores = Stores::new(users.stores.clone());
@@ -188,6 +203,7 @@ impl Caches {
             services: service_stores,
             token_index,
             token_status,
+            recent_identities,
             drivers,
             subscriptions,
         }

@@ -7,8 +7,9 @@ use kube::{Client, Resource};
 use tracing::warn;
 
 use super::acs_pool::AcsPool;
-use super::backoff::Failures;
-use super::{events, guard, own_writes, status_memo, triggers, watch_health};
+use super::failure_backoff::FailureBackoff;
+use super::written::Written;
+use super::{events, own_writes, triggers, unscheduled, watch_health};
 use crate::api::{CommunicationToken, CommunicationUser, ServiceKey};
 use crate::config::Config;
 use crate::credentials::CredentialsResolver;
@@ -28,15 +29,15 @@ pub struct Context {
     pub credentials: CredentialsResolver,
     pub users: Stores<CommunicationUser>,
     pub tokens: Stores<CommunicationToken>,
-    pub failures: Failures,
+    pub failures: FailureBackoff,
     /// What this process last wrote to each token Secret (saves re-reading it).
     pub own_writes: own_writes::OwnWrites,
     /// The cached tokens by user and by Secret name (`tokens_of_user`, `claimants`).
     pub token_index: Arc<crate::token_index::TokenIndex>,
     /// The token statuses this process wrote, until the cache shows them.
-    pub token_status: Arc<status_memo::StatusMemo<crate::api::CommunicationTokenStatus>>,
+    pub token_status: Arc<Written<crate::api::CommunicationTokenStatus>>,
     /// Bounds unscheduled issuances and repairs per object.
-    pub guard: guard::Guard,
+    pub unscheduled: unscheduled::UnscheduledLimit,
     /// Signalled when the operator-wide default credentials change (seen by a watch, or by
     /// polling when no watch covers them): every controller wakes the objects using them.
     pub default_changed: tokio::sync::broadcast::Sender<()>,
@@ -47,8 +48,8 @@ pub struct Context {
     /// User statuses this process wrote with a new identity, by UID, until the cache shows
     /// them: a reconcile that reads a cache not yet updated by its own write must not create
     /// a second identity (GA creation is not idempotent).
-    pub recent_identities:
-        std::sync::Mutex<std::collections::HashMap<String, crate::api::CommunicationUserStatus>>,
+    /// (With the user's UID: a user of the same name created since must not inherit it.)
+    pub recent_identities: Arc<Written<(String, crate::api::CommunicationUserStatus)>>,
     /// Health of the watches (the controllers' own watches report here too).
     pub watches: watch_health::WatchHealth,
     /// The controllers' change filters (pruned and measured by [`tables::report`]).

@@ -12,7 +12,7 @@ use kube::runtime::reflector;
 use kube::Client;
 use serde_json::Value;
 
-use super::{acs_pool::AcsPool, backoff::Failures, Context};
+use super::{acs_pool::AcsPool, failure_backoff::FailureBackoff, Context};
 use crate::config::{Config, Guards};
 use crate::credentials::CredentialsResolver;
 use crate::metrics::Metrics;
@@ -79,11 +79,11 @@ impl Context {
             ),
             users: Stores::new(vec![(None, users)]),
             tokens: Stores::new(vec![(None, tokens)]),
-            failures: Failures::default(),
+            failures: FailureBackoff::default(),
             own_writes: Default::default(),
             token_index: Default::default(),
             token_status: Default::default(),
-            guard: Default::default(),
+            unscheduled: Default::default(),
             default_changed: tokio::sync::broadcast::channel(4).0,
             service_changed: tokio::sync::broadcast::channel(4).0,
             service_usage: tokio::sync::broadcast::channel(4).0,

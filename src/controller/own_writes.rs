@@ -5,28 +5,24 @@
 //! else (an edit, a deletion, another writer, a restart of the operator) reads it as before.
 //! And once the watch has listed a scope, a token Secret it does not show (and this process did
 //! not write) does not exist as ours with its label: a token never issued creates it without a
-//! GET first.
+//! GET first. What was written is kept in [`Written`], the memory shared with the statuses.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use super::written::Written;
 use crate::secret::RecordedToken;
 
 type Key = (String, String);
-
-struct Entry {
-    resource_version: String,
-    generation: Option<i64>,
-    record: RecordedToken,
-}
 
 /// Kept per Secret: a few hundred bytes each.
 #[derive(Default)]
 pub struct OwnWrites {
     /// The resourceVersion the metadata watch last reported, by namespace and name.
     seen: Mutex<HashMap<Key, String>>,
-    /// What this process wrote last, by namespace and name.
-    wrote: Mutex<HashMap<Key, Entry>>,
+    /// What this process wrote last (the record, for the token at its generation), kept
+    /// until the Secret is deleted.
+    wrote: Written<(Option<i64>, RecordedToken)>,
     /// The scopes (a namespace, or `None`: every namespace) the watch has listed at least once.
     listed: Mutex<HashSet<Option<String>>>,
     /// Bumped whenever a scope is listed, for reconciles waiting on the first list.
@@ -72,16 +68,7 @@ impl OwnWrites {
         record: RecordedToken,
     ) {
         self.wrote
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                key(ns, name),
-                Entry {
-                    resource_version: resource_version.to_string(),
-                    generation,
-                    record,
-                },
-            );
+            .wrote(ns, name, Some(resource_version), (generation, record));
     }
 
     /// What the Secret holds, and its resourceVersion, when the watch shows it unchanged since
@@ -92,19 +79,14 @@ impl OwnWrites {
         name: &str,
         generation: Option<i64>,
     ) -> Option<(RecordedToken, String)> {
-        let k = key(ns, name);
         let seen = self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&k)
+            .get(&key(ns, name))
             .cloned()?;
-        let wrote = self
-            .wrote
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = wrote.get(&k)?;
-        (e.resource_version == seen && e.generation == generation).then(|| (e.record.clone(), seen))
+        let (written_for, record) = self.wrote.at(ns, name, &seen)?;
+        (written_for == generation).then_some((record, seen))
     }
 
     /// Drops the Secrets of `scope` a complete list of the watch did not show.
@@ -114,10 +96,7 @@ impl OwnWrites {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k, _| keep(k));
-        self.wrote
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|k, _| keep(k));
+        self.wrote.retain_listed(scope, listed);
     }
 
     /// The watch has listed `scope` (`None`: every namespace).
@@ -166,17 +145,12 @@ impl OwnWrites {
         if !self.is_listed(ns) {
             return false;
         }
-        let k = key(ns, name);
         !self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(&k)
-            && !self
-                .wrote
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains_key(&k)
+            .contains_key(&key(ns, name))
+            && !self.wrote.contains(ns, name)
     }
 
     /// Gives back the room of maps that emptied.
@@ -187,12 +161,7 @@ impl OwnWrites {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        crate::alloc::shrink(
-            &mut self
-                .wrote
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        self.wrote.shrink();
     }
 
     /// Secrets whose resourceVersion is known, and Secrets whose last write is remembered.
@@ -202,19 +171,13 @@ impl OwnWrites {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .len(),
-            self.wrote
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len(),
+            self.wrote.len(),
         )
     }
 
     /// Forgets what was written (the Secret is gone or no longer ours to trust).
     pub fn forget(&self, ns: &str, name: &str) {
-        self.wrote
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key(ns, name));
+        self.wrote.forget(ns, name);
     }
 }
 

@@ -14,8 +14,8 @@ use kube::Client;
 use tracing::{info, warn};
 
 use super::acs_pool::{self, AcsPool};
-use super::backoff::Failures;
 use super::caches::{Caches, Subscriptions};
+use super::failure_backoff::FailureBackoff;
 use super::shared_watch::scopes;
 use super::wakeups::{cluster_service_ref, default_wakeups, namespaced_service_ref};
 use super::{events, series, service, service_signals, tables, token, user, watch_health, Context};
@@ -181,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         services,
         token_index,
         token_status,
+        recent_identities,
         drivers,
         subscriptions,
     } = caches;
@@ -191,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         &gate,
         &watches,
         (users.clone(), tokens.clone(), creds, services.clone()),
-        (token_index, token_status),
+        (token_index, token_status, recent_identities),
         (service_changed, service_usage),
     )?;
     metrics
@@ -233,7 +234,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ))
     });
     let controllers = controllers(&ctx, &scopes, subscriptions, &services, &stop);
-    let summary = tokio::spawn(token::summarize_forever(ctx.clone()));
+    let summary = tokio::spawn(super::summary::summarize_forever(ctx.clone()));
     futures::future::join_all(controllers).await;
     summary.abort();
     tables.abort();
@@ -264,7 +265,8 @@ type CacheStores = (
 );
 type WriteMemory = (
     Arc<crate::token_index::TokenIndex>,
-    Arc<super::status_memo::StatusMemo<api::CommunicationTokenStatus>>,
+    Arc<super::written::Written<api::CommunicationTokenStatus>>,
+    Arc<super::written::Written<(String, api::CommunicationUserStatus)>>,
 );
 
 /// What every reconcile shares, over the caches.
@@ -276,7 +278,7 @@ fn context(
     gate: &LeaderGate,
     watches: &watch_health::WatchHealth,
     (users, tokens, creds, services): CacheStores,
-    (token_index, token_status): WriteMemory,
+    (token_index, token_status, recent_identities): WriteMemory,
     (service_changed, service_usage): (
         tokio::sync::broadcast::Sender<ServiceKey>,
         tokio::sync::broadcast::Sender<ServiceKey>,
@@ -301,14 +303,14 @@ fn context(
         users,
         tokens,
         token_index,
-        failures: Failures::default(),
+        failures: FailureBackoff::default(),
         own_writes: Default::default(),
         token_status,
-        guard: Default::default(),
+        unscheduled: Default::default(),
         default_changed: tokio::sync::broadcast::channel(4).0,
         service_changed,
         service_usage,
-        recent_identities: Default::default(),
+        recent_identities,
         watches: watches.clone(),
         change_filters: Default::default(),
         clock: Arc::new(jiff::Timestamp::now),
@@ -335,7 +337,7 @@ fn resolver(
         entra_tokens,
         config.entra.clone(),
         config.default_workload_identity.clone(),
-        crate::sealing::SealingKey::new(client.clone(), seal_ns, seal_name),
+        crate::sealing::SealingKeySecret::new(client.clone(), seal_ns, seal_name),
     );
     Ok(CredentialsResolver::new(
         client.clone(),

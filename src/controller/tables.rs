@@ -64,16 +64,9 @@ fn release_after_large_shrink(ctx: &Context) {
 pub fn report(ctx: &Context) {
     let m = &ctx.metrics.runtime;
     ctx.failures.retain(|k| cached(ctx, k));
-    if let Ok(mut recent) = ctx.recent_identities.lock() {
-        if !recent.is_empty() {
-            let uids: HashSet<String> = ctx
-                .users
-                .state()
-                .iter()
-                .filter_map(|u| u.metadata.uid.clone())
-                .collect();
-            recent.retain(|uid, _| uids.contains(uid));
-        }
+    if !ctx.recent_identities.is_empty() {
+        ctx.recent_identities
+            .retain(|ns, name| ctx.users.get(ns, name).is_some());
     }
     let restarts = if ctx.metrics.objects.restart_entries() == 0 {
         0
@@ -99,15 +92,12 @@ pub fn report(ctx: &Context) {
     m.set_tracked("secret_writes", wrote);
     m.set_tracked("failures", ctx.failures.len());
     let g = &ctx.config.guards;
-    ctx.guard.prune(
+    ctx.unscheduled.prune(
         g.unscheduled_window.max(g.revocation_window),
         std::time::Instant::now(),
     );
-    m.set_tracked("guard", ctx.guard.len());
-    m.set_tracked(
-        "recent_identities",
-        ctx.recent_identities.lock().map(|m| m.len()).unwrap_or(0),
-    );
+    m.set_tracked("guard", ctx.unscheduled.len());
+    m.set_tracked("recent_identities", ctx.recent_identities.len());
     let (endpoints, clients) = ctx.acs.sizes();
     m.set_tracked("acs_endpoints", endpoints);
     m.set_tracked("acs_clients", clients);

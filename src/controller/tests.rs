@@ -5,8 +5,9 @@ use std::time::Instant;
 use kube::core::Status;
 use kube::runtime::finalizer::Error as FinalizerError;
 
-use super::guard::Unscheduled;
-use super::{gone_at_finalizer_removal, key_of, Context};
+use super::failure::gone_at_finalizer_removal;
+use super::unscheduled::Unscheduled;
+use super::{key_of, Context};
 use crate::api::{CommunicationUser, CommunicationUserSpec};
 
 fn user() -> CommunicationUser {
@@ -28,7 +29,7 @@ async fn a_lagging_copy_finding_its_finalizer_gone_forgets_the_object_and_record
     let t = user();
     let key = key_of(&t);
     ctx.failures.record(&key);
-    ctx.guard
+    ctx.unscheduled
         .record("uid-1", Unscheduled::Issue, Instant::now());
 
     assert!(gone_at_finalizer_removal(
@@ -37,7 +38,7 @@ async fn a_lagging_copy_finding_its_finalizer_gone_forgets_the_object_and_record
         &remove_finalizer_failed(404)
     ));
     assert_eq!(ctx.failures.get(&key), 0);
-    assert!(ctx.guard.is_empty());
+    assert!(ctx.unscheduled.is_empty());
 }
 
 #[tokio::test]
@@ -46,7 +47,7 @@ async fn any_other_finalizer_failure_is_a_failure_and_keeps_the_object_state() {
     let t = user();
     let key = key_of(&t);
     ctx.failures.record(&key);
-    ctx.guard
+    ctx.unscheduled
         .record("uid-1", Unscheduled::Issue, Instant::now());
 
     assert!(!gone_at_finalizer_removal(
@@ -55,5 +56,5 @@ async fn any_other_finalizer_failure_is_a_failure_and_keeps_the_object_state() {
         &remove_finalizer_failed(409)
     ));
     assert_eq!(ctx.failures.get(&key), 1);
-    assert_eq!(ctx.guard.len(), 1);
+    assert_eq!(ctx.unscheduled.len(), 1);
 }

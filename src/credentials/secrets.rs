@@ -12,7 +12,7 @@ use super::UNWATCHED_TTL;
 use super::{Auth, Credentials, CredentialsError, CredentialsResolver, CredentialsSource};
 use crate::acs::{ConnectionString, ConnectionStringError};
 use crate::config::DefaultCredentials;
-use crate::secret::SealKey;
+use crate::secret::Seal;
 
 /// How long what was read of a Secret gone from the cache is kept.
 pub(super) const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
@@ -166,7 +166,7 @@ impl CredentialsResolver {
         match entry.keys.get(key) {
             Some(Ok(conn)) => Ok(Credentials {
                 endpoint: conn.endpoint.clone(),
-                seal: SealKey::access_key(&conn.access_key),
+                seal: Seal::access_key(&conn.access_key),
                 auth: Auth::Key(conn.clone()),
                 source,
                 operator_default: false,
@@ -270,7 +270,7 @@ impl CredentialsResolver {
         {
             Ok(conn) => Some(Credentials {
                 endpoint: conn.endpoint.clone(),
-                seal: SealKey::access_key(&conn.access_key),
+                seal: Seal::access_key(&conn.access_key),
                 auth: Auth::Key(conn.clone()),
                 source: CredentialsSource::Secret {
                     namespace: namespace.to_string(),

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::config::{DefaultWorkloadIdentity, EntraConfig};
 use crate::entra::{AssertionSource, EntraTokens, Principal};
-use crate::sealing::SealingKey;
-use crate::secret::SealKey;
+use crate::sealing::SealingKeySecret;
+use crate::secret::Seal;
 
 /// A ServiceAccount found usable, and when.
 type Usable = (std::time::Instant, Principal);
@@ -26,7 +26,7 @@ pub struct Entra {
     pub tokens: EntraTokens,
     pub config: EntraConfig,
     pub default: Option<DefaultWorkloadIdentity>,
-    pub sealing: SealingKey,
+    pub sealing: SealingKeySecret,
     pub(super) accounts: Arc<Mutex<HashMap<(String, String), Usable>>>,
 }
 
@@ -35,7 +35,7 @@ impl Entra {
         tokens: EntraTokens,
         config: EntraConfig,
         default: Option<DefaultWorkloadIdentity>,
-        sealing: SealingKey,
+        sealing: SealingKeySecret,
     ) -> Self {
         Self {
             tokens,
@@ -112,7 +112,7 @@ impl CredentialsResolver {
         operator_default: bool,
     ) -> Result<Credentials, CredentialsError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        let seal = SealKey::new(entra.sealing.get().await?, principal.fingerprint(&endpoint));
+        let seal = Seal::new(entra.sealing.get().await?, principal.fingerprint(&endpoint));
         Ok(Credentials {
             endpoint,
             auth: Auth::Entra(principal),

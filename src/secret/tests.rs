@@ -27,7 +27,7 @@ fn owner() -> CommunicationToken {
     t
 }
 
-fn issued(key: &SealKey) -> IssuedToken {
+fn issued(key: &Seal) -> IssuedToken {
     IssuedToken {
         token: TokenString::new("aaa.bbb.ccc".into()),
         record: RecordedToken {
@@ -43,8 +43,8 @@ fn issued(key: &SealKey) -> IssuedToken {
     }
 }
 
-fn key(b: u8) -> SealKey {
-    SealKey::access_key(&AccessKey::from_bytes(vec![b; 64]))
+fn key(b: u8) -> Seal {
+    Seal::access_key(&AccessKey::from_bytes(vec![b; 64]))
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn foreign_and_missing_secrets_are_reported() {
 #[test]
 fn with_the_operators_sealing_key_a_change_of_principal_is_a_key_change_not_an_edit() {
     let operator_key = AccessKey::from_bytes(vec![9; 64]);
-    let before = SealKey::new(operator_key.clone(), "entra:principal-a".into());
+    let before = Seal::new(operator_key.clone(), "entra:principal-a".into());
     let s = desired_secret(&owner(), &issued(&before), &before).unwrap();
     // Same principal: intact. Another principal (or endpoint) under the same sealing key:
     // the token was issued under other credentials and is re-issued.
@@ -223,7 +223,7 @@ fn with_the_operators_sealing_key_a_change_of_principal_is_a_key_change_not_an_e
         read_secret(Some(&s), &owner(), &before, None),
         SecretState::Intact { drifted: false, .. }
     ));
-    let after = SealKey::new(operator_key, "entra:principal-b".into());
+    let after = Seal::new(operator_key, "entra:principal-b".into());
     assert!(matches!(
         read_secret(Some(&s), &owner(), &after, None),
         SecretState::KeyChanged(_)

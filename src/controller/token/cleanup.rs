@@ -132,7 +132,7 @@ pub async fn cleanup(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Resul
         delete_secret(&ctx, &token, s).await?;
     }
     if let Some(uid) = token.metadata.uid.as_deref() {
-        ctx.guard.forget(uid);
+        ctx.unscheduled.forget(uid);
     }
     ctx.failures
         .reset(&crate::controller::key_of(token.as_ref()));

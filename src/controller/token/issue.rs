@@ -23,9 +23,9 @@ use super::plan::{renewal_at, IssueReason};
 use super::{status, Error};
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, CommunicationTokenStatus, ConditionExt};
-use crate::controller::backoff::inputs_hash;
-use crate::controller::guard::Unscheduled;
-use crate::controller::user::error_chain;
+use crate::controller::error_chain;
+use crate::controller::failure_backoff::inputs_hash;
+use crate::controller::unscheduled::Unscheduled;
 use crate::controller::{key_of, Context};
 use crate::credentials::Credentials;
 use crate::rotation;
@@ -69,7 +69,10 @@ async fn guarded(
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
     let limit = ctx.config.guards.unscheduled_limit;
     let window = window(ctx, t.token, record);
-    let Err(wait) = ctx.guard.check(&uid, what, limit, window, Instant::now()) else {
+    let Err(wait) = ctx
+        .unscheduled
+        .check(&uid, what, limit, window, Instant::now())
+    else {
         return Ok(None);
     };
     let mut st = t.status.clone();
@@ -149,7 +152,8 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
         return Err(Error::Unnamed);
     };
     let uid = t.token.metadata.uid.clone().unwrap_or_default();
-    ctx.guard.record(&uid, Unscheduled::Repair, Instant::now());
+    ctx.unscheduled
+        .record(&uid, Unscheduled::Repair, Instant::now());
     let name = t.token.secret_name();
     let written = match write_secret(
         ctx,
@@ -317,7 +321,8 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     };
     if reason.is_guarded() {
         let uid = token.metadata.uid.clone().unwrap_or_default();
-        ctx.guard.record(&uid, Unscheduled::Issue, Instant::now());
+        ctx.unscheduled
+            .record(&uid, Unscheduled::Issue, Instant::now());
     }
     let expires_on = issued.expires_at().unwrap_or_else(|| {
         now + jiff::SignedDuration::from_mins(i64::from(token.spec.expires_in_minutes))

@@ -7,11 +7,14 @@
 //! [`plan::decide`] returns the one action; [`issue`] acts on it.
 
 mod cleanup;
+pub mod gate;
 mod issue;
 pub mod plan;
 mod restart;
 mod status;
-mod summary;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
 mod wiring;
 
 use std::sync::Arc;
@@ -22,10 +25,9 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::ResourceExt;
-use tracing::{instrument, warn};
+use tracing::instrument;
 
-use super::user::error_chain;
-use super::{key_of, Context};
+use super::{finalizer_lagged, Context, FailurePolicy};
 use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, ConditionExt};
@@ -34,8 +36,7 @@ use crate::secret::{self, SecretState};
 
 use self::cleanup::{cleanup, delete_owned_secret};
 use self::issue::Target;
-use self::plan::{Observed, Plan};
-pub use self::summary::summarize_forever;
+use self::plan::{Observed, Plan, Stop};
 pub use self::wiring::{controller, tokens_of_users};
 
 pub(crate) const CONTROLLER: &str = "communicationtoken";
@@ -116,12 +117,8 @@ async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(token.as_ref());
     if let Error::Finalizer(e) = err {
-        if super::gone_at_finalizer_removal(&ctx, token.as_ref(), e) {
-            return Action::await_change();
-        }
-        if super::finalizer_raced(e) {
+        if finalizer_lagged(&ctx, token.as_ref(), e) {
             return Action::await_change();
         }
     }
@@ -130,22 +127,16 @@ fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) 
         // Not a failure: the user's status change wakes this object; this is a safety net.
         return Action::requeue(Duration::from_secs(30));
     }
-    let n = ctx.failures.record(&key);
     let now = ctx.now();
-    let remaining = token
-        .status
-        .as_ref()
-        .and_then(|s| s.expires_on.as_ref())
-        .and_then(|e| Duration::try_from(e.0.duration_since(now)).ok());
-    // Permanent failures back off too (a fix arrives as a change of spec, key or identity,
-    // which the back-off lets through at once), so no failure costs more than one ACS call
-    // per step up to the cap.
-    let remaining = if err.is_transient() { remaining } else { None };
-    let d =
-        crate::rotation::failure_backoff(n, remaining, ctx.config.guards.failure_backoff_max, &key);
-    ctx.failures.retry_at(&key, std::time::Instant::now() + d);
-    warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, transient = err.is_transient(), "reconcile failed");
-    Action::requeue(d)
+    FailurePolicy {
+        remaining: token
+            .status
+            .as_ref()
+            .and_then(|s| s.expires_on.as_ref())
+            .and_then(|e| Duration::try_from(e.0.duration_since(now)).ok()),
+        transient: err.is_transient(),
+    }
+    .back_off(&ctx, token.as_ref(), err)
 }
 
 fn waiting(err: &Error) -> Option<bool> {
@@ -169,17 +160,32 @@ fn earlier_claimant(ctx: &Context, token: &CommunicationToken) -> Option<String>
         .next()
 }
 
-/// How long a new token waits, without a word, for a user that has no status yet before it
-/// looks again (the user's first status normally wakes it sooner). A token older than this
-/// whose user still has no status (its reconcile failing before any verdict) says so.
-const USER_SETUP_RECHECK: Duration = Duration::from_secs(30);
-
-/// Created less than `USER_SETUP_RECHECK` ago (a missing timestamp counts as old).
+/// Created less than [`gate::USER_SETUP_RECHECK`] ago (a missing timestamp counts as old).
 fn young(token: &CommunicationToken, now: jiff::Timestamp) -> bool {
     token.metadata.creation_timestamp.as_ref().is_some_and(|c| {
-        jiff::SignedDuration::try_from(USER_SETUP_RECHECK)
+        jiff::SignedDuration::try_from(gate::USER_SETUP_RECHECK)
             .is_ok_and(|limit| now.duration_since(c.0) < limit)
     })
+}
+
+/// Acts on a plan that serves no token: says why (deleting the Secret of a user that is gone),
+/// or waits without a word.
+async fn stop_here(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: api::CommunicationTokenStatus,
+    stop: Stop,
+) -> Result<Action, Error> {
+    match stop {
+        Stop::NotReady(n) => {
+            if n.delete_secret {
+                delete_owned_secret(ctx, token).await?;
+            }
+            status::not_ready(ctx, token, st, n.reason, n.message, n.event).await?;
+            Ok(Action::requeue(n.requeue))
+        }
+        Stop::Wait(after) => Ok(Action::requeue(after)),
+    }
 }
 
 async fn apply(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -244,75 +250,41 @@ async fn observe_plan_act(
     st.secret_name = Some(secret_name.clone());
     let resync = ctx.config.resync_period;
 
-    // Observe: the claim on the Secret name, suspension, the user and its identity, the
-    // credentials, the Secret itself.
-    if let Some(other) = earlier_claimant(&ctx, &token) {
-        let msg = format!("Secret {secret_name} is already used by CommunicationToken {other}; choose another secretName");
-        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-    // The operator's own sealing key is never a token Secret: a token created before the key
-    // would otherwise hand the operator a key of the requester's choosing.
+    // Observe what the caches say (the claim on the Secret name, suspension, the user and its
+    // identity), and stop there when the gate says so; only then the credentials and the Secret.
     let (seal_ns, seal_name) = &ctx.config.entra.sealing_key_secret;
-    if *seal_ns == ns && *seal_name == secret_name {
-        let msg = format!(
-            "Secret {secret_name} is the operator's sealing key; choose another secretName"
-        );
-        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
-        return Ok(Action::requeue(Duration::from_secs(300)));
-    }
-    if token.spec.suspend {
-        let msg = "issuing and renewing are suspended (spec.suspend)".to_string();
-        status::not_ready(&ctx, &token, st, reasons::SUSPENDED, msg, false).await?;
-        return Ok(Action::requeue(resync));
-    }
-    // A Secret the apiserver rejected for this generation stays rejected until the spec
-    // changes; do not issue (and waste) another token for it.
-    if st
-        .conditions
-        .find(types::READY)
-        .is_some_and(|c| c.reason == reasons::SECRET_REJECTED && c.observed_generation == gen)
-    {
-        return Ok(Action::requeue(Duration::from_secs(300)));
-    }
-    let user_name = &token.spec.user_ref.name;
-    let user = match ctx.users.get(&ns, user_name) {
-        Some(u) if u.metadata.deletion_timestamp.is_none() => u,
-        found => {
-            // The identity is gone or going, and every token of it with it.
-            delete_owned_secret(&ctx, &token).await?;
-            let msg = match found {
-                Some(_) => format!("CommunicationUser {user_name} is being deleted"),
-                None => format!("CommunicationUser {user_name} not found in namespace {ns}"),
-            };
-            status::not_ready(&ctx, &token, st, reasons::USER_NOT_FOUND, msg, true).await?;
-            return Ok(Action::requeue(resync));
-        }
+    let cached_user = ctx.users.get(&ns, &token.spec.user_ref.name);
+    let checked = gate::check(&gate::Gate {
+        token: &token,
+        status: &st,
+        namespace: &ns,
+        secret_name: &secret_name,
+        earlier_claimant: earlier_claimant(&ctx, &token),
+        names_sealing_key: *seal_ns == ns && *seal_name == secret_name,
+        user: match cached_user.as_deref() {
+            None => gate::UserSeen::Missing,
+            Some(u) if u.metadata.deletion_timestamp.is_some() => gate::UserSeen::Deleting,
+            Some(u) => gate::UserSeen::Found(u),
+        },
+        young: young(&token, ctx.now()),
+        resync,
+    });
+    let (user, identity) = match checked {
+        Ok(found) => found,
+        Err(stop) => return stop_here(&ctx, &token, st, stop).await,
     };
-    let Some(identity) = user.identity_id().map(str::to_string) else {
-        // A user with no verdict yet is being set up, the normal course of a first apply:
-        // its first status (an identity, or why not) wakes this token, so a new token writes
-        // nothing until then. Cold starts had a status write (and an event) per token here.
-        if user.status.is_none() && st.conditions.is_empty() && young(&token, ctx.now()) {
-            return Ok(Action::requeue(USER_SETUP_RECHECK));
-        }
-        let msg = format!("waiting for CommunicationUser {user_name} to have an identity");
-        status::not_ready(&ctx, &token, st, reasons::USER_NOT_READY, msg, false).await?;
-        return Ok(Action::requeue(resync));
-    };
-    // The user knows its identity was deleted outside the operator: issuing would only meet
-    // the same 404. Its status changing (a new identity) wakes this token.
-    if super::user::identity_lost(&user) {
-        let msg = format!("the identity {identity} of CommunicationUser {user_name} no longer exists in ACS: delete and recreate the CommunicationUser");
-        status::not_ready(&ctx, &token, st, reasons::IDENTITY_NOT_FOUND, msg, true).await?;
-        return Ok(Action::requeue(resync));
-    }
     let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
         Ok(c) => c,
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
         Err(e) => {
-            status::not_ready(&ctx, &token, st, e.reason(), e.message(), true).await?;
-            return Ok(Action::requeue(e.requeue()));
+            let stop = Stop::NotReady(plan::NotReady {
+                reason: e.reason(),
+                message: e.message(),
+                event: true,
+                requeue: e.requeue(),
+                delete_secret: false,
+            });
+            return stop_here(&ctx, &token, st, stop).await;
         }
     };
     let key = &creds.seal;
@@ -362,11 +334,6 @@ async fn observe_plan_act(
     };
     let from_status = status::recorded(&st);
     let state = secret::read_secret(current.as_ref(), &token, key, from_status.as_ref());
-    if state == SecretState::Foreign {
-        let msg = format!("Secret {secret_name} exists and is not owned by this CommunicationToken; it is never taken over: delete it or choose another secretName");
-        status::not_ready(&ctx, &token, st, reasons::SECRET_CONFLICT, msg, true).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
 
     // Plan.
     let plan = plan::decide(&Observed {
@@ -408,6 +375,7 @@ async fn observe_plan_act(
                     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now()),
                 );
             }
+            let user_name = &token.spec.user_ref.name;
             let msg = format!("spec changed: waiting for CommunicationUser {user_name} to revoke the tokens issued under epoch {e}");
             status::set_both(
                 &mut st,
@@ -422,6 +390,7 @@ async fn observe_plan_act(
             // The user's epoch moving wakes this object through the user watch.
             Ok(Action::requeue(resync))
         }
+        Plan::Stop(stop) => stop_here(&ctx, &token, st, stop).await,
         Plan::WaitForRevocation(reason) => {
             let mut held = st.clone();
             status::held_token_refused(

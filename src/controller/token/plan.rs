@@ -83,7 +83,34 @@ pub enum Plan {
     /// A revocation is pending (this token's or a sibling's): a token issued now would be
     /// revoked by it. Holds the issuance that waits.
     WaitForRevocation(IssueReason),
+    /// Serve no token: the checks before the credentials and the Secret are read stop here
+    /// ([`super::gate`]), and so does a Secret that is not ours.
+    Stop(Stop),
 }
+
+/// A plan that serves no token.
+#[derive(Debug, PartialEq)]
+pub enum Stop {
+    /// The status says why.
+    NotReady(NotReady),
+    /// Nothing to write: look again after this long.
+    Wait(std::time::Duration),
+}
+
+/// Why the token is not served, said in its Ready condition.
+#[derive(Debug, PartialEq)]
+pub struct NotReady {
+    pub reason: &'static str,
+    pub message: String,
+    /// A Warning event too, when the reason is new.
+    pub event: bool,
+    pub requeue: std::time::Duration,
+    /// The user is gone or going: its Secret goes too.
+    pub delete_secret: bool,
+}
+
+/// How long a token whose Secret someone else owns waits before it looks again.
+pub const FOREIGN_SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a reconcile observed, everything the plan depends on.
 pub struct Observed<'a> {
@@ -145,8 +172,18 @@ fn decide_ignoring_revocations(o: &Observed<'_>) -> Plan {
     let token = o.token;
     let revision = token.status.as_ref().map_or(0, |s| s.revision);
     let (r, drifted) = match o.state {
+        SecretState::Foreign => {
+            let name = token.secret_name();
+            return Plan::Stop(Stop::NotReady(NotReady {
+                reason: api::condition::reasons::SECRET_CONFLICT,
+                message: format!("Secret {name} exists and is not owned by this CommunicationToken; it is never taken over: delete it or choose another secretName"),
+                event: true,
+                requeue: FOREIGN_SECRET_RECHECK,
+                delete_secret: false,
+            }));
+        }
         SecretState::Missing if revision == 0 => return Plan::Issue(IssueReason::Initial),
-        SecretState::Missing | SecretState::Tampered | SecretState::Foreign => {
+        SecretState::Missing | SecretState::Tampered => {
             return Plan::Issue(IssueReason::SecretRestored)
         }
         SecretState::KeyChanged(_) => return Plan::Issue(IssueReason::KeyRotated),

@@ -39,7 +39,7 @@ pub async fn write(
         );
         // The watch may have delivered the write before its response arrived.
         let cached = ctx.tokens.get(&ns, &name);
-        ctx.token_status.seen(
+        ctx.token_status.caught_up(
             &ns,
             &name,
             cached

@@ -26,7 +26,7 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
     // Gone for good: nothing keyed by this object may stay behind.
     ctx.failures.reset(&key_of(user.as_ref()));
     if let Some(uid) = user.metadata.uid.as_deref() {
-        ctx.guard.forget(uid);
+        ctx.unscheduled.forget(uid);
     }
     Ok(done)
 }
@@ -34,11 +34,7 @@ pub async fn cleanup(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<
 async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let status = current_status(&ctx, &user);
-    if let (Some(uid), Ok(mut recent)) =
-        (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
-    {
-        recent.remove(uid);
-    }
+    ctx.recent_identities.forget(&ns, &user.name_any());
     let Some(id) = status.identity_id.clone() else {
         return Ok(Action::await_change());
     };
@@ -122,7 +118,7 @@ async fn delete_identity(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Res
             let msg = format!(
                 "cannot delete identity {id}: ACS refused ({}): {}. Fix the credentials, or set spec.deletionPolicy to Retain to release the resource without deleting the identity",
                 e.category(),
-                super::error_chain(&e)
+                crate::controller::error_chain(&e)
             );
             let status = user.status.clone().unwrap_or_default();
             let _ = not_ready(&ctx, &user, status, reason, msg).await;

@@ -12,7 +12,7 @@ use super::{external_id_for, plan, resource_of, Error};
 use crate::acs::{AcsClient, AcsError, ApiMode, CreateIdentity};
 use crate::api::condition::{reasons, types};
 use crate::api::{set_condition, CommunicationUser, CommunicationUserStatus};
-use crate::controller::backoff::inputs_hash;
+use crate::controller::failure_backoff::inputs_hash;
 use crate::controller::{key_of, Context};
 use crate::credentials::Credentials;
 

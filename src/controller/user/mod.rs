@@ -10,7 +10,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
-use tracing::{instrument, warn, Span};
+use tracing::{instrument, Span};
 
 mod cleanup;
 mod identity;
@@ -24,7 +24,7 @@ use self::identity::Step;
 use self::plan::Plan;
 use self::status::{acs_failed, current_status, not_ready, write_status};
 use super::lanes::{express, in_lane, Laned, Lanes};
-use super::{key_of, Context};
+use super::{finalizer_lagged, key_of, Context, FailurePolicy};
 use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{
@@ -181,28 +181,15 @@ pub fn controller(
     futures::future::join(controller, express).map(|_| ())
 }
 
-/// The user knows its identity was deleted outside the operator (a revoke or one of its
-/// tokens met `IdentityNotFound`). Sticky: nothing will bring that identity back.
-pub fn identity_lost(user: &CommunicationUser) -> bool {
-    user.status.as_ref().is_some_and(|s| {
-        s.identity_id.is_some()
-            && s.conditions
-                .find(types::READY)
-                .is_some_and(|c| c.reason == reasons::IDENTITY_NOT_FOUND)
-    })
-}
-
 impl Laned for CommunicationUser {
     const FINALIZER: &'static str = crate::api::USER_FINALIZER;
 
     fn has_status(&self, ctx: &Context) -> bool {
         // A status written with a new identity and not in the cache yet counts.
         self.status.is_some()
-            || self.metadata.uid.as_ref().is_some_and(|uid| {
-                ctx.recent_identities
-                    .lock()
-                    .is_ok_and(|recent| recent.contains_key(uid))
-            })
+            || ctx
+                .recent_identities
+                .contains(&self.namespace().unwrap_or_default(), &self.name_any())
     }
 
     fn cached(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Self>> {
@@ -228,12 +215,8 @@ async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Ac
 }
 
 fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(user.as_ref());
     if let Error::Finalizer(e) = err {
-        if super::gone_at_finalizer_removal(&ctx, user.as_ref(), e) {
-            return Action::await_change();
-        }
-        if super::finalizer_raced(e) {
+        if finalizer_lagged(&ctx, user.as_ref(), e) {
             return Action::await_change();
         }
     }
@@ -242,19 +225,18 @@ fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) ->
         // Not a failure: this reconcile read a cache that did not show the latest write yet
         // (often its own); the watch delivers it within moments. Read again soon, backing off
         // should the cache stay behind, but without holding the next ACS call.
+        let key = key_of(user.as_ref());
         let n = ctx.failures.record(&key);
         let d =
             crate::rotation::failure_backoff(n, None, ctx.config.guards.failure_backoff_max, &key);
         tracing::debug!(retry_in = ?d, "status write fenced off by a newer resourceVersion; reading again");
         return Action::requeue(d);
     }
-    let n = ctx.failures.record(&key);
-    // Permanent failures back off too: a fix arrives as a change (spec, credentials), which
-    // the back-off lets through at once.
-    let d = crate::rotation::failure_backoff(n, None, ctx.config.guards.failure_backoff_max, &key);
-    ctx.failures.retry_at(&key, std::time::Instant::now() + d);
-    warn!(error = %err, cause = %error_chain(err), failures = n, retry_in = ?d, transient = err.is_transient(), "reconcile failed");
-    Action::requeue(d)
+    FailurePolicy {
+        remaining: None,
+        transient: err.is_transient(),
+    }
+    .back_off(&ctx, user.as_ref(), err)
 }
 
 fn fenced(err: &Error) -> bool {
@@ -263,18 +245,6 @@ fn fenced(err: &Error) -> bool {
         Error::Finalizer(e) => super::reconciler_error(e).is_some_and(fenced),
         _ => false,
     }
-}
-
-/// The error and its sources, for logs. ACS and credential errors never carry secrets.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 /// The ACS resource GUID inside an identity id (`8:acs:<resource>_<user>`).

@@ -3,7 +3,6 @@
 
 use kube::ResourceExt;
 
-use super::identity_lost;
 use super::plan::{Creds, Observed, Refused};
 use crate::api::condition::{reasons, types};
 use crate::api::{CommunicationUser, CommunicationUserStatus, ConditionExt};
@@ -58,7 +57,7 @@ fn lost(ctx: &Context, user: &CommunicationUser, id: &str) -> Option<Option<Stri
         })
         .first()
         .map(|t| t.name_any());
-    (identity_lost(user) || reporter.is_some()).then_some(reporter)
+    (user.identity_lost() || reporter.is_some()).then_some(reporter)
 }
 
 /// Why adopting `id` is refused, if it is: another CommunicationUser (among the watched

@@ -32,8 +32,8 @@ use super::{acs_failed, not_ready, Error};
 use crate::acs::AcsClient;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, set_condition, CommunicationUser, CommunicationUserStatus, ConditionExt};
-use crate::controller::backoff::inputs_hash;
-use crate::controller::guard::Unscheduled;
+use crate::controller::failure_backoff::inputs_hash;
+use crate::controller::unscheduled::Unscheduled;
 use crate::controller::{key_of, Context};
 use crate::credentials::Credentials;
 
@@ -89,7 +89,7 @@ pub async fn revoke_if_requested(
             }
         }
         let uid = user.metadata.uid.as_deref().unwrap_or_default();
-        if let Err(wait) = ctx.guard.check(
+        if let Err(wait) = ctx.unscheduled.check(
             uid,
             Unscheduled::Revocation,
             guards.revocation_limit,
@@ -137,7 +137,7 @@ pub async fn revoke_if_requested(
     if let (Some(uid), false) = (user.metadata.uid.as_deref(), resuming) {
         // Counted once per revocation, when it starts: the retries of a failing one back off
         // on their own and must not use up the limit for the requests after it.
-        ctx.guard
+        ctx.unscheduled
             .record(uid, Unscheduled::Revocation, Instant::now());
     }
     match acs.revoke_tokens(id).await {

@@ -2,6 +2,7 @@
 //! identity's first record), remembered until the cache shows it, and the NotReady reports.
 
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
 use super::{revoke, Error};
 use crate::acs::AcsError;
@@ -36,6 +37,7 @@ pub(super) async fn write_identity(
     status: &CommunicationUserStatus,
 ) -> Result<Arc<CommunicationUser>, Error> {
     let rv = revoke::fenced_write(ctx, user, status, None).await?;
+    remember_written(ctx, user, status, rv.as_deref());
     Ok(as_written(user, status, rv))
 }
 
@@ -82,25 +84,57 @@ pub(super) async fn not_ready(
     Ok(())
 }
 
-/// The user's status, or the one this process wrote with a new identity when the cache has
-/// not caught up with that write yet.
+/// The user's status, or the one this process wrote (or is writing) with a new identity when
+/// the cache has not caught up with that write yet.
 pub(super) fn current_status(ctx: &Context, user: &CommunicationUser) -> CommunicationUserStatus {
     let cached = user.status.clone().unwrap_or_default();
-    let (Some(uid), Ok(mut recent)) = (user.metadata.uid.as_deref(), ctx.recent_identities.lock())
-    else {
-        return cached;
-    };
+    let (ns, name) = (user.namespace().unwrap_or_default(), user.name_any());
     if cached.identity_id.is_some() {
-        recent.remove(uid);
+        ctx.recent_identities.forget(&ns, &name);
         return cached;
     }
-    recent.get(uid).cloned().unwrap_or(cached)
+    match ctx
+        .recent_identities
+        .fresher(&ns, &name, user.metadata.resource_version.as_deref())
+    {
+        Some((uid, written)) if user.metadata.uid.as_ref() == Some(&uid) => written,
+        _ => cached,
+    }
 }
 
+/// Remembers a status with a new identity before it is written (see [`current_status`]).
 pub(super) fn remember(ctx: &Context, user: &CommunicationUser, status: &CommunicationUserStatus) {
-    if let (Some(uid), Ok(mut recent)) = (user.metadata.uid.clone(), ctx.recent_identities.lock()) {
-        recent.insert(uid, status.clone());
+    if let Some(uid) = user.metadata.uid.clone() {
+        let (ns, name) = (user.namespace().unwrap_or_default(), user.name_any());
+        ctx.recent_identities
+            .sending(&ns, &name, (uid, status.clone()));
     }
+}
+
+/// The status with a new identity was written: the object is at `resource_version`.
+fn remember_written(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+    resource_version: Option<&str>,
+) {
+    // Without a version to compare, the write stays "being sent" until the cache shows an
+    // identity.
+    let (Some(uid), Some(_)) = (user.metadata.uid.clone(), resource_version) else {
+        return;
+    };
+    let (ns, name) = (user.namespace().unwrap_or_default(), user.name_any());
+    ctx.recent_identities
+        .wrote(&ns, &name, resource_version, (uid, status.clone()));
+    // The watch may have delivered the write before its response arrived.
+    let cached = ctx.users.get(&ns, &name);
+    ctx.recent_identities.caught_up(
+        &ns,
+        &name,
+        cached
+            .as_ref()
+            .and_then(|u| u.metadata.resource_version.as_deref()),
+    );
 }
 
 /// Reports a failed ACS call on the resource: `CredentialsRejected` for a 401 (wrong or
@@ -117,7 +151,7 @@ pub(super) async fn acs_failed(
     let msg = format!(
         "failed to {action} ({}): {}{}",
         err.category(),
-        super::error_chain(err),
+        crate::controller::error_chain(err),
         crate::controller::failure_hint(err)
     );
     not_ready(ctx, user, status, reason, msg).await

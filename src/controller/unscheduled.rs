@@ -37,9 +37,9 @@ impl Unscheduled {
 
 /// Recent unscheduled actions per object UID.
 #[derive(Default)]
-pub struct Guard(Mutex<HashMap<(String, Unscheduled), VecDeque<Instant>>>);
+pub struct UnscheduledLimit(Mutex<HashMap<(String, Unscheduled), VecDeque<Instant>>>);
 
-impl Guard {
+impl UnscheduledLimit {
     /// `Ok` when one more `what` fits in `window` ending `now`; otherwise how long until it
     /// does.
     pub fn check(
@@ -82,7 +82,7 @@ impl Guard {
         }
     }
 
-    /// Guard entries (object and kind of work).
+    /// Entries (object and kind of work).
     pub fn len(&self) -> usize {
         self.0.lock().map(|m| m.len()).unwrap_or_default()
     }
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn the_fourth_unscheduled_issuance_in_a_window_waits_for_the_first_to_leave_it() {
-        let g = Guard::default();
+        let g = UnscheduledLimit::default();
         let t0 = Instant::now();
         let w = Duration::from_secs(60);
         for i in 0..3 {
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn entries_past_every_window_are_pruned() {
-        let g = Guard::default();
+        let g = UnscheduledLimit::default();
         let t0 = Instant::now();
         g.record("old", Unscheduled::Issue, t0);
         g.record("new", Unscheduled::Revocation, t0 + Duration::from_secs(50));

@@ -1,12 +1,12 @@
-//! Token summary gauges and queue depth, recomputed from the caches (no API calls).
+//! The summary gauges of both kinds (tokens and users: ready, not ready, expiring; the
+//! queue depths), recomputed from the caches (no API calls).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::CONTROLLER;
 use crate::api::condition::types;
 use crate::api::ConditionExt;
-use crate::controller::Context;
+use crate::controller::{token, user, Context};
 use kube::ResourceExt;
 
 /// Refreshes the token summary gauges from the cache every few seconds (no API calls).
@@ -77,7 +77,8 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
             }
         }
         ctx.metrics.set_token_summary(&s);
-        ctx.metrics.set_queue_depth(CONTROLLER, pending_tokens);
+        ctx.metrics
+            .set_queue_depth(token::CONTROLLER, pending_tokens);
         let users = ctx.users.all();
         let pending_users = users
             .iter()
@@ -87,8 +88,7 @@ pub async fn summarize_forever(ctx: Arc<Context>) {
                     .is_none_or(|s| s.observed_generation != u.metadata.generation)
             })
             .count() as i64;
-        ctx.metrics
-            .set_queue_depth(crate::controller::user::CONTROLLER, pending_users);
+        ctx.metrics.set_queue_depth(user::CONTROLLER, pending_users);
         let ready = users
             .iter()
             .filter(|u| {

@@ -4,7 +4,7 @@
 //! The count alone is not enough: a failing object can be woken by many things besides its
 //! requeue (a sibling's status, a credentials Secret, its user), and each wake-up would make
 //! another ACS call. So a failure also records until when the object must wait and the inputs
-//! it failed with; [`Failures::try_attempt`] tells a reconcile to skip its ACS call while that
+//! it failed with; [`FailureBackoff::try_attempt`] tells a reconcile to skip its ACS call while that
 //! back-off runs, unless the inputs changed (a new spec, a new key, a new identity), which
 //! deserves one prompt attempt.
 
@@ -21,9 +21,9 @@ struct Entry {
 
 /// Consecutive failures per object key (`Kind/namespace/name`).
 #[derive(Default)]
-pub struct Failures(Mutex<HashMap<String, Entry>>);
+pub struct FailureBackoff(Mutex<HashMap<String, Entry>>);
 
-impl Failures {
+impl FailureBackoff {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> Option<T> {
         self.0.lock().ok().map(|mut m| f(&mut m))
     }
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn counts_accumulate_and_reset() {
-        let f = Failures::default();
+        let f = FailureBackoff::default();
         assert_eq!(f.record("Kind/a/b"), 1);
         assert_eq!(f.record("Kind/a/b"), 2);
         assert_eq!(f.get("Kind/a/c"), 0);
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_failed_object_is_held_until_its_backoff_runs_out_unless_its_inputs_change() {
-        let f = Failures::default();
+        let f = FailureBackoff::default();
         let t0 = Instant::now();
         assert_eq!(f.try_attempt("k", 7, t0), None, "no failure yet");
         f.record("k");
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn kinds_do_not_share_counts() {
-        let f = Failures::default();
+        let f = FailureBackoff::default();
         f.record("CommunicationUser/ns/x");
         assert_eq!(f.get("CommunicationToken/ns/x"), 0);
     }
