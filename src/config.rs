@@ -380,21 +380,7 @@ impl Config {
         if !(a.acs_requests_per_second.is_finite() && a.acs_requests_per_second > 0.0) {
             return Err(ConfigError::Budget);
         }
-        let default_credentials = match a.default_credentials_secret.as_deref() {
-            None | Some("") => None,
-            Some(s) => {
-                let (ns, name) = s
-                    .split_once('/')
-                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
-                    .ok_or(ConfigError::DefaultCredentialsFormat)?;
-                Some(DefaultCredentials {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    key: a.default_credentials_key.clone(),
-                    namespace_selector: a.default_credentials_namespace_selector.clone(),
-                })
-            }
-        };
+        let default_credentials = default_credentials(&a)?;
         let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let own = match (
             nonempty(&a.entra_client_id),
@@ -455,32 +441,8 @@ impl Config {
             })?),
             None => None,
         };
-        let leader_election = if a.leader_election {
-            if a.leader_election_renew_deadline >= a.leader_election_lease_duration
-                || a.leader_election_retry_period >= a.leader_election_renew_deadline
-            {
-                return Err(ConfigError::LeaderTimings);
-            }
-            Some(LeaderElectionConfig {
-                namespace: a
-                    .leader_election_namespace
-                    .clone()
-                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                    .unwrap_or_else(|| "default".to_string()),
-                lease_name: a.leader_election_lease.clone(),
-                lease_duration: a.leader_election_lease_duration,
-                renew_deadline: a.leader_election_renew_deadline,
-                retry_period: a.leader_election_retry_period,
-            })
-        } else {
-            None
-        };
-        let identity = a.identity.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "operator".to_string());
-            format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-        });
+        let leader_election = leader_election(&a)?;
+        let identity = a.identity.clone().unwrap_or_else(generated_identity);
         let every_namespace = a.watch_namespaces.iter().all(|n| n.trim().is_empty());
         Ok(Self {
             kubeconfig: a.kubeconfig,
@@ -527,6 +489,57 @@ impl Config {
     pub fn watches_namespace(&self, ns: &str) -> bool {
         self.watch_namespaces.is_empty() || self.watch_namespaces.iter().any(|n| n == ns)
     }
+}
+
+/// `--default-credentials-secret` (`namespace/name`), if set.
+fn default_credentials(a: &RunArgs) -> Result<Option<DefaultCredentials>, ConfigError> {
+    Ok(match a.default_credentials_secret.as_deref() {
+        None | Some("") => None,
+        Some(s) => {
+            let (ns, name) = s
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                .ok_or(ConfigError::DefaultCredentialsFormat)?;
+            Some(DefaultCredentials {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                key: a.default_credentials_key.clone(),
+                namespace_selector: a.default_credentials_namespace_selector.clone(),
+            })
+        }
+    })
+}
+
+/// Leader election's settings, when it is on: the lease must outlast the renew deadline, and
+/// that the retry period.
+fn leader_election(a: &RunArgs) -> Result<Option<LeaderElectionConfig>, ConfigError> {
+    if !a.leader_election {
+        return Ok(None);
+    }
+    if a.leader_election_renew_deadline >= a.leader_election_lease_duration
+        || a.leader_election_retry_period >= a.leader_election_renew_deadline
+    {
+        return Err(ConfigError::LeaderTimings);
+    }
+    Ok(Some(LeaderElectionConfig {
+        namespace: a
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_string()),
+        lease_name: a.leader_election_lease.clone(),
+        lease_duration: a.leader_election_lease_duration,
+        renew_deadline: a.leader_election_renew_deadline,
+        retry_period: a.leader_election_retry_period,
+    }))
+}
+
+/// This replica's identity when none is given: its host name and a random suffix.
+fn generated_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "operator".to_string());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 #[cfg(test)]

@@ -30,20 +30,24 @@ fn with_client_directives(filter: &str) -> String {
     if filter.contains("acs_client") {
         return filter.to_string();
     }
-    let mirrored: Vec<String> = filter
-        .split(',')
-        .filter_map(|d| {
-            let rest = d.trim().strip_prefix("acs_identity_operator")?;
-            let rest = match rest.strip_prefix("::acs") {
-                Some(module) => module,
-                // Another module of the operator.
-                None if rest.starts_with(':') => return None,
-                None => rest,
-            };
-            let whole_target = rest.is_empty() || rest.starts_with(['=', '[', ':']);
-            whole_target.then(|| format!("acs_client{rest}"))
-        })
-        .collect();
+    // Directives for the whole operator first, its `acs` module's after: of two directives for
+    // one target the later wins, and the module's was the more specific one.
+    let (mut whole, mut module) = (Vec::new(), Vec::new());
+    for d in filter.split(',') {
+        let Some(rest) = d.trim().strip_prefix("acs_identity_operator") else {
+            continue;
+        };
+        let (rest, into) = match rest.strip_prefix("::acs") {
+            Some(rest) => (rest, &mut module),
+            // Another module of the operator.
+            None if rest.starts_with(':') => continue,
+            None => (rest, &mut whole),
+        };
+        if rest.is_empty() || rest.starts_with(['=', '[', ':']) {
+            into.push(format!("acs_client{rest}"));
+        }
+    }
+    let mirrored: Vec<String> = whole.into_iter().chain(module).collect();
     if mirrored.is_empty() {
         filter.to_string()
     } else {
@@ -78,6 +82,11 @@ mod tests {
         assert_eq!(
             f("acs_identity_operator::acsx=debug"),
             "acs_identity_operator::acsx=debug"
+        );
+        // The module's level wins over the whole operator's, as it did.
+        assert_eq!(
+            f("acs_identity_operator::acs=warn,acs_identity_operator=debug"),
+            "acs_identity_operator::acs=warn,acs_identity_operator=debug,acs_client=debug,acs_client=warn"
         );
         assert_eq!(
             f("acs_identity_operator=trace,acs_client=info"),

@@ -58,6 +58,38 @@ pub(super) struct Caches {
     pub subscriptions: Subscriptions,
 }
 
+impl Subscriptions {
+    /// One of each stream per controller and scope.
+    fn take(
+        users: &Shared<CommunicationUser>,
+        tokens: &Shared<CommunicationToken>,
+        creds: &Shared<SecretMeta>,
+        services: &Shared<CommunicationService>,
+        cluster: &kube::runtime::reflector::store::Writer<ClusterCommunicationService>,
+    ) -> Self {
+        let mut subscriptions = Subscriptions {
+            users: Vec::new(),
+            tokens: Vec::new(),
+            services: services.writers.iter().map(|w| w.subscribe()).collect(),
+            cluster_services: cluster.subscribe(),
+        };
+        for ((u, t), c) in users
+            .writers
+            .iter()
+            .zip(&tokens.writers)
+            .zip(&creds.writers)
+        {
+            subscriptions
+                .users
+                .push((u.subscribe(), t.subscribe(), c.subscribe()));
+            subscriptions
+                .tokens
+                .push((t.subscribe(), u.subscribe(), c.subscribe()));
+        }
+        subscriptions
+    }
+}
+
 impl Caches {
     /// Starts every watch; service changes (their spec, their Secret) are announced on
     /// `service_changed`.
@@ -79,25 +111,8 @@ impl Caches {
             kube::runtime::reflector::store_shared::<ClusterCommunicationService>(64);
 
         // Subscriptions must be taken before the drivers start.
-        let mut subscriptions = Subscriptions {
-            users: Vec::new(),
-            tokens: Vec::new(),
-            services: services.writers.iter().map(|w| w.subscribe()).collect(),
-            cluster_services: cluster_writer.subscribe(),
-        };
-        for ((u, t), c) in users
-            .writers
-            .iter()
-            .zip(&tokens.writers)
-            .zip(&creds.writers)
-        {
-            subscriptions
-                .users
-                .push((u.subscribe(), t.subscribe(), c.subscribe()));
-            subscriptions
-                .tokens
-                .push((t.subscribe(), u.subscribe(), c.subscribe()));
-        }
+        let subscriptions =
+            Subscriptions::take(&users, &tokens, &creds, &services, &cluster_writer);
 
         let all = watcher::Config::default();
         // Every Secret that is not a token Secret may hold credentials; metadata only, so no
@@ -118,17 +133,7 @@ impl Caches {
             (watches, "CommunicationUser"),
             // After the store: a user's new identity is remembered until the cache shows it.
             (Hook::AfterStore, |scope: Option<&str>| {
-                let memory = recent_identities.clone();
-                let mut usage = service_signals::on_user_event(service_usage.clone());
-                let scope = scope.map(str::to_string);
-                let mut relist = crate::relist::Relist::default();
-                move |e: &watcher::Event<CommunicationUser>| {
-                    memory.on_event(e);
-                    usage(e);
-                    if let Some(listed) = relist.on_event(e) {
-                        memory.retain_listed(scope.as_deref(), &listed);
-                    }
-                }
+                user_hook(scope, recent_identities.clone(), service_usage.clone())
             }),
         ));
         let user_stores = Stores::new(users.stores.clone());
@@ -141,26 +146,11 @@ impl Caches {
             &all,
             (watches, "CommunicationToken"),
             (Hook::BeforeStore, |scope: Option<&str>| {
-                let (ix, memo) = (token_index.clone(), token_status.clone());
-                let (users, usage) = (user_stores.clone(), service_usage.clone());
-                let scope = scope.map(str::to_string);
-                let mut relist = crate::relist::Relist::default();
-                move |e: &watcher::Event<CommunicationToken>| {
-                    ix.apply(e);
-                    memo.on_event(e);
-                    let counted = match e {
-                        watcher::Event::Apply(t) => service_signals::token_usage(&users, t, false),
-                        watcher::Event::Delete(t) => service_signals::token_usage(&users, t, true),
-                        _ => None,
-                    };
-                    if let Some(k) = counted {
-                        let _ = usage.send(k);
-                    }
-                    if let Some(listed) = relist.on_event(e) {
-                        ix.retain_listed(scope.as_deref(), &listed);
-                        memo.retain_listed(scope.as_deref(), &listed);
-                    }
-                }
+                token_hook(
+                    scope,
+                    (token_index.clone(), token_status.clone()),
+                    (user_stores.clone(), service_usage.clone()),
+                )
             }),
         ));
         let service_stores = ServiceStores {
@@ -227,5 +217,96 @@ impl Caches {
                 && services.namespaced.wait_until_ready().await
                 && services.cluster.wait_until_ready().await.is_ok()
         }
+    }
+}
+
+/// Every event of the tokens' watch keeps the index and the status memory in step (deletions
+/// included, which the controllers' subscriber streams do not carry; and, at the end of a
+/// relist, the deletions the watch missed while it was down), and counts a service's tokens.
+fn token_hook(
+    scope: Option<&str>,
+    (ix, memo): (Arc<TokenIndex>, Arc<Written<CommunicationTokenStatus>>),
+    (users, usage): (
+        Stores<CommunicationUser>,
+        tokio::sync::broadcast::Sender<ServiceKey>,
+    ),
+) -> impl FnMut(&watcher::Event<CommunicationToken>) + Send + 'static {
+    let scope = scope.map(str::to_string);
+    let mut relist = crate::relist::Relist::default();
+    move |e: &watcher::Event<CommunicationToken>| {
+        ix.apply(e);
+        memo.on_event(e);
+        let counted = match e {
+            watcher::Event::Apply(t) => service_signals::token_usage(&users, t, false),
+            watcher::Event::Delete(t) => service_signals::token_usage(&users, t, true),
+            _ => None,
+        };
+        if let Some(k) = counted {
+            let _ = usage.send(k);
+        }
+        if let Some(listed) = relist.on_event(e) {
+            ix.retain_listed(scope.as_deref(), &listed);
+            memo.retain_listed(scope.as_deref(), &listed);
+        }
+    }
+}
+
+/// Every event of the users' watch, after the store: a deleted user's new identity is
+/// forgotten (a reconcile forgets it once the cache shows it), and a service's users are
+/// counted.
+fn user_hook(
+    scope: Option<&str>,
+    memory: Arc<Written<(String, CommunicationUserStatus)>>,
+    usage: tokio::sync::broadcast::Sender<ServiceKey>,
+) -> impl FnMut(&watcher::Event<CommunicationUser>) + Send + 'static {
+    let mut usage = service_signals::on_user_event(usage);
+    let scope = scope.map(str::to_string);
+    let mut relist = crate::relist::Relist::default();
+    move |e: &watcher::Event<CommunicationUser>| {
+        if let watcher::Event::Delete(u) = e {
+            memory.forget(
+                u.metadata.namespace.as_deref().unwrap_or_default(),
+                u.metadata.name.as_deref().unwrap_or_default(),
+            );
+        }
+        usage(e);
+        if let Some(listed) = relist.on_event(e) {
+            memory.retain_listed(scope.as_deref(), &listed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(rv: &str) -> CommunicationUser {
+        let mut u = crate::controller::fixtures::user("ns", "u");
+        u.metadata.resource_version = Some(rv.into());
+        u
+    }
+
+    #[test]
+    fn the_users_watch_forgets_a_new_identity_only_when_its_user_is_deleted() {
+        let memory: Arc<Written<(String, CommunicationUserStatus)>> = Arc::default();
+        let usage = tokio::sync::broadcast::channel(4).0;
+        let mut hook = user_hook(None, memory.clone(), usage);
+        // Whether or not its write's answer was recorded.
+        memory.wrote(
+            "ns",
+            "u",
+            Some("50"),
+            ("uid-u".into(), CommunicationUserStatus::default()),
+        );
+        // A relist's objects reach the store only at its end: a version past the write, seen
+        // while relisting, must not end the memory.
+        hook(&watcher::Event::Init);
+        hook(&watcher::Event::InitApply(user("100")));
+        hook(&watcher::Event::Apply(user("101")));
+        assert!(memory.contains("ns", "u"));
+        hook(&watcher::Event::InitDone);
+        assert!(memory.contains("ns", "u"), "the relist showed the user");
+        hook(&watcher::Event::Delete(user("102")));
+        assert!(memory.is_empty());
     }
 }

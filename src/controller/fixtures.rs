@@ -147,3 +147,37 @@ pub fn status(code: u16, reason: &str) -> Value {
         "message": format!("mocked {reason}"), "reason": reason, "code": code,
     })
 }
+
+/// A CommunicationToken `name` of user `u` in namespace `ns`: one voip scope, 60 minutes,
+/// generation 1, revoked on deletion; the builder the reconcilers' unit tests start from.
+pub fn token(ns: &str, name: &str) -> crate::api::CommunicationToken {
+    use crate::api::{CommunicationToken, CommunicationTokenSpec, UserRef};
+    let mut t = CommunicationToken::new(
+        name,
+        CommunicationTokenSpec {
+            user_ref: UserRef { name: "u".into() },
+            scopes: vec![crate::acs::Scope::Voip],
+            expires_in_minutes: 60,
+            renew_before: None,
+            renew_before_percentage: None,
+            secret_name: None,
+            secret_template: None,
+            suspend: false,
+            revoke_on_delete: true,
+            rollout_restart_targets: Vec::new(),
+        },
+    );
+    t.metadata.namespace = Some(ns.into());
+    t.metadata.uid = Some(format!("uid-{name}"));
+    t.metadata.generation = Some(1);
+    t
+}
+
+/// A CommunicationUser `name` in namespace `ns`, default spec, no status.
+pub fn user(ns: &str, name: &str) -> crate::api::CommunicationUser {
+    let mut u = crate::api::CommunicationUser::new(name, Default::default());
+    u.metadata.namespace = Some(ns.into());
+    u.metadata.uid = Some(format!("uid-{name}"));
+    u.metadata.generation = Some(1);
+    u
+}

@@ -127,18 +127,35 @@ fn shutdown_signal() -> Shutdown {
     f.shared()
 }
 
+/// Every write passes this gate: always open without leader election, else valid only while
+/// this replica's leadership is (see `leader::gate`).
+fn write_gate(config: &Config) -> LeaderGate {
+    if config.leader_election.is_some() {
+        LeaderGate::closed()
+    } else {
+        LeaderGate::always_open()
+    }
+}
+
+/// Resolves when the controllers must stop; watches ending from then on end on purpose, not
+/// as failures.
+fn stopping(
+    stop: impl Future<Output = ()> + Send + 'static,
+    watches: watch_health::WatchHealth,
+) -> Shutdown {
+    let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        stop.await;
+        watches.stopping();
+    });
+    f.shared()
+}
+
 /// Runs the operator until a shutdown signal (`Ok`) or the loss of leadership
 /// ([`RunError::LeadershipLost`], so the process exits non-zero and restarts with fresh caches).
 pub async fn run(config: Config) -> Result<(), RunError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    // Every write passes this gate: always open without leader election, else valid only
-    // while this replica's leadership is (see `leader::gate`).
-    let gate = if config.leader_election.is_some() {
-        LeaderGate::closed()
-    } else {
-        LeaderGate::always_open()
-    };
+    let gate = write_gate(&config);
     let client = counted_kube_client(&config, metrics.clone(), &gate).await?;
     let readiness = Readiness::default();
     let shutdown = shutdown_signal();
@@ -215,15 +232,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let Some(leading) = lead(&config, &client, &gate, &metrics, shutdown.clone()).await? else {
         return Ok(());
     };
-    // Watches ending from here on end on purpose, not as failures.
-    let stop: Shutdown = {
-        let (stop, watches) = (leading.stop.clone(), watches.clone());
-        let f: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            stop.await;
-            watches.stopping();
-        });
-        f.shared()
-    };
+    let stop = stopping(leading.stop.clone(), watches.clone());
 
     // The default credentials Secret outside the watched namespaces has no watch: poll it so
     // a key rotation there still reaches the tokens that use it.

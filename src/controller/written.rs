@@ -1,11 +1,13 @@
 //! What this process wrote to each object, with the resourceVersion its write returned: the
 //! one memory of "what I wrote that the cache may not show yet". Its owners differ only in
 //! how long they keep an entry:
-//! - statuses (tokens' and users'), until the watch delivers the write: a reconcile that
+//! - token statuses, until the watch delivers the write: a reconcile that
 //!   starts before then (another trigger woke the object) plans from what was written, not
 //!   from the stale cached status, and finds nothing to do instead of writing again;
 //! - a user's new identity, from before its write is sent (GA creation is not idempotent: a
-//!   failed write must not lead to a second identity) until the cache shows an identity;
+//!   failed write must not lead to a second identity) until a reconciled copy shows an
+//!   identity (never forgotten on a resourceVersion alone: a relist's objects are not in the
+//!   cache until the relist ends);
 //! - token Secrets ([`super::own_writes`]), for as long as the watch shows the Secret at the
 //!   version this process wrote, so that a reconcile needs no GET to know what it holds.
 //!
@@ -22,18 +24,19 @@ fn key(ns: &str, name: &str) -> Key {
 }
 
 /// resourceVersions are opaque to clients, but the apiserver's etcd3 storage issues them as
-/// increasing integers; one that does not parse records nothing (the owner reads as before).
+/// increasing integers; ordering needs that, equality does not (one that does not parse is
+/// never "fresher" than a cached copy).
 fn rv(s: Option<&str>) -> Option<u64> {
     s.and_then(|s| s.parse().ok())
 }
 
 /// When a write happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum At {
     /// Sent, its answer not known yet (or the write failed): newer than any cached copy.
     Sending,
-    /// The object's resourceVersion after the write.
-    Version(u64),
+    /// The object's resourceVersion after the write, as the apiserver answered it.
+    Version(String),
 }
 
 /// What this process wrote, by namespace and name.
@@ -60,13 +63,13 @@ impl<V: Clone> Written<V> {
         self.map().insert(key(ns, name), (At::Sending, value));
     }
 
-    /// This process wrote `value`; the object is now at `resource_version` (unparseable or
-    /// absent: nothing is remembered).
+    /// This process wrote `value`; the object is now at `resource_version` (absent: nothing
+    /// is remembered).
     pub fn wrote(&self, ns: &str, name: &str, resource_version: Option<&str>, value: V) {
         let mut map = self.map();
-        match rv(resource_version) {
+        match resource_version {
             Some(at) => {
-                map.insert(key(ns, name), (At::Version(at), value));
+                map.insert(key(ns, name), (At::Version(at.to_string()), value));
             }
             None => {
                 map.remove(&key(ns, name));
@@ -78,16 +81,19 @@ impl<V: Clone> Written<V> {
     pub fn fresher(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> Option<V> {
         match (self.map().get(&key(ns, name)), rv(cached_rv)) {
             (Some((At::Sending, v)), _) => Some(v.clone()),
-            (Some((At::Version(at), v)), Some(cached)) if cached < *at => Some(v.clone()),
+            (Some((At::Version(at), v)), Some(cached))
+                if rv(Some(at)).is_some_and(|at| cached < at) =>
+            {
+                Some(v.clone())
+            }
             _ => None,
         }
     }
 
     /// What this process wrote, if the object is still at exactly `resource_version`.
     pub fn at(&self, ns: &str, name: &str, resource_version: &str) -> Option<V> {
-        let at = rv(Some(resource_version))?;
         match self.map().get(&key(ns, name)) {
-            Some((At::Version(v), value)) if *v == at => Some(value.clone()),
+            Some((At::Version(v), value)) if v == resource_version => Some(value.clone()),
             _ => None,
         }
     }
@@ -97,11 +103,16 @@ impl<V: Clone> Written<V> {
     pub fn caught_up(&self, ns: &str, name: &str, resource_version: Option<&str>) {
         let mut map = self.map();
         let k = key(ns, name);
-        let done = match (map.get(&k), resource_version.map(|v| rv(Some(v)))) {
+        let done = match (map.get(&k), resource_version) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some((At::Version(at), _)), Some(Some(now))) => now >= *at,
-            (Some(_), Some(_)) => false,
+            (Some((At::Sending, _)), Some(_)) => false,
+            // A write whose version does not parse is never fresher: nothing to keep it for.
+            (Some((At::Version(at), _)), Some(now)) => match (rv(Some(at)), rv(Some(now))) {
+                (Some(at), Some(now)) => now >= at,
+                (None, _) => true,
+                (Some(_), None) => false,
+            },
         };
         if done {
             map.remove(&k);
@@ -183,6 +194,7 @@ mod tests {
         assert_eq!(m.len(), 0);
         m.wrote("ns", "w", Some("x"), "w");
         assert_eq!(m.fresher("ns", "w", Some("1")), None);
+        assert_eq!(m.at("ns", "w", "x"), Some("w"), "equality needs no parsing");
     }
 
     #[test]
@@ -209,6 +221,7 @@ mod tests {
         assert_eq!(m.at("ns", "s", "5"), Some(1));
         assert_eq!(m.at("ns", "s", "6"), None);
         assert_eq!(m.at("ns", "s", "x"), None);
+        assert_eq!(m.at("ns", "s", "05"), None);
         m.sending("ns", "s", 2);
         assert_eq!(m.at("ns", "s", "5"), None);
         m.retain(|_, name| name != "s");

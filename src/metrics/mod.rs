@@ -160,199 +160,183 @@ impl Metrics {
     /// Creates the registry and registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
-        let reconciles = Family::<ReconcileLabels, Counter>::default();
-        let reconcile_duration: HistogramFamily<ControllerLabels> =
-            Family::new_with_constructor(reconcile_histogram);
-        let reconciles_in_flight = Family::<ControllerLabels, GaugeI64>::default();
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let queue_depth = Family::<ControllerLabels, GaugeI64>::default();
-        let acs_requests = Family::<RequestLabels, Counter>::default();
-        let acs_request_duration: HistogramFamily<OperationLabels> =
-            Family::new_with_constructor(acs_request_histogram);
-        let token_issuances = Family::<ReasonLabels, Counter>::default();
-        let revocations = Counter::default();
-        let identities_created = Counter::default();
-        let identities_deleted = Counter::default();
-        let tokens = Family::<StateLabels, GaugeI64>::default();
-        let tokens_revoked = GaugeI64::default();
-        let token_min_remaining_validity = Family::<NoLabels, GaugeF64>::default();
-        let token_next_expiry = Family::<NoLabels, GaugeF64>::default();
-        let token_next_renewal = Family::<NoLabels, GaugeF64>::default();
-        let users = Family::<StateLabels, GaugeI64>::default();
-        let kube_requests = Family::<VerbLabels, Counter>::default();
-
-        // Counters get their `_total` suffix from the encoder, and `register_with_unit`
-        // appends the unit, so the names below carry neither.
-        registry.register(
-            "reconciles",
-            "Reconciles finished, by controller and result (ok or error)",
-            reconciles.clone(),
-        );
-        registry.register_with_unit(
-            "reconcile_duration",
-            "Time one reconcile took, by controller",
-            Unit::Seconds,
-            reconcile_duration.clone(),
-        );
-        registry.register(
-            "reconciles_in_flight",
-            "Reconciles running right now, by controller",
-            reconciles_in_flight.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles, by controller and error category",
-            reconcile_errors.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Objects scheduled for a reconcile that has not started yet, by controller",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "acs_requests",
-            "Requests to the ACS Identity API, by operation and outcome (HTTP status or error category)",
-            acs_requests.clone(),
-        );
-        registry.register_with_unit(
-            "acs_request_duration",
-            "Latency of requests to the ACS Identity API, by operation",
-            Unit::Seconds,
-            acs_request_duration.clone(),
-        );
-        registry.register(
-            "token_issuances",
-            "Access tokens issued, by reason",
-            token_issuances.clone(),
-        );
-        registry.register(
-            "revocations",
-            "Revoke calls made to ACS (each revokes all tokens of one identity)",
-            revocations.clone(),
-        );
-        registry.register(
-            "identities_created",
-            "ACS identities created",
-            identities_created.clone(),
-        );
-        registry.register(
-            "identities_deleted",
-            "ACS identities deleted",
-            identities_deleted.clone(),
-        );
-        registry.register(
-            "tokens",
-            "CommunicationTokens, by state (ready, not_ready, suspended)",
-            tokens.clone(),
-        );
-        registry.register(
-            "tokens_revoked",
-            "CommunicationTokens whose Secret holds a token ACS has revoked (issued before their user's current revocation epoch) and not replaced yet; Ready is False for them once their status says so",
-            tokens_revoked.clone(),
-        );
-        registry.register_with_unit(
-            "token_min_remaining_validity",
-            "Smallest remaining validity of any issued token; absent when there is none",
-            Unit::Seconds,
-            token_min_remaining_validity.clone(),
-        );
-        registry.register_with_unit(
-            "token_next_expiry_timestamp",
-            "Unix time of the earliest token expiry; absent when there is none",
-            Unit::Seconds,
-            token_next_expiry.clone(),
-        );
-        registry.register_with_unit(
-            "token_next_renewal_timestamp",
-            "Unix time of the earliest scheduled token renewal; absent when there is none",
-            Unit::Seconds,
-            token_next_renewal.clone(),
-        );
-        registry.register(
-            "users",
-            "CommunicationUsers, by state (ready, not_ready)",
-            users.clone(),
-        );
-        registry.register(
-            "kube_requests",
-            "Requests sent to the Kubernetes API server, by verb (get, list, watch, create, update, patch, delete, other)",
-            kube_requests.clone(),
-        );
-
-        let secret_repairs = Counter::default();
-        registry.register(
-            "secret_repairs",
-            "Token Secrets rewritten with their same, still valid token after drift (an edit, an extra key, a template change)",
-            secret_repairs.clone(),
-        );
-        let deferred = Family::<ActionLabels, Counter>::default();
-        registry.register(
-            "unscheduled_deferred",
-            "Unscheduled work deferred by its guard, by action (issue and repair per token, revocation per user)",
-            deferred.clone(),
-        );
-        let ambiguous_creates = Counter::default();
-        registry.register(
-            "ambiguous_identity_creates",
-            "GA identity creations whose outcome is unknown (the request may have been processed, the answer was lost): each may have left one orphan identity in ACS",
-            ambiguous_creates.clone(),
-        );
-
-        // Buckets from 1 minute to 24 hours: what a pod holds at worst when a token reaches it.
-        let pod_validity_at_issue = Histogram::new([
-            60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
-        ]);
-        registry.register_with_unit(
-            "token_pod_validity_at_worst",
-            "Per issued token: the validity a pod holds at worst when the next token reaches it (expiry - renewal - propagation allowance)",
-            Unit::Seconds,
-            pod_validity_at_issue.clone(),
-        );
-        let token_min_pod_validity = Family::<NoLabels, GaugeF64>::default();
-        registry.register_with_unit(
-            "token_min_pod_validity_at_worst",
-            "Smallest validity a pod holds at worst when its next token arrives, over all tokens; absent when there is none",
-            Unit::Seconds,
-            token_min_pod_validity.clone(),
-        );
-
         let runtime = runtime::RuntimeMetrics::register(&mut registry);
-
+        let mut m = Self {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            reconcile_duration: Family::new_with_constructor(reconcile_histogram),
+            reconciles_in_flight: Family::default(),
+            reconcile_errors: Family::default(),
+            queue_depth: Family::default(),
+            acs_requests: Family::default(),
+            acs_request_duration: Family::new_with_constructor(acs_request_histogram),
+            token_issuances: Family::default(),
+            revocations: Counter::default(),
+            identities_created: Counter::default(),
+            identities_deleted: Counter::default(),
+            tokens: Family::default(),
+            tokens_revoked: GaugeI64::default(),
+            token_min_remaining_validity: Family::default(),
+            token_next_expiry: Family::default(),
+            token_next_renewal: Family::default(),
+            users: Family::default(),
+            kube_requests: Family::default(),
+            secret_repairs: Counter::default(),
+            deferred: Family::default(),
+            ambiguous_creates: Counter::default(),
+            // Buckets from 1 minute to 24 hours: what a pod holds at worst when a token
+            // reaches it.
+            pod_validity_at_issue: Histogram::new([
+                60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+            ]),
+            token_min_pod_validity: Family::default(),
+            runtime,
+            objects: std::sync::Arc::new(objects::ObjectMetrics::default()),
+        };
+        m.register_reconciles_and_requests(&mut registry);
+        m.register_objects_and_guards(&mut registry);
         // Every action's series exists from the start at 0: a counter that first appears at 1
         // shows no increase, so the first deferral would never alert.
         for action in ["issue", "repair", "revocation"] {
-            let _ = deferred.get_or_create(&ActionLabels { action });
+            let _ = m.deferred.get_or_create(&ActionLabels { action });
         }
-        let objects = std::sync::Arc::new(objects::ObjectMetrics::default());
-        registry.register_collector(Box::new(objects.clone()));
-        Self {
-            runtime,
-            objects,
-            pod_validity_at_issue,
-            token_min_pod_validity,
-            secret_repairs,
-            deferred,
-            ambiguous_creates,
-            registry,
-            reconciles,
-            reconcile_duration,
-            reconciles_in_flight,
-            reconcile_errors,
-            queue_depth,
-            acs_requests,
-            acs_request_duration,
-            token_issuances,
-            revocations,
-            identities_created,
-            identities_deleted,
-            tokens,
-            tokens_revoked,
-            token_min_remaining_validity,
-            token_next_expiry,
-            token_next_renewal,
-            users,
-            kube_requests,
-        }
+        registry.register_collector(Box::new(m.objects.clone()));
+        m.registry = registry;
+        m
+    }
+
+    /// The reconcilers' families and the requests to ACS.
+    fn register_reconciles_and_requests(&self, r: &mut Registry) {
+        // Counters get their `_total` suffix from the encoder, and `register_with_unit`
+        // appends the unit, so the names below carry neither.
+        r.register(
+            "reconciles",
+            "Reconciles finished, by controller and result (ok or error)",
+            self.reconciles.clone(),
+        );
+        r.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took, by controller",
+            Unit::Seconds,
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "reconciles_in_flight",
+            "Reconciles running right now, by controller",
+            self.reconciles_in_flight.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and error category",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Objects scheduled for a reconcile that has not started yet, by controller",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "acs_requests",
+            "Requests to the ACS Identity API, by operation and outcome (HTTP status or error category)",
+            self.acs_requests.clone(),
+        );
+        r.register_with_unit(
+            "acs_request_duration",
+            "Latency of requests to the ACS Identity API, by operation",
+            Unit::Seconds,
+            self.acs_request_duration.clone(),
+        );
+        r.register(
+            "token_issuances",
+            "Access tokens issued, by reason",
+            self.token_issuances.clone(),
+        );
+        r.register(
+            "revocations",
+            "Revoke calls made to ACS (each revokes all tokens of one identity)",
+            self.revocations.clone(),
+        );
+        r.register(
+            "identities_created",
+            "ACS identities created",
+            self.identities_created.clone(),
+        );
+        r.register(
+            "identities_deleted",
+            "ACS identities deleted",
+            self.identities_deleted.clone(),
+        );
+    }
+
+    /// The objects' summary families, the Kubernetes requests and the guards' counters.
+    fn register_objects_and_guards(&self, r: &mut Registry) {
+        r.register(
+            "tokens",
+            "CommunicationTokens, by state (ready, not_ready, suspended)",
+            self.tokens.clone(),
+        );
+        r.register(
+            "tokens_revoked",
+            "CommunicationTokens whose Secret holds a token ACS has revoked (issued before their user's current revocation epoch) and not replaced yet; Ready is False for them once their status says so",
+            self.tokens_revoked.clone(),
+        );
+        r.register_with_unit(
+            "token_min_remaining_validity",
+            "Smallest remaining validity of any issued token; absent when there is none",
+            Unit::Seconds,
+            self.token_min_remaining_validity.clone(),
+        );
+        r.register_with_unit(
+            "token_next_expiry_timestamp",
+            "Unix time of the earliest token expiry; absent when there is none",
+            Unit::Seconds,
+            self.token_next_expiry.clone(),
+        );
+        r.register_with_unit(
+            "token_next_renewal_timestamp",
+            "Unix time of the earliest scheduled token renewal; absent when there is none",
+            Unit::Seconds,
+            self.token_next_renewal.clone(),
+        );
+        r.register(
+            "users",
+            "CommunicationUsers, by state (ready, not_ready)",
+            self.users.clone(),
+        );
+        r.register(
+            "kube_requests",
+            "Requests sent to the Kubernetes API server, by verb (get, list, watch, create, update, patch, delete, other)",
+            self.kube_requests.clone(),
+        );
+
+        r.register(
+            "secret_repairs",
+            "Token Secrets rewritten with their same, still valid token after drift (an edit, an extra key, a template change)",
+            self.secret_repairs.clone(),
+        );
+        r.register(
+            "unscheduled_deferred",
+            "Unscheduled work deferred by its guard, by action (issue and repair per token, revocation per user)",
+            self.deferred.clone(),
+        );
+        r.register(
+            "ambiguous_identity_creates",
+            "GA identity creations whose outcome is unknown (the request may have been processed, the answer was lost): each may have left one orphan identity in ACS",
+            self.ambiguous_creates.clone(),
+        );
+
+        r.register_with_unit(
+            "token_pod_validity_at_worst",
+            "Per issued token: the validity a pod holds at worst when the next token reaches it (expiry - renewal - propagation allowance)",
+            Unit::Seconds,
+            self.pod_validity_at_issue.clone(),
+        );
+        r.register_with_unit(
+            "token_min_pod_validity_at_worst",
+            "Smallest validity a pod holds at worst when its next token arrives, over all tokens; absent when there is none",
+            Unit::Seconds,
+            self.token_min_pod_validity.clone(),
+        );
     }
 
     /// Renders every family in the OpenMetrics text format (see [`CONTENT_TYPE`]).

@@ -131,38 +131,32 @@ pub fn check<'u>(g: &Gate<'_, 'u>) -> Result<(&'u CommunicationUser, String), St
     Ok((user, identity.to_string()))
 }
 
+/// Credentials that cannot be had (not a passing failure): the token says why.
+pub fn credentials_refused(e: &crate::credentials::CredentialsError) -> Stop {
+    Stop::NotReady(NotReady {
+        reason: e.reason(),
+        message: e.message(),
+        event: true,
+        requeue: e.requeue(),
+        delete_secret: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        set_condition, CommunicationTokenSpec, CommunicationUserSpec, CommunicationUserStatus,
-        UserRef,
-    };
+    use crate::api::{set_condition, CommunicationUserStatus};
 
     const RESYNC: Duration = Duration::from_secs(3600);
 
     fn token() -> CommunicationToken {
-        let mut t = CommunicationToken::new(
-            "t",
-            CommunicationTokenSpec {
-                user_ref: UserRef { name: "u".into() },
-                scopes: vec![crate::acs::Scope::Voip],
-                expires_in_minutes: 60,
-                renew_before: None,
-                renew_before_percentage: None,
-                secret_name: None,
-                secret_template: None,
-                suspend: false,
-                revoke_on_delete: true,
-                rollout_restart_targets: Vec::new(),
-            },
-        );
+        let mut t = crate::controller::fixtures::token("ns", "t");
         t.metadata.generation = Some(2);
         t
     }
 
     fn user(identity: Option<&str>, reason: Option<&'static str>) -> CommunicationUser {
-        let mut u = CommunicationUser::new("u", CommunicationUserSpec::default());
+        let mut u = crate::controller::fixtures::user("ns", "u");
         let mut st = CommunicationUserStatus {
             identity_id: identity.map(str::to_string),
             ..Default::default()
@@ -282,8 +276,7 @@ mod tests {
     fn a_new_token_waits_silently_for_a_user_being_set_up_and_an_old_one_says_so() {
         let t = token();
         let st = CommunicationTokenStatus::default();
-        let mut setting_up = CommunicationUser::new("u", CommunicationUserSpec::default());
-        setting_up.status = None;
+        let setting_up = crate::controller::fixtures::user("ns", "u");
         let mut g = gate(&t, &st, UserSeen::Found(&setting_up));
         g.young = true;
         assert_eq!(outcome(&g), Err(("", false, USER_SETUP_RECHECK, false)));

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -20,10 +19,9 @@ use kube::ResourceExt;
 use tracing::info;
 
 use super::plan::{renewal_at, IssueReason};
-use super::{status, Error};
+use super::{render, status, Error};
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, CommunicationTokenStatus, ConditionExt};
-use crate::controller::error_chain;
 use crate::controller::failure_backoff::inputs_hash;
 use crate::controller::unscheduled::Unscheduled;
 use crate::controller::{key_of, Context};
@@ -241,7 +239,6 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         .acs_client(t.creds, &object_key)
         .map_err(Error::Client)?;
     let now = ctx.now();
-    let gen = token.metadata.generation;
     let mut st = t.status.clone();
     let issued = match acs
         .issue_token(
@@ -253,66 +250,15 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     {
         Ok(i) => i,
         Err(e) => {
-            st.failed_attempts = st.failed_attempts.saturating_add(1);
-            if e.is_not_found() {
-                // Name the identity that is gone, so its user learns it even from a token
-                // that never held a token of it (its first issuance).
-                st.identity_id = Some(t.identity.to_string());
-            }
-            let reason_text = if e.is_not_found() {
-                reasons::IDENTITY_NOT_FOUND
-            } else {
-                crate::controller::credential_reason(&e).unwrap_or(reasons::ISSUE_FAILED)
-            };
-            let msg = if e.is_not_found() {
-                format!("identity {} no longer exists in ACS (deleted outside the operator): delete and recreate the CommunicationUser", t.identity)
-            } else {
-                format!(
-                    "failed to issue token ({}): {}{}",
-                    e.category(),
-                    error_chain(&e),
-                    crate::controller::failure_hint(&e)
-                )
-            };
-            let previous = st.conditions.find(types::ISSUING).map(|c| c.reason.clone());
-            crate::api::set_condition(
-                &mut st.conditions,
-                types::ISSUING,
-                true,
-                reason_text,
-                msg.clone(),
-                gen,
-                now,
-            );
-            let still_valid =
-                reason.held_token_usable() && st.expires_on.as_ref().is_some_and(|x| x.0 > now);
-            if !still_valid || !e.is_transient() {
-                crate::api::set_condition(
-                    &mut st.conditions,
-                    types::READY,
-                    false,
-                    reason_text,
-                    msg.clone(),
-                    gen,
-                    now,
-                );
-                if e.is_transient() {
-                    // Says what the Secret holds meanwhile (a revoked token, or none).
-                    let why = format!(
-                        "issuing its replacement failed ({}), retried with back-off",
-                        e.category()
-                    );
-                    status::held_token_refused(&mut st, token, reason, reason_text, &why, now);
-                }
-            }
+            let failed = render::issue_failed(&mut st, token, t.identity, reason, &e, now);
             let _ = status::write(ctx, token, &st).await;
-            if !e.is_transient() && previous.as_deref() != Some(reason_text) {
+            if !e.is_transient() && failed.new_reason {
                 ctx.event(
                     token.as_ref(),
                     EventType::Warning,
-                    reason_text,
+                    failed.reason,
                     "IssueToken",
-                    msg,
+                    failed.message,
                 )
                 .await;
             }
@@ -324,41 +270,8 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         ctx.unscheduled
             .record(&uid, Unscheduled::Issue, Instant::now());
     }
-    let expires_on = issued.expires_at().unwrap_or_else(|| {
-        now + jiff::SignedDuration::from_mins(i64::from(token.spec.expires_in_minutes))
-    });
-    // Whole seconds, as the Secret records them, so the next reconcile reads back exactly what
-    // this one wrote to status (no second status write).
-    let recorded = RecordedToken {
-        expires_on: crate::rotation::whole_seconds(expires_on),
-        issued_at: crate::rotation::whole_seconds(now),
-        user_id: t.identity.to_string(),
-        scopes: token.spec.scopes.clone(),
-        expires_in_minutes: token.spec.expires_in_minutes,
-        revocation_epoch: t.epoch,
-        key_fingerprint: fingerprint,
-        revision: t.previous_revision.max(st.revision) + 1,
-    };
-    let new = IssuedToken {
-        token: issued.token,
-        record: recorded.clone(),
-    };
     let name = token.secret_name();
-    let desired = match t.current {
-        None => secret::desired_secret(token, &new, key),
-        Some(c) => {
-            secret::rewritten_secret(c, token, new.token.expose().as_bytes(), &recorded, key)
-        }
-    };
-    let Some(desired) = desired else {
-        return Err(Error::Unnamed);
-    };
-    let how = match t.current {
-        None => Write::Create,
-        // An immutable Secret cannot take new data: it is replaced (and only here).
-        Some(c) if c.immutable == Some(true) => Write::Recreate,
-        Some(_) => Write::Replace,
-    };
+    let (recorded, desired, how) = new_secret(&t, issued, fingerprint, st.revision, now)?;
     st.secret_resource_version =
         match write_secret(ctx, token, &name, &desired, how, &st, &recorded).await? {
             Written::Ok(rv) => rv,
@@ -370,46 +283,10 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     let margin = status::record(&mut st, &recorded, token, ctx.config.propagation_allowance);
     ctx.metrics
         .pod_validity_at_issue(margin.pod_validity_at_worst.as_secs_f64().max(0.0));
-    st.last_rotation_time = Some(Time(recorded.issued_at));
-    if st.revocation_requested.is_some_and(|e| t.epoch > e) {
-        st.revocation_requested = None;
-        st.revocation_requested_at = None;
-    }
-    st.handled_rotate_annotation = token.annotations().get(api::ROTATE_ANNOTATION).cloned();
     super::restart::note_issued(ctx, token, &mut st, recorded.revision - 1);
-    st.failed_attempts = 0;
     let renew = renewal_at(token, &recorded);
-    let (event_reason, note) = match reason {
-        IssueReason::Initial => (
-            reasons::TOKEN_ISSUED,
-            format!("issued a token for {}, valid until {}", t.identity, recorded.expires_on),
-        ),
-        IssueReason::SecretRestored => (
-            reasons::SECRET_RESTORED,
-            format!("Secret {name} was deleted, or its token edited: restored with a fresh token valid until {}", recorded.expires_on),
-        ),
-        other => (
-            reasons::TOKEN_ROTATED,
-            format!("rotated the token ({}); valid until {}", other.as_str(), recorded.expires_on),
-        ),
-    };
-    crate::api::set_condition(
-        &mut st.conditions,
-        types::READY,
-        true,
-        event_reason,
-        note.clone(),
-        gen,
-        now,
-    );
-    crate::api::set_condition(
-        &mut st.conditions,
-        types::ISSUING,
-        false,
-        event_reason,
-        format!("next renewal at {renew}"),
-        gen,
-        now,
+    let (event_reason, note) = render::issued(
+        &mut st, token, &recorded, t.identity, reason, renew, t.epoch, now,
     );
     status::write(ctx, token, &st).await?;
     info!(reason = reason.as_str(), revision = recorded.revision, expires_on = %recorded.expires_on, %renew, "token issued");
@@ -428,6 +305,51 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
         .await;
     }
     Ok(requeue_at(ctx, renew))
+}
+
+/// The record of a token ACS just issued, and the Secret that holds it: created, replaced, or
+/// (immutable) recreated.
+fn new_secret(
+    t: &Target<'_>,
+    issued: crate::acs::AccessToken,
+    fingerprint: String,
+    status_revision: i64,
+    now: jiff::Timestamp,
+) -> Result<(RecordedToken, Secret, Write), Error> {
+    let (token, key) = (t.token, &t.creds.seal);
+    let expires_on = issued.expires_at().unwrap_or_else(|| {
+        now + jiff::SignedDuration::from_mins(i64::from(token.spec.expires_in_minutes))
+    });
+    // Whole seconds, as the Secret records them, so the next reconcile reads back exactly what
+    // this one wrote to status (no second status write).
+    let recorded = RecordedToken {
+        expires_on: crate::rotation::whole_seconds(expires_on),
+        issued_at: crate::rotation::whole_seconds(now),
+        user_id: t.identity.to_string(),
+        scopes: token.spec.scopes.clone(),
+        expires_in_minutes: token.spec.expires_in_minutes,
+        revocation_epoch: t.epoch,
+        key_fingerprint: fingerprint,
+        revision: t.previous_revision.max(status_revision) + 1,
+    };
+    let new = IssuedToken {
+        token: issued.token,
+        record: recorded.clone(),
+    };
+    let desired = match t.current {
+        None => secret::desired_secret(token, &new, key),
+        Some(c) => {
+            secret::rewritten_secret(c, token, new.token.expose().as_bytes(), &recorded, key)
+        }
+    };
+    let desired = desired.ok_or(Error::Unnamed)?;
+    let how = match t.current {
+        None => Write::Create,
+        // An immutable Secret cannot take new data: it is replaced (and only here).
+        Some(c) if c.immutable == Some(true) => Write::Recreate,
+        Some(_) => Write::Replace,
+    };
+    Ok((recorded, desired, how))
 }
 
 /// How the Secret is written.

@@ -10,6 +10,7 @@ mod cleanup;
 pub mod gate;
 mod issue;
 pub mod plan;
+mod render;
 mod restart;
 mod status;
 #[cfg(test)]
@@ -227,20 +228,7 @@ async fn observe_plan_act(
 ) -> Result<Action, Error> {
     let ns = token.namespace().ok_or(Error::Unnamed)?;
     let gen = token.metadata.generation;
-    // The status this process wrote last, when the cache does not show it yet: everything
-    // below (the plan included) reads it, not the stale copy.
-    let token = match ctx.token_status.fresher(
-        &ns,
-        &token.name_any(),
-        token.metadata.resource_version.as_deref(),
-    ) {
-        Some(fresh) => {
-            let mut t = (*token).clone();
-            t.status = Some(fresh);
-            Arc::new(t)
-        }
-        None => token,
-    };
+    let token = freshest(&ctx, token, &ns);
     let mut st = token.status.clone().unwrap_or_default();
     st.observed_generation = gen;
     // Only a write or a confirmation of the Secret at this generation vouches for its version
@@ -252,23 +240,8 @@ async fn observe_plan_act(
 
     // Observe what the caches say (the claim on the Secret name, suspension, the user and its
     // identity), and stop there when the gate says so; only then the credentials and the Secret.
-    let (seal_ns, seal_name) = &ctx.config.entra.sealing_key_secret;
     let cached_user = ctx.users.get(&ns, &token.spec.user_ref.name);
-    let checked = gate::check(&gate::Gate {
-        token: &token,
-        status: &st,
-        namespace: &ns,
-        secret_name: &secret_name,
-        earlier_claimant: earlier_claimant(&ctx, &token),
-        names_sealing_key: *seal_ns == ns && *seal_name == secret_name,
-        user: match cached_user.as_deref() {
-            None => gate::UserSeen::Missing,
-            Some(u) if u.metadata.deletion_timestamp.is_some() => gate::UserSeen::Deleting,
-            Some(u) => gate::UserSeen::Found(u),
-        },
-        young: young(&token, ctx.now()),
-        resync,
-    });
+    let checked = gate::check(&gate_of(&ctx, &token, &st, &ns, cached_user.as_deref()));
     let (user, identity) = match checked {
         Ok(found) => found,
         Err(stop) => return stop_here(&ctx, &token, st, stop).await,
@@ -276,16 +249,7 @@ async fn observe_plan_act(
     let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
         Ok(c) => c,
         Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
-        Err(e) => {
-            let stop = Stop::NotReady(plan::NotReady {
-                reason: e.reason(),
-                message: e.message(),
-                event: true,
-                requeue: e.requeue(),
-                delete_secret: false,
-            });
-            return stop_here(&ctx, &token, st, stop).await;
-        }
+        Err(e) => return stop_here(&ctx, &token, st, gate::credentials_refused(&e)).await,
     };
     let key = &creds.seal;
     let epoch = user.revocation_epoch();
@@ -314,24 +278,8 @@ async fn observe_plan_act(
         }
     }
     // A token never issued whose Secret the listed metadata watch does not show creates it
-    // without a GET first. Only then: an issued token's Secret may have left the watch by losing
-    // its label (a deletion to the watch, yet still there to repair). After a conflict (a
-    // Secret of that name that is not ours), read it again: the conflict stands without
-    // another ACS issue.
-    let conflicted = st
-        .conditions
-        .find(types::READY)
-        .is_some_and(|c| c.reason == reasons::SECRET_CONFLICT);
-    let first_issue = st.revision == 0;
-    let current = if first_issue && !conflicted && ctx.own_writes.known_absent(&ns, &secret_name) {
-        None
-    } else {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        secrets
-            .get_opt(&secret_name)
-            .await
-            .map_err(Error::ReadSecret)?
-    };
+    // without a GET first.
+    let current = read_current(&ctx, &st, &ns, &secret_name).await?;
     let from_status = status::recorded(&st);
     let state = secret::read_secret(current.as_ref(), &token, key, from_status.as_ref());
 
@@ -369,42 +317,83 @@ async fn observe_plan_act(
         Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
         Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
         Plan::RequestRevocation(e) => {
-            if st.revocation_requested != Some(e) {
-                st.revocation_requested = Some(e);
-                st.revocation_requested_at = Some(
-                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ctx.now()),
-                );
-            }
-            let user_name = &token.spec.user_ref.name;
-            let msg = format!("spec changed: waiting for CommunicationUser {user_name} to revoke the tokens issued under epoch {e}");
-            status::set_both(
-                &mut st,
-                false,
-                true,
-                reasons::WAITING_FOR_REVOCATION,
-                &msg,
-                gen,
-                ctx.now(),
-            );
-            status::write(&ctx, &token, &st).await?;
+            status::request_revocation(&ctx, &token, st, e).await?;
             // The user's epoch moving wakes this object through the user watch.
             Ok(Action::requeue(resync))
         }
         Plan::Stop(stop) => stop_here(&ctx, &token, st, stop).await,
         Plan::WaitForRevocation(reason) => {
-            let mut held = st.clone();
-            status::held_token_refused(
-                &mut held,
-                &token,
-                reason,
-                reasons::WAITING_FOR_REVOCATION,
-                "a new token waits for the revocation in progress",
-                ctx.now(),
-            );
-            if held != st {
-                status::write(&ctx, &token, &held).await?;
-            }
+            status::wait_for_revocation(&ctx, &token, st, reason).await?;
             Err(Error::WaitingForRevocation)
         }
+    }
+}
+
+/// What the gate reads, from the caches.
+fn gate_of<'a, 'u>(
+    ctx: &Context,
+    token: &'a CommunicationToken,
+    st: &'a api::CommunicationTokenStatus,
+    ns: &'a str,
+    user: Option<&'u api::CommunicationUser>,
+) -> gate::Gate<'a, 'u> {
+    let (seal_ns, seal_name) = &ctx.config.entra.sealing_key_secret;
+    let secret_name = st.secret_name.as_deref().unwrap_or_default();
+    gate::Gate {
+        token,
+        status: st,
+        namespace: ns,
+        secret_name,
+        earlier_claimant: earlier_claimant(ctx, token),
+        names_sealing_key: seal_ns == ns && seal_name == secret_name,
+        user: match user {
+            None => gate::UserSeen::Missing,
+            Some(u) if u.metadata.deletion_timestamp.is_some() => gate::UserSeen::Deleting,
+            Some(u) => gate::UserSeen::Found(u),
+        },
+        young: young(token, ctx.now()),
+        resync: ctx.config.resync_period,
+    }
+}
+
+/// The Secret as it is now, read unless the Secrets' watch (listed) shows it absent for a
+/// token never issued. Only then: an issued token's Secret may have left the watch by losing
+/// its label (a deletion to the watch, yet still there to repair). After a conflict (a Secret
+/// of that name that is not ours), read it again: the conflict stands without another ACS
+/// issue.
+async fn read_current(
+    ctx: &Context,
+    st: &api::CommunicationTokenStatus,
+    ns: &str,
+    secret_name: &str,
+) -> Result<Option<Secret>, Error> {
+    let conflicted = st
+        .conditions
+        .find(types::READY)
+        .is_some_and(|c| c.reason == reasons::SECRET_CONFLICT);
+    if st.revision == 0 && !conflicted && ctx.own_writes.known_absent(ns, secret_name) {
+        return Ok(None);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    secrets
+        .get_opt(secret_name)
+        .await
+        .map_err(Error::ReadSecret)
+}
+
+/// The token with the status this process wrote last, when the cache does not show it yet:
+/// everything in a reconcile (the plan included) reads it, not the stale copy.
+fn freshest(ctx: &Context, token: Arc<CommunicationToken>, ns: &str) -> Arc<CommunicationToken> {
+    match ctx.token_status.fresher(
+        ns,
+        &token.name_any(),
+        token.metadata.resource_version.as_deref(),
+    ) {
+        Some(fresh) => {
+            let mut t = (*token).clone();
+            t.status = Some(fresh);
+            Arc::new(t)
+        }
+        None => token,
     }
 }

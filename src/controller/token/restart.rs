@@ -216,18 +216,7 @@ async fn restart_one(
     let what = format!("{} {}", target.kind.as_str(), target.name);
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &resource(target.kind));
-    let failed = |action: &str, e: kube::Error| {
-        match &e {
-        kube::Error::Api(s) if s.code == 403 => Problem {
-            reason: reasons::RESTART_FAILED,
-            message: format!("{what}: the operator may not {action} it (RBAC: chart value {} grants get and patch)", if target.kind == WorkloadKind::Rollout { "rolloutRestart.argoRollouts" } else { "rolloutRestart.enabled" }),
-        },
-        _ => Problem {
-            reason: reasons::RESTART_FAILED,
-            message: format!("{what}: failed to {action} it: {e}"),
-        },
-    }
-    };
+    let failed = |action: &str, e: kube::Error| request_failed(&what, target.kind, action, &e);
     let Some(obj) = api
         .get_opt(&target.name)
         .await
@@ -243,22 +232,8 @@ async fn restart_one(
             message: format!("{what} not found in namespace {ns}{hint}"),
         });
     };
-    let me = token.name_any();
-    if !opted_in(
-        obj.annotations().get(OPT_IN_ANNOTATION).map(String::as_str),
-        &me,
-    ) {
-        return Err(Problem {
-            reason: reasons::TARGET_NOT_OPTED_IN,
-            message: format!("{what} has not opted in for CommunicationToken {me}: annotate it with {OPT_IN_ANNOTATION} set to a comma-separated list of the CommunicationTokens allowed to restart it (or \"true\" for any token of the namespace)"),
-        });
-    }
-    let spec = &obj.data["spec"];
-    if spec["updateStrategy"]["type"] == "OnDelete" {
-        return Err(Problem {
-            reason: reasons::TARGET_ON_DELETE,
-            message: format!("{what} uses updateStrategy OnDelete: a rollout restart never replaces its pods; delete them, or use RollingUpdate"),
-        });
+    if let Some(refused) = refusal(&what, &token.name_any(), &obj) {
+        return Err(refused);
     }
     let current = restarted_for(target.kind, &obj);
     let revision = st.revision;
@@ -339,6 +314,41 @@ async fn restart_one(
     )
     .await;
     Ok(None)
+}
+
+/// A failed read or patch of a workload: for a 403, the chart value that grants it.
+fn request_failed(what: &str, kind: WorkloadKind, action: &str, e: &kube::Error) -> Problem {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => Problem {
+            reason: reasons::RESTART_FAILED,
+            message: format!("{what}: the operator may not {action} it (RBAC: chart value {} grants get and patch)", if kind == WorkloadKind::Rollout { "rolloutRestart.argoRollouts" } else { "rolloutRestart.enabled" }),
+        },
+        _ => Problem {
+            reason: reasons::RESTART_FAILED,
+            message: format!("{what}: failed to {action} it: {e}"),
+        },
+    }
+}
+
+/// Why token `me` may not restart workload `obj`, if it may not: the workload has not opted
+/// in for it, or its pods are never replaced by a rollout restart.
+fn refusal(what: &str, me: &str, obj: &DynamicObject) -> Option<Problem> {
+    if !opted_in(
+        obj.annotations().get(OPT_IN_ANNOTATION).map(String::as_str),
+        me,
+    ) {
+        return Some(Problem {
+            reason: reasons::TARGET_NOT_OPTED_IN,
+            message: format!("{what} has not opted in for CommunicationToken {me}: annotate it with {OPT_IN_ANNOTATION} set to a comma-separated list of the CommunicationTokens allowed to restart it (or \"true\" for any token of the namespace)"),
+        });
+    }
+    if obj.data["spec"]["updateStrategy"]["type"] == "OnDelete" {
+        return Some(Problem {
+            reason: reasons::TARGET_ON_DELETE,
+            message: format!("{what} uses updateStrategy OnDelete: a rollout restart never replaces its pods; delete them, or use RollingUpdate"),
+        });
+    }
+    None
 }
 
 /// Whether the workload's opt-in annotation lets CommunicationToken `token` restart it: a

@@ -376,3 +376,52 @@ pub(super) async fn keep(
         restart_wait.map_or(next, |w| w.min(next)),
     ))
 }
+
+/// The spec changed: asks the user to revoke the tokens issued under epoch `e` (once), and
+/// says so.
+pub async fn request_revocation(
+    ctx: &Context,
+    token: &CommunicationToken,
+    mut st: CommunicationTokenStatus,
+    e: i64,
+) -> Result<(), Error> {
+    if st.revocation_requested != Some(e) {
+        st.revocation_requested = Some(e);
+        st.revocation_requested_at = Some(Time(ctx.now()));
+    }
+    let user_name = &token.spec.user_ref.name;
+    let msg = format!("spec changed: waiting for CommunicationUser {user_name} to revoke the tokens issued under epoch {e}");
+    set_both(
+        &mut st,
+        false,
+        true,
+        reasons::WAITING_FOR_REVOCATION,
+        &msg,
+        token.metadata.generation,
+        ctx.now(),
+    );
+    write(ctx, token, &st).await
+}
+
+/// A new token waits for the revocation in progress: says what the Secret holds meanwhile,
+/// if that changed.
+pub async fn wait_for_revocation(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: CommunicationTokenStatus,
+    issuance: IssueReason,
+) -> Result<(), Error> {
+    let mut held = st.clone();
+    held_token_refused(
+        &mut held,
+        token,
+        issuance,
+        reasons::WAITING_FOR_REVOCATION,
+        "a new token waits for the revocation in progress",
+        ctx.now(),
+    );
+    if held != st {
+        write(ctx, token, &held).await?;
+    }
+    Ok(())
+}

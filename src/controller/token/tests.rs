@@ -4,28 +4,12 @@
 //! write's own branches are in `issue/tests.rs`.)
 
 use super::*;
-use crate::api::{set_condition, CommunicationTokenSpec, CommunicationTokenStatus, UserRef};
+use crate::api::{set_condition, CommunicationTokenStatus};
 use crate::controller::fixtures::{status as failure, ApiServer};
 
 fn token(ns: &str, secret_name: Option<&str>) -> CommunicationToken {
-    let mut t = CommunicationToken::new(
-        "web",
-        CommunicationTokenSpec {
-            user_ref: UserRef { name: "u".into() },
-            scopes: vec![crate::acs::Scope::Voip],
-            expires_in_minutes: 60,
-            renew_before: None,
-            renew_before_percentage: None,
-            secret_name: secret_name.map(str::to_string),
-            secret_template: None,
-            suspend: false,
-            revoke_on_delete: true,
-            rollout_restart_targets: Vec::new(),
-        },
-    );
-    t.metadata.namespace = Some(ns.into());
-    t.metadata.uid = Some("uid-1".into());
-    t.metadata.generation = Some(1);
+    let mut t = crate::controller::fixtures::token(ns, "web");
+    t.spec.secret_name = secret_name.map(str::to_string);
     t.metadata.resource_version = Some("3".into());
     t.metadata.finalizers = Some(vec![api::TOKEN_FINALIZER.into()]);
     t

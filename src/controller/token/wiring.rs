@@ -30,51 +30,7 @@ pub fn controller(
         Some(s) => s,
         None => unreachable!("a store exists for every scope"),
     };
-    let secrets_api: Api<PartialObjectMeta<Secret>> = match &scope {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    // Only our Secrets, and only their metadata: a deletion or an edit (new resourceVersion)
-    // wakes the owner, which then reads that one Secret.
-    let owned = watcher(
-        secrets_api,
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            api::MANAGED_BY_LABEL,
-            api::MANAGED_BY
-        )),
-    )
-    .default_backoff()
-    .inspect({
-        let ctx = ctx.clone();
-        let mut tracker = ctx.watches.track("Secret/tokens");
-        let mut relist = crate::relist::Relist::default();
-        let scope = scope.clone();
-        move |item| {
-            tracker.observe(item);
-            let Ok(event) = item else { return };
-            let note = |s: &PartialObjectMeta<Secret>, rv: Option<&str>| {
-                ctx.own_writes.observed(
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                    rv,
-                )
-            };
-            match event {
-                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                    note(s, s.metadata.resource_version.as_deref())
-                }
-                watcher::Event::Delete(s) => note(s, None),
-                watcher::Event::Init | watcher::Event::InitDone => {}
-            }
-            // Secrets deleted while the watch was down get no deletion event.
-            if let Some(listed) = relist.on_event(event) {
-                ctx.own_writes.retain_listed(scope.as_deref(), &listed);
-                ctx.own_writes.mark_listed(scope.as_deref());
-            }
-        }
-    })
-    .touched_objects();
+    let owned = owned_secrets(&ctx, scope.clone());
     let by_user = ctx.clone();
     let by_secret = ctx.clone();
     let lanes = Lanes::new(ctx.config.concurrency.into());
@@ -152,6 +108,58 @@ pub fn controller(
     });
     // The express path ends with the controller (its offers live in the controller's streams).
     futures::future::join(controller, express).map(|_| ())
+}
+
+/// The token Secrets of `scope` (only ours, only their metadata): a deletion or an edit (a new
+/// resourceVersion) wakes the owner, which then reads that one Secret. Every event also keeps
+/// [`Context::own_writes`] in step with what the Secrets' watch shows.
+fn owned_secrets(
+    ctx: &Arc<Context>,
+    scope: Option<String>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let secrets_api: Api<PartialObjectMeta<Secret>> = match &scope {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    watcher(
+        secrets_api,
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            api::MANAGED_BY_LABEL,
+            api::MANAGED_BY
+        )),
+    )
+    .default_backoff()
+    .inspect({
+        let ctx = ctx.clone();
+        let mut tracker = ctx.watches.track("Secret/tokens");
+        let mut relist = crate::relist::Relist::default();
+        let scope = scope.clone();
+        move |item| {
+            tracker.observe(item);
+            let Ok(event) = item else { return };
+            let note = |s: &PartialObjectMeta<Secret>, rv: Option<&str>| {
+                ctx.own_writes.observed(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    rv,
+                )
+            };
+            match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                    note(s, s.metadata.resource_version.as_deref())
+                }
+                watcher::Event::Delete(s) => note(s, None),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+            // Secrets deleted while the watch was down get no deletion event.
+            if let Some(listed) = relist.on_event(event) {
+                ctx.own_writes.retain_listed(scope.as_deref(), &listed);
+                ctx.own_writes.mark_listed(scope.as_deref());
+            }
+        }
+    })
+    .touched_objects()
 }
 
 /// The tokens of these users.

@@ -60,46 +60,15 @@ pub async fn revoke_if_requested(
     let mut revocation = status.revocation.clone().unwrap_or_default();
     let annotation = user.annotations().get(api::REVOKE_ANNOTATION).cloned();
     let annotation_pending = annotation.is_some() && annotation != revocation.handled_annotation;
-    let user_name = user.name_any();
-    let requested_at: Vec<Option<jiff::Timestamp>> = ctx
-        .tokens_of_user(&ns, &user_name, |t| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.revocation_requested)
-                .is_some_and(|e| e >= revocation.epoch)
-        })
-        .iter()
-        .map(|t| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.revocation_requested_at.as_ref())
-                .map(|at| at.0)
-        })
-        .collect();
+    let requested_at = requested_at(ctx, &ns, &user.name_any(), revocation.epoch);
     let requesters = requested_at.len();
     let resuming = revocation.pending.is_some_and(|p| p > revocation.epoch);
     if !(annotation_pending || requesters > 0 || resuming) {
         return Ok(Outcome::Nothing);
     }
     if !resuming {
-        let guards = &ctx.config.guards;
-        if !annotation_pending {
-            if let Some(wait) = coalescing(&requested_at, guards.revocation_coalesce, ctx.now()) {
-                return Ok(Outcome::Stop(Action::requeue(wait)));
-            }
-        }
-        let uid = user.metadata.uid.as_deref().unwrap_or_default();
-        if let Err(wait) = ctx.unscheduled.check(
-            uid,
-            Unscheduled::Revocation,
-            guards.revocation_limit,
-            guards.revocation_window,
-            Instant::now(),
-        ) {
-            deferred(ctx, user, status, requesters, wait).await?;
-            return Ok(Outcome::Stop(Action::requeue(
-                wait + Duration::from_millis(100),
-            )));
+        if let Some(later) = admit(ctx, user, status, &requested_at, annotation_pending).await? {
+            return Ok(Outcome::Stop(later));
         }
     }
 
@@ -159,20 +128,14 @@ pub async fn revoke_if_requested(
             return Err(Error::RevokeTokens(e));
         }
     }
-    revocation.epoch = target;
-    revocation.pending = None;
-    revocation.pending_since = None;
-    revocation.last_revocation_time = Some(Time(ctx.now()));
-    if annotation_pending {
-        revocation.handled_annotation = annotation;
-    }
+    completed(
+        &mut revocation,
+        target,
+        annotation_pending.then_some(annotation),
+        ctx.now(),
+    );
     ctx.metrics.revocation();
-    let why = match (annotation_pending, requesters) {
-        (true, 0) => "requested by annotation".to_string(),
-        (true, n) => format!("requested by annotation and {n} token(s)"),
-        (false, 0) => "resuming a revocation that was interrupted".to_string(),
-        (false, n) => format!("requested by {n} token(s)"),
-    };
+    let why = why(annotation_pending, requesters);
     info!(identity = %id, epoch = revocation.epoch, %why, "tokens revoked");
     status.revocation = Some(revocation.clone());
     set_condition(
@@ -199,6 +162,86 @@ pub async fn revoke_if_requested(
     )
     .await;
     Ok(Outcome::Wrote(super::status::as_written(user, status, rv)))
+}
+
+/// Whether a new revocation may start now: token requests coalesce for a while (an
+/// annotation does not wait), and the user's limit on revocations holds. `Some`: when to look
+/// again.
+async fn admit(
+    ctx: &Context,
+    user: &CommunicationUser,
+    status: &CommunicationUserStatus,
+    requested_at: &[Option<jiff::Timestamp>],
+    annotation_pending: bool,
+) -> Result<Option<Action>, Error> {
+    let guards = &ctx.config.guards;
+    if !annotation_pending {
+        if let Some(wait) = coalescing(requested_at, guards.revocation_coalesce, ctx.now()) {
+            return Ok(Some(Action::requeue(wait)));
+        }
+    }
+    let uid = user.metadata.uid.as_deref().unwrap_or_default();
+    if let Err(wait) = ctx.unscheduled.check(
+        uid,
+        Unscheduled::Revocation,
+        guards.revocation_limit,
+        guards.revocation_window,
+        Instant::now(),
+    ) {
+        deferred(ctx, user, status, requested_at.len(), wait).await?;
+        return Ok(Some(Action::requeue(wait + Duration::from_millis(100))));
+    }
+    Ok(None)
+}
+
+/// When each token of the user that asks for a revocation past `epoch` asked (`None`: a
+/// status written before the time was recorded).
+fn requested_at(
+    ctx: &Context,
+    ns: &str,
+    user_name: &str,
+    epoch: i64,
+) -> Vec<Option<jiff::Timestamp>> {
+    ctx.tokens_of_user(ns, user_name, |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.revocation_requested)
+            .is_some_and(|e| e >= epoch)
+    })
+    .iter()
+    .map(|t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.revocation_requested_at.as_ref())
+            .map(|at| at.0)
+    })
+    .collect()
+}
+
+/// Records a revocation to `target` as done (with the annotation value it served, if any).
+fn completed(
+    revocation: &mut api::RevocationStatus,
+    target: i64,
+    annotation: Option<Option<String>>,
+    now: jiff::Timestamp,
+) {
+    revocation.epoch = target;
+    revocation.pending = None;
+    revocation.pending_since = None;
+    revocation.last_revocation_time = Some(Time(now));
+    if let Some(value) = annotation {
+        revocation.handled_annotation = value;
+    }
+}
+
+/// Why a revocation happened, for its log line and event.
+fn why(annotation_pending: bool, requesters: usize) -> String {
+    match (annotation_pending, requesters) {
+        (true, 0) => "requested by annotation".to_string(),
+        (true, n) => format!("requested by annotation and {n} token(s)"),
+        (false, 0) => "resuming a revocation that was interrupted".to_string(),
+        (false, n) => format!("requested by {n} token(s)"),
+    }
 }
 
 /// How long the coalescing window still runs for requests made at `requested_at`: until no

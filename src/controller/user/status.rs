@@ -37,7 +37,6 @@ pub(super) async fn write_identity(
     status: &CommunicationUserStatus,
 ) -> Result<Arc<CommunicationUser>, Error> {
     let rv = revoke::fenced_write(ctx, user, status, None).await?;
-    remember_written(ctx, user, status, rv.as_deref());
     Ok(as_written(user, status, rv))
 }
 
@@ -85,7 +84,9 @@ pub(super) async fn not_ready(
 }
 
 /// The user's status, or the one this process wrote (or is writing) with a new identity when
-/// the cache has not caught up with that write yet.
+/// the cache has not caught up with that write yet: remembered from before the write until a
+/// cached copy shows an identity, whatever its resourceVersion (a relist's objects reach the
+/// cache only when the relist ends; a write that failed must not lead to a second identity).
 pub(super) fn current_status(ctx: &Context, user: &CommunicationUser) -> CommunicationUserStatus {
     let cached = user.status.clone().unwrap_or_default();
     let (ns, name) = (user.namespace().unwrap_or_default(), user.name_any());
@@ -111,32 +112,6 @@ pub(super) fn remember(ctx: &Context, user: &CommunicationUser, status: &Communi
     }
 }
 
-/// The status with a new identity was written: the object is at `resource_version`.
-fn remember_written(
-    ctx: &Context,
-    user: &CommunicationUser,
-    status: &CommunicationUserStatus,
-    resource_version: Option<&str>,
-) {
-    // Without a version to compare, the write stays "being sent" until the cache shows an
-    // identity.
-    let (Some(uid), Some(_)) = (user.metadata.uid.clone(), resource_version) else {
-        return;
-    };
-    let (ns, name) = (user.namespace().unwrap_or_default(), user.name_any());
-    ctx.recent_identities
-        .wrote(&ns, &name, resource_version, (uid, status.clone()));
-    // The watch may have delivered the write before its response arrived.
-    let cached = ctx.users.get(&ns, &name);
-    ctx.recent_identities.caught_up(
-        &ns,
-        &name,
-        cached
-            .as_ref()
-            .and_then(|u| u.metadata.resource_version.as_deref()),
-    );
-}
-
 /// Reports a failed ACS call on the resource: `CredentialsRejected` for a 401 (wrong or
 /// regenerated key), else `AcsError`; the caller still returns the error so transient
 /// failures back off.
@@ -155,4 +130,34 @@ pub(super) async fn acs_failed(
         crate::controller::failure_hint(err)
     );
     not_ready(ctx, user, status, reason, msg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures;
+
+    #[tokio::test]
+    async fn a_new_identity_is_remembered_until_a_cached_copy_shows_one() {
+        let (ctx, _api) = Context::test();
+        let mut user = fixtures::user("ns", "u");
+        user.metadata.resource_version = Some("5".into());
+        let written = CommunicationUserStatus {
+            identity_id: Some("8:acs:r_u".into()),
+            ..Default::default()
+        };
+        remember(&ctx, &user, &written);
+        // A copy at any later version without an identity (a relist not yet in the cache, an
+        // unrelated write, a write that failed) still gets the identity this process made.
+        user.metadata.resource_version = Some("99".into());
+        assert_eq!(current_status(&ctx, &user).identity_id, written.identity_id);
+        // A user of the same name created since (another UID) does not inherit it.
+        let mut other = user.clone();
+        other.metadata.uid = Some("uid-other".into());
+        assert_eq!(current_status(&ctx, &other).identity_id, None);
+        // A cached copy that shows an identity ends it.
+        user.status = Some(written.clone());
+        assert_eq!(current_status(&ctx, &user), written);
+        assert!(ctx.recent_identities.is_empty());
+    }
 }
