@@ -24,6 +24,13 @@ pub struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
 impl Context {
     /// A Context on a mocked apiserver, with empty caches and default guards.
     pub fn test() -> (Arc<Context>, ApiServer) {
+        Self::test_with_users(Vec::new())
+    }
+
+    /// [`Context::test`] with `users` in the users' cache.
+    pub fn test_with_users(
+        users_in: Vec<crate::api::CommunicationUser>,
+    ) -> (Arc<Context>, ApiServer) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let config = Arc::new(Config {
@@ -57,7 +64,10 @@ impl Context {
             operator_namespace: "operator".into(),
             guards: Guards::default(),
         });
-        let (users, _) = reflector::store();
+        let (users, mut writer) = reflector::store();
+        for u in users_in {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(u));
+        }
         let (tokens, _) = reflector::store();
         let (creds, _) = reflector::store();
         let reporter = Reporter {

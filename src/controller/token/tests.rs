@@ -1,7 +1,8 @@
-//! `reconcile()` end to end against a scripted apiserver, for each plan that serves no token
-//! ([`super::plan::Stop`]): the requests each costs, in order, and nothing more. (The plans
-//! that issue, keep or repair a token need ACS and are driven by the e2e suite; the Secret
-//! write's own branches are in `issue/tests.rs`.)
+//! `reconcile()` end to end against a scripted apiserver, for each plan but `Issue` (which
+//! needs ACS and is driven by the e2e suite, with its request counts in `tests/e2e/requests.rs`):
+//! every stop of the gate, Keep, Repair, RequestRevocation and WaitForRevocation. Each test
+//! asserts the requests the plan costs, in order, and nothing more. (The Secret write's own
+//! error branches are in `issue/tests.rs`.)
 
 use super::*;
 use crate::api::{set_condition, CommunicationTokenStatus};
@@ -111,5 +112,249 @@ async fn a_secret_rejected_at_this_generation_waits_without_a_request() {
     t.status = Some(st);
     let action = run(&ctx, t).await.unwrap().unwrap();
     assert_eq!(action, Action::requeue(gate::REFUSED_RECHECK));
+    api.expect_nothing_more().await;
+}
+
+// The plans after the gate: the credentials Secret and the token's Secret are read (the
+// cache cannot vouch for either here), then the plan's one write.
+
+/// 32 bytes, base64: any key works.
+const ACCESS_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn credentials_secret() -> serde_json::Value {
+    use base64::Engine;
+    let conn = format!("endpoint=https://res.communication.azure.com/;accesskey={ACCESS_KEY}");
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "acs", "namespace": "ns", "resourceVersion": "1"},
+        "data": {"connectionString": base64::engine::general_purpose::STANDARD.encode(conn)},
+    })
+}
+
+/// User `u`, Ready with an identity, its credentials in Secret `acs`, at revocation `epoch`.
+fn ready_user(epoch: i64) -> api::CommunicationUser {
+    let mut u = crate::controller::fixtures::user("ns", "u");
+    u.spec.credentials = Some(api::CredentialsRef {
+        secret_name: Some("acs".into()),
+        key: None,
+        endpoint: None,
+        workload_identity: None,
+    });
+    u.status = Some(api::CommunicationUserStatus {
+        identity_id: Some("8:acs:r_u".into()),
+        revocation: Some(api::RevocationStatus {
+            epoch,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    u
+}
+
+/// The token's Secret as the operator wrote it, holding a token with `scopes`, issued a
+/// minute ago for 24 hours under epoch 0.
+fn token_secret(t: &CommunicationToken, scopes: Vec<crate::acs::Scope>) -> serde_json::Value {
+    let now = jiff::Timestamp::now();
+    let record = crate::secret::RecordedToken {
+        expires_on: crate::rotation::whole_seconds(now + jiff::SignedDuration::from_hours(24)),
+        issued_at: crate::rotation::whole_seconds(now - jiff::SignedDuration::from_mins(1)),
+        user_id: "8:acs:r_u".into(),
+        scopes,
+        expires_in_minutes: 1440,
+        revocation_epoch: 0,
+        key_fingerprint: String::new(),
+        revision: 1,
+    };
+    let key = crate::acs::AccessKey::from_base64(ACCESS_KEY).unwrap();
+    let seal = crate::secret::Seal::access_key(&key);
+    let record = crate::secret::RecordedToken {
+        key_fingerprint: seal.fingerprint().to_string(),
+        ..record
+    };
+    let issued = crate::secret::IssuedToken {
+        token: crate::acs::TokenString::new("header.payload.signature".into()),
+        record,
+    };
+    let mut s = crate::secret::desired_secret(t, &issued, &seal).unwrap();
+    s.metadata.resource_version = Some("8".into());
+    serde_json::to_value(s).unwrap()
+}
+
+/// A token issued once (revision 1), 24-hour tokens.
+fn issued_token() -> CommunicationToken {
+    let mut t = token("ns", None);
+    t.spec.expires_in_minutes = 1440;
+    t.status = Some(CommunicationTokenStatus {
+        revision: 1,
+        ..Default::default()
+    });
+    t
+}
+
+#[tokio::test]
+async fn a_good_secret_is_kept_with_one_status_write_and_no_acs_call() {
+    let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
+    let t = issued_token();
+    let done = run(&ctx, t.clone());
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/web",
+        200,
+        token_secret(&t, vec![crate::acs::Scope::Voip]),
+    )
+    .await;
+    let sent = api
+        .expect(
+            "PATCH",
+            "/communicationtokens/web/status",
+            200,
+            serde_json::to_value(&t).unwrap(),
+        )
+        .await;
+    assert_eq!(sent["status"]["secretResourceVersion"], "8");
+    assert_eq!(sent["status"]["conditions"][0]["status"], "True");
+    let action = done.await.unwrap().unwrap();
+    assert_ne!(action, Action::await_change(), "requeued at the renewal");
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_scope_change_asks_the_user_for_a_revocation_and_issues_nothing() {
+    let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
+    let t = issued_token();
+    let done = run(&ctx, t.clone());
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    // The Secret holds a chat token; the spec asks for voip.
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/web",
+        200,
+        token_secret(&t, vec![crate::acs::Scope::Chat]),
+    )
+    .await;
+    let sent = api
+        .expect(
+            "PATCH",
+            "/communicationtokens/web/status",
+            200,
+            serde_json::to_value(&t).unwrap(),
+        )
+        .await;
+    assert_eq!(sent["status"]["revocationRequested"], 0);
+    let reasons: Vec<&str> = sent["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&reasons::WAITING_FOR_REVOCATION),
+        "{reasons:?}"
+    );
+    let action = done.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(ctx.config.resync_period));
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn an_issuance_during_the_users_revocation_waits_and_calls_no_acs() {
+    let mut user = ready_user(0);
+    if let Some(r) = user.status.as_mut().and_then(|s| s.revocation.as_mut()) {
+        r.pending = Some(1);
+    }
+    let (ctx, mut api) = Context::test_with_users(vec![user]);
+    // A forced rotation is due, but a revocation is on its way: a token issued now would be
+    // revoked with the old ones.
+    let mut t = issued_token();
+    t.metadata.annotations = Some(
+        [(api::ROTATE_ANNOTATION.to_string(), "1".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let done = run(&ctx, t.clone());
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/web",
+        200,
+        token_secret(&t, vec![crate::acs::Scope::Voip]),
+    )
+    .await;
+    // The Secret's token stays usable while it waits, so the status has nothing new to say:
+    // no write; the error requeues it (the user's epoch moving wakes it sooner).
+    let result = done.await.unwrap();
+    assert!(
+        matches!(&result, Err(Error::Finalizer(e)) if matches!(crate::controller::reconciler_error(e), Some(Error::WaitingForRevocation))),
+        "{result:?}"
+    );
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_drifted_secret_is_rewritten_at_its_version_with_its_same_token() {
+    let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
+    let t = issued_token();
+    let done = run(&ctx, t.clone());
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    // Someone added a data key.
+    let mut drifted = token_secret(&t, vec![crate::acs::Scope::Voip]);
+    drifted["data"]["extra"] = serde_json::json!("eA==");
+    let token_value = drifted["data"].clone();
+    api.expect("GET", "/namespaces/ns/secrets/web", 200, drifted.clone())
+        .await;
+    let mut written = drifted.clone();
+    written["metadata"]["resourceVersion"] = serde_json::json!("9");
+    let put = api
+        .expect("PUT", "/namespaces/ns/secrets/web", 200, written)
+        .await;
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "8",
+        "fenced on the version read"
+    );
+    assert!(put["data"].get("extra").is_none(), "the extra key is gone");
+    for (k, v) in token_value.as_object().unwrap() {
+        if k != "extra" {
+            assert_eq!(&put["data"][k], v, "{k} is kept: the same token");
+        }
+    }
+    let sent = api
+        .expect(
+            "PATCH",
+            "/communicationtokens/web/status",
+            200,
+            serde_json::to_value(&t).unwrap(),
+        )
+        .await;
+    assert_eq!(sent["status"]["secretResourceVersion"], "9");
+    assert_eq!(
+        event(&mut api, "ns").await["reason"],
+        reasons::SECRET_REPAIRED
+    );
+    assert!(done.await.unwrap().is_ok());
     api.expect_nothing_more().await;
 }
