@@ -84,13 +84,4 @@ impl Error {
 }
 
 /// The error and its sources on one line.
-pub fn report(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
-}
+pub use acs_client::error_chain as report;

@@ -101,16 +101,7 @@ fn forget_object<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
 }
 
 /// The error and its sources, for logs. ACS and credential errors never carry secrets.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
-}
+pub use crate::acs::error_chain;
 
 /// A finalizer error that is no failure: a lagging copy found its finalizer already removed
 /// (the object is gone) or already added (its watch event wakes it again).

@@ -61,7 +61,10 @@ pub async fn client_assertion(
             // reqwest's error names the URL, never the form body.
             return Err(unavailable(
                 outcome,
-                format!("Entra token endpoint {url} unreachable: {}", chain(&e)),
+                format!(
+                    "Entra token endpoint {url} unreachable: {}",
+                    crate::acs::error_chain(&e)
+                ),
             ));
         }
     };
@@ -117,17 +120,6 @@ fn first_line(s: &str) -> String {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line.to_string(),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(inner) = next {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        next = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::bearer::BearerSource;
 use crate::connection::ConnectionString;
-use crate::error::{AcsError, DecodeError};
+use crate::error::{AcsError, DecodeError, ErrorChain};
 use crate::models::{AccessToken, CreateIdentityResponse, Identity, Scope};
 pub use crate::options::{ApiMode, ClientOptions, MutationGate, RequestObserver};
 pub use crate::request::CreateIdentity;
@@ -419,22 +419,6 @@ fn request_target(url: &Url) -> String {
     match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_string(),
-    }
-}
-
-/// Displays an error with its sources (`a: b: c`). Sources are reqwest, hyper and io errors,
-/// which name the URL and the failure but never a header value.
-struct ErrorChain<'a>(&'a AcsError);
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = std::error::Error::source(self.0);
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
     }
 }
 

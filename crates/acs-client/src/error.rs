@@ -339,6 +339,28 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Displays an error with its sources, `a: b: c`. This crate's errors and their sources
+/// (reqwest, hyper and io errors, which name the URL and the failure but never a header value)
+/// carry no key, token or signature; so do the operator's.
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The error and its sources on one line (see [`ErrorChain`]).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    ErrorChain(err).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod retry;
 pub use bearer::{BearerSource, BearerToken, CredentialFailure};
 pub use client::{AcsClient, ApiMode, ClientOptions, CreateIdentity, CreatedIdentity};
 pub use connection::{AccessKey, ConnectionString, ConnectionStringError};
-pub use error::AcsError;
+pub use error::{error_chain, AcsError, ErrorChain};
 pub use models::{AccessToken, Identity, Scope, TokenString};
 pub use options::{MutationGate, RequestObserver};
 pub use ratelimit::{RateLimitError, RateLimiter};

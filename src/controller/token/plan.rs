@@ -229,25 +229,12 @@ fn decide_ignoring_revocations(o: &Observed<'_>) -> Plan {
 mod tests {
     use super::*;
     use crate::api::token::Scope;
-    use crate::api::{CommunicationTokenSpec, CommunicationTokenStatus, UserRef};
+    use crate::api::CommunicationTokenStatus;
     use jiff::Timestamp;
 
     fn token() -> CommunicationToken {
-        let mut t = CommunicationToken::new(
-            "t",
-            CommunicationTokenSpec {
-                user_ref: UserRef { name: "u".into() },
-                scopes: vec![Scope::Voip],
-                expires_in_minutes: 60,
-                renew_before: None,
-                renew_before_percentage: None,
-                secret_name: None,
-                secret_template: None,
-                suspend: false,
-                revoke_on_delete: true,
-                rollout_restart_targets: Vec::new(),
-            },
-        );
+        let mut t = crate::controller::fixtures::token("ns", "t");
+        // The renewal instant's spread is drawn from the UID.
         t.metadata.uid = Some("uid".into());
         t.status = Some(CommunicationTokenStatus {
             revision: 1,

@@ -23,16 +23,20 @@ fn run(
     tokio::spawn(reconcile(Arc::new(t), ctx.clone()))
 }
 
+/// Expects the status write and returns its body.
+async fn status_patch(api: &mut ApiServer, t: &CommunicationToken) -> serde_json::Value {
+    api.expect(
+        "PATCH",
+        "/communicationtokens/web/status",
+        200,
+        serde_json::to_value(t).unwrap(),
+    )
+    .await
+}
+
 /// Expects the status write and returns the Ready condition's reason it carries.
 async fn status_written(api: &mut ApiServer, t: &CommunicationToken) -> String {
-    let sent = api
-        .expect(
-            "PATCH",
-            "/communicationtokens/web/status",
-            200,
-            serde_json::to_value(t).unwrap(),
-        )
-        .await;
+    let sent = status_patch(api, t).await;
     sent["status"]["conditions"][0]["reason"]
         .as_str()
         .unwrap_or_default()
@@ -180,6 +184,20 @@ fn token_secret(t: &CommunicationToken, scopes: Vec<crate::acs::Scope>) -> serde
     serde_json::to_value(s).unwrap()
 }
 
+/// Expects the two reads of a plan after the gate: the credentials Secret, then the token's
+/// Secret (answered with `secret`).
+async fn reads(api: &mut ApiServer, secret: serde_json::Value) {
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    api.expect("GET", "/namespaces/ns/secrets/web", 200, secret)
+        .await;
+}
+
 /// A token issued once (revision 1), 24-hour tokens.
 fn issued_token() -> CommunicationToken {
     let mut t = token("ns", None);
@@ -196,28 +214,8 @@ async fn a_good_secret_is_kept_with_one_status_write_and_no_acs_call() {
     let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
     let t = issued_token();
     let done = run(&ctx, t.clone());
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/acs",
-        200,
-        credentials_secret(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/web",
-        200,
-        token_secret(&t, vec![crate::acs::Scope::Voip]),
-    )
-    .await;
-    let sent = api
-        .expect(
-            "PATCH",
-            "/communicationtokens/web/status",
-            200,
-            serde_json::to_value(&t).unwrap(),
-        )
-        .await;
+    reads(&mut api, token_secret(&t, vec![crate::acs::Scope::Voip])).await;
+    let sent = status_patch(&mut api, &t).await;
     assert_eq!(sent["status"]["secretResourceVersion"], "8");
     assert_eq!(sent["status"]["conditions"][0]["status"], "True");
     let action = done.await.unwrap().unwrap();
@@ -230,29 +228,9 @@ async fn a_scope_change_asks_the_user_for_a_revocation_and_issues_nothing() {
     let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
     let t = issued_token();
     let done = run(&ctx, t.clone());
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/acs",
-        200,
-        credentials_secret(),
-    )
-    .await;
     // The Secret holds a chat token; the spec asks for voip.
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/web",
-        200,
-        token_secret(&t, vec![crate::acs::Scope::Chat]),
-    )
-    .await;
-    let sent = api
-        .expect(
-            "PATCH",
-            "/communicationtokens/web/status",
-            200,
-            serde_json::to_value(&t).unwrap(),
-        )
-        .await;
+    reads(&mut api, token_secret(&t, vec![crate::acs::Scope::Chat])).await;
+    let sent = status_patch(&mut api, &t).await;
     assert_eq!(sent["status"]["revocationRequested"], 0);
     let reasons: Vec<&str> = sent["status"]["conditions"]
         .as_array()
@@ -285,20 +263,7 @@ async fn an_issuance_during_the_users_revocation_waits_and_calls_no_acs() {
             .collect(),
     );
     let done = run(&ctx, t.clone());
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/acs",
-        200,
-        credentials_secret(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/web",
-        200,
-        token_secret(&t, vec![crate::acs::Scope::Voip]),
-    )
-    .await;
+    reads(&mut api, token_secret(&t, vec![crate::acs::Scope::Voip])).await;
     // The Secret's token stays usable while it waits, so the status has nothing new to say:
     // no write; the error requeues it (the user's epoch moving wakes it sooner).
     let result = done.await.unwrap();
@@ -314,19 +279,11 @@ async fn a_drifted_secret_is_rewritten_at_its_version_with_its_same_token() {
     let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
     let t = issued_token();
     let done = run(&ctx, t.clone());
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/acs",
-        200,
-        credentials_secret(),
-    )
-    .await;
     // Someone added a data key.
     let mut drifted = token_secret(&t, vec![crate::acs::Scope::Voip]);
     drifted["data"]["extra"] = serde_json::json!("eA==");
     let token_value = drifted["data"].clone();
-    api.expect("GET", "/namespaces/ns/secrets/web", 200, drifted.clone())
-        .await;
+    reads(&mut api, drifted.clone()).await;
     let mut written = drifted.clone();
     written["metadata"]["resourceVersion"] = serde_json::json!("9");
     let put = api
@@ -342,14 +299,7 @@ async fn a_drifted_secret_is_rewritten_at_its_version_with_its_same_token() {
             assert_eq!(&put["data"][k], v, "{k} is kept: the same token");
         }
     }
-    let sent = api
-        .expect(
-            "PATCH",
-            "/communicationtokens/web/status",
-            200,
-            serde_json::to_value(&t).unwrap(),
-        )
-        .await;
+    let sent = status_patch(&mut api, &t).await;
     assert_eq!(sent["status"]["secretResourceVersion"], "9");
     assert_eq!(
         event(&mut api, "ns").await["reason"],

@@ -2,28 +2,11 @@
 //! (requests, status writes, events) and that none of them loops.
 
 use super::*;
-use crate::api::{CommunicationTokenSpec, UserRef};
 use crate::controller::fixtures::status as failure;
 
 fn token() -> Arc<CommunicationToken> {
-    let mut t = CommunicationToken::new(
-        "web",
-        CommunicationTokenSpec {
-            user_ref: UserRef { name: "u".into() },
-            scopes: vec![crate::acs::Scope::Voip],
-            expires_in_minutes: 60,
-            renew_before: None,
-            renew_before_percentage: None,
-            secret_name: None,
-            secret_template: None,
-            suspend: false,
-            revoke_on_delete: true,
-            rollout_restart_targets: Vec::new(),
-        },
-    );
-    t.metadata.namespace = Some("ns".into());
+    let mut t = crate::controller::fixtures::token("ns", "web");
     t.metadata.uid = Some("uid-1".into());
-    t.metadata.generation = Some(1);
     Arc::new(t)
 }
 
