@@ -12,7 +12,7 @@ use super::written::Written;
 use super::{events, own_writes, triggers, unscheduled, watch_health};
 use crate::api::{CommunicationToken, CommunicationUser, ServiceKey};
 use crate::config::Config;
-use crate::credentials::CredentialsResolver;
+use crate::credentials::{Credentials, CredentialsError, CredentialsResolver};
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 
@@ -62,12 +62,29 @@ impl Context {
         (self.clock)()
     }
 
+    /// The credentials a user's spec names, for both reconcilers. A transient failure (the
+    /// apiserver, an Entra outage) is the outer error, retried by the caller's back-off. A
+    /// refusal (missing, malformed, not allowed here) is the inner one: retrying cannot fix
+    /// it, so the caller reports it as not ready with the error's `reason`, `message` and
+    /// `requeue`; a change to what it names wakes the object.
+    pub async fn credentials_for(
+        &self,
+        ns: &str,
+        spec: &crate::api::CommunicationUserSpec,
+    ) -> Result<Result<Credentials, CredentialsError>, CredentialsError> {
+        match self.credentials.resolve_user(ns, spec).await {
+            Ok(c) => Ok(Ok(c)),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
     /// The ACS client for `conn`, for the object with failure key `key`: an object that is
     /// already failing backs off between its attempts itself, so its client makes no retries
     /// of its own and each attempt is one request.
     pub fn acs_client(
         &self,
-        creds: &crate::credentials::Credentials,
+        creds: &Credentials,
         key: &str,
     ) -> Result<crate::acs::AcsClient, crate::acs::AcsError> {
         let client = self.acs.client(creds, self.credentials.entra_tokens())?;

@@ -18,7 +18,7 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::info;
 
-use super::plan::{renewal_at, IssueReason};
+use super::plan::{IssueReason, Served};
 use super::{render, status, Error};
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, CommunicationTokenStatus, ConditionExt};
@@ -128,7 +128,8 @@ async fn guarded(
 
 /// Rewrites the Secret with its same token after drift (extra data keys, edited labels or
 /// annotations, a new `secretTemplate`).
-pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Result<Action, Error> {
+pub async fn repair(ctx: &Context, t: Target<'_>, served: &Served) -> Result<Action, Error> {
+    let record = &served.record;
     let Some(current) = t.current else {
         return Err(Error::Unnamed);
     };
@@ -170,10 +171,9 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
     ctx.metrics.secret_repaired();
     let mut st = t.status.clone();
     st.secret_resource_version = written;
-    status::record(&mut st, record, t.token, ctx.config.propagation_allowance);
+    status::record(&mut st, served, ctx.config.propagation_allowance);
     st.failed_attempts = 0;
     let now = ctx.now();
-    let renew = renewal_at(t.token, record);
     let note = format!("Secret {name} drifted (data keys, labels or annotations): restored with its same token, valid until {}", record.expires_on);
     status::set_both(
         &mut st,
@@ -194,7 +194,7 @@ pub async fn repair(ctx: &Context, t: Target<'_>, record: &RecordedToken) -> Res
         note,
     )
     .await;
-    Ok(requeue_at(ctx, renew))
+    Ok(requeue_at(ctx, served.renew))
 }
 
 fn requeue_at(ctx: &Context, renew: jiff::Timestamp) -> Action {
@@ -280,14 +280,14 @@ pub async fn issue(ctx: &Context, t: Target<'_>, reason: IssueReason) -> Result<
     ctx.failures.reset(&object_key);
     ctx.metrics.token_issued(reason.as_str());
 
-    let margin = status::record(&mut st, &recorded, token, ctx.config.propagation_allowance);
+    let served = Served::of(token, recorded);
+    let margin = status::record(&mut st, &served, ctx.config.propagation_allowance);
     ctx.metrics
         .pod_validity_at_issue(margin.pod_validity_at_worst.as_secs_f64().max(0.0));
+    let (recorded, renew) = (&served.record, served.renew);
     super::restart::note_issued(ctx, token, &mut st, recorded.revision - 1);
-    let renew = renewal_at(token, &recorded);
-    let (event_reason, note) = render::issued(
-        &mut st, token, &recorded, t.identity, reason, renew, t.epoch, now,
-    );
+    let (event_reason, note) =
+        render::issued(&mut st, token, &served, t.identity, reason, t.epoch, now);
     status::write(ctx, token, &st).await?;
     info!(reason = reason.as_str(), revision = recorded.revision, expires_on = %recorded.expires_on, %renew, "token issued");
     // No event for a first issuance: the person who applied the object asked for exactly this,

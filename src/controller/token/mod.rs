@@ -246,44 +246,21 @@ async fn observe_plan_act(
         Ok(found) => found,
         Err(stop) => return stop_here(&ctx, &token, st, stop).await,
     };
-    let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
-        Ok(c) => c,
-        Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
-        Err(e) => return stop_here(&ctx, &token, st, gate::credentials_refused(&e)).await,
-    };
-    let key = &creds.seal;
-    let epoch = user.revocation_epoch();
-    // A Secret the watch shows unchanged since this process wrote it (or, after a restart,
-    // since the status vouched for it) needs no GET to confirm it: only a plan other than Keep
-    // reads it (to rewrite it at its resourceVersion).
-    let unchanged = match ctx.own_writes.unchanged(&ns, &secret_name, gen) {
-        Some(found) => Some(found),
-        None => vouched_by_status(&ctx, &token, &ns, &secret_name).await,
-    };
-    if let Some((record, rv)) = unchanged.filter(|(r, _)| r.key_fingerprint == creds.fingerprint())
+    let creds = match ctx
+        .credentials_for(&ns, &user.spec)
+        .await
+        .map_err(Error::Credentials)?
     {
-        let state = SecretState::Intact {
-            record,
-            drifted: false,
-        };
-        if let Plan::Keep(r) = plan::decide(&Observed {
-            token: &token,
-            state: &state,
-            identity: &identity,
-            epoch,
-            user_revoking: user.revocation_pending(),
-            now: ctx.now(),
-        }) {
-            return status::keep(&ctx, &token, st, &r, Some(rv)).await;
+        Ok(c) => c,
+        Err(refused) => {
+            return stop_here(&ctx, &token, st, gate::credentials_refused(&refused)).await
         }
-    }
-    // A token never issued whose Secret the listed metadata watch does not show creates it
-    // without a GET first.
-    let current = read_current(&ctx, &st, &ns, &secret_name).await?;
-    let from_status = status::recorded(&st);
-    let state = secret::read_secret(current.as_ref(), &token, key, from_status.as_ref());
+    };
+    let epoch = user.revocation_epoch();
+    let seen = observe_secret(&ctx, &token, &st, &ns, &secret_name, creds.fingerprint()).await?;
+    let state = seen.state(&token, &creds.seal, status::recorded(&st).as_ref());
 
-    // Plan.
+    // Plan, once.
     let plan = plan::decide(&Observed {
         token: &token,
         state: &state,
@@ -298,6 +275,32 @@ async fn observe_plan_act(
         SecretState::Intact { record, .. } | SecretState::KeyChanged(record) => record.revision,
         _ => 0,
     };
+    /// The plans that write the Secret.
+    enum Write {
+        Repair(plan::Served),
+        Issue(plan::IssueReason),
+    }
+    let write = match plan {
+        Plan::Keep(served) => {
+            return status::keep(&ctx, &token, st, &served, seen.version()).await;
+        }
+        Plan::RequestRevocation(e) => {
+            status::request_revocation(&ctx, &token, st, e).await?;
+            // The user's epoch moving wakes this object through the user watch.
+            return Ok(Action::requeue(resync));
+        }
+        Plan::Stop(stop) => return stop_here(&ctx, &token, st, stop).await,
+        Plan::WaitForRevocation(reason) => {
+            status::wait_for_revocation(&ctx, &token, st, reason).await?;
+            return Err(Error::WaitingForRevocation);
+        }
+        Plan::Repair(served) => Write::Repair(served),
+        Plan::Issue(reason) => Write::Issue(reason),
+    };
+    let Some(current) = secret_to_write(&ctx, seen, &st, &ns, &secret_name).await? else {
+        // Changed since the watch showed it: the watch brings that change here.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
     let target = Target {
         token: &token,
         status: st.clone(),
@@ -307,26 +310,97 @@ async fn observe_plan_act(
         current: current.as_ref(),
         previous_revision,
     };
-    match plan {
-        Plan::Keep(r) => {
-            let rv = current
+    match write {
+        Write::Repair(served) => issue::repair(&ctx, target, &served).await,
+        Write::Issue(reason) => issue::issue(&ctx, target, reason).await,
+    }
+}
+
+/// The Secret a plan writes over, at its resourceVersion: a Secret vouched for is read only
+/// now, and written only while it is still the version the plan was made from (`None` when it
+/// has changed since).
+async fn secret_to_write(
+    ctx: &Context,
+    seen: SecretSeen,
+    st: &api::CommunicationTokenStatus,
+    ns: &str,
+    secret_name: &str,
+) -> Result<Option<Option<Secret>>, Error> {
+    match seen {
+        SecretSeen::Read(current) => Ok(Some(current.map(|c| *c))),
+        SecretSeen::Vouched { version, .. } => {
+            let current = read_current(ctx, st, ns, secret_name).await?;
+            let read = current
                 .as_ref()
-                .and_then(|c| c.metadata.resource_version.clone());
-            status::keep(&ctx, &token, st, &r, rv).await
-        }
-        Plan::Repair(r) => issue::repair(&ctx, target, &r).await,
-        Plan::Issue(reason) => issue::issue(&ctx, target, reason).await,
-        Plan::RequestRevocation(e) => {
-            status::request_revocation(&ctx, &token, st, e).await?;
-            // The user's epoch moving wakes this object through the user watch.
-            Ok(Action::requeue(resync))
-        }
-        Plan::Stop(stop) => stop_here(&ctx, &token, st, stop).await,
-        Plan::WaitForRevocation(reason) => {
-            status::wait_for_revocation(&ctx, &token, st, reason).await?;
-            Err(Error::WaitingForRevocation)
+                .and_then(|c| c.metadata.resource_version.as_deref());
+            Ok((read == Some(version.as_str())).then_some(current))
         }
     }
+}
+
+/// The token Secret as this reconcile knows it: vouched for by the Secrets' watch (unchanged
+/// since this process wrote it, or since the status recorded its version), or read.
+enum SecretSeen {
+    Vouched {
+        record: crate::secret::RecordedToken,
+        version: String,
+    },
+    Read(Option<Box<Secret>>),
+}
+
+impl SecretSeen {
+    fn state(
+        &self,
+        token: &CommunicationToken,
+        seal: &secret::Seal,
+        from_status: Option<&crate::secret::RecordedToken>,
+    ) -> SecretState {
+        match self {
+            SecretSeen::Vouched { record, .. } => SecretState::Intact {
+                record: record.clone(),
+                drifted: false,
+            },
+            SecretSeen::Read(current) => {
+                secret::read_secret(current.as_deref(), token, seal, from_status)
+            }
+        }
+    }
+
+    /// The Secret's resourceVersion, for the status to vouch for.
+    fn version(&self) -> Option<String> {
+        match self {
+            SecretSeen::Vouched { version, .. } => Some(version.clone()),
+            SecretSeen::Read(current) => current
+                .as_ref()
+                .and_then(|c| c.metadata.resource_version.clone()),
+        }
+    }
+}
+
+/// A Secret the watch shows unchanged since this process wrote it (or, after a restart, since
+/// the status vouched for it), sealed under the key in use, needs no GET: a plan that keeps it
+/// writes nothing to it. Otherwise it is read (a token never issued whose Secret the listed
+/// metadata watch does not show creates it without a GET first).
+async fn observe_secret(
+    ctx: &Context,
+    token: &CommunicationToken,
+    st: &api::CommunicationTokenStatus,
+    ns: &str,
+    secret_name: &str,
+    fingerprint: &str,
+) -> Result<SecretSeen, Error> {
+    let unchanged = match ctx
+        .own_writes
+        .unchanged(ns, secret_name, token.metadata.generation)
+    {
+        Some(found) => Some(found),
+        None => vouched_by_status(ctx, token, ns, secret_name).await,
+    };
+    if let Some((record, version)) = unchanged.filter(|(r, _)| r.key_fingerprint == fingerprint) {
+        return Ok(SecretSeen::Vouched { record, version });
+    }
+    let current = read_current(ctx, st, ns, secret_name).await?;
+    Ok(SecretSeen::Read(current.map(Box::new)))
 }
 
 /// What the gate reads, from the caches.

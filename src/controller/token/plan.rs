@@ -72,10 +72,10 @@ impl IssueReason {
 #[derive(Debug, PartialEq)]
 pub enum Plan {
     /// The Secret holds a good token and is as it should be: record it, requeue at renewal.
-    Keep(RecordedToken),
+    Keep(Served),
     /// The token is good but something else in the Secret drifted: rewrite it with the same
     /// token.
-    Repair(RecordedToken),
+    Repair(Served),
     /// Issue a new token now.
     Issue(IssueReason),
     /// The spec changed: ask the user to revoke tokens issued under this epoch, then wait.
@@ -86,6 +86,22 @@ pub enum Plan {
     /// Serve no token: the checks before the credentials and the Secret are read stop here
     /// ([`super::gate`]), and so does a Secret that is not ours.
     Stop(Stop),
+}
+
+/// The token the Secret holds and goes on serving, with the instant it is renewed at: worked
+/// out once, where the plan compares it with the clock, and carried to the status, the event
+/// and the requeue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub record: RecordedToken,
+    pub renew: jiff::Timestamp,
+}
+
+impl Served {
+    pub fn of(token: &CommunicationToken, record: RecordedToken) -> Self {
+        let renew = renewal_at(token, &record);
+        Served { record, renew }
+    }
 }
 
 /// A plan that serves no token.
@@ -216,12 +232,15 @@ fn decide_ignoring_revocations(o: &Observed<'_>) -> Plan {
         Plan::Issue(IssueReason::Revoked)
     } else if rotate.is_some() && rotate != handled {
         Plan::Issue(IssueReason::Forced)
-    } else if o.now >= renewal_at(token, r) || o.now >= r.expires_on {
-        Plan::Issue(IssueReason::Renewal)
-    } else if drifted {
-        Plan::Repair(r.clone())
     } else {
-        Plan::Keep(r.clone())
+        let served = Served::of(token, r.clone());
+        if o.now >= served.renew || o.now >= r.expires_on {
+            Plan::Issue(IssueReason::Renewal)
+        } else if drifted {
+            Plan::Repair(served)
+        } else {
+            Plan::Keep(served)
+        }
     }
 }
 
@@ -279,11 +298,21 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_token_is_kept_until_its_renewal_time() {
+    fn a_fresh_token_is_kept_until_its_renewal_time_which_the_plan_carries() {
         let t = token();
-        assert!(matches!(plan(&t, &intact(0, false), 0, 60), Plan::Keep(_)));
+        let Plan::Keep(kept) = plan(&t, &intact(0, false), 0, 60) else {
+            panic!("not kept")
+        };
+        assert_eq!(kept.record, recorded(0));
+        assert_eq!(kept.renew, renewal_at(&t, &recorded(0)));
+        // The instant it carries is the one the plan compared with the clock.
+        let renew = kept.renew.as_second();
+        assert!(matches!(
+            plan(&t, &intact(0, false), 0, renew - 1),
+            Plan::Keep(_)
+        ));
         assert_eq!(
-            plan(&t, &intact(0, false), 0, 2400),
+            plan(&t, &intact(0, false), 0, renew + 1),
             Plan::Issue(IssueReason::Renewal)
         );
     }
@@ -291,7 +320,10 @@ mod tests {
     #[test]
     fn drift_with_an_intact_token_is_repaired_not_reissued() {
         let t = token();
-        assert_eq!(plan(&t, &intact(0, true), 0, 60), Plan::Repair(recorded(0)));
+        assert_eq!(
+            plan(&t, &intact(0, true), 0, 60),
+            Plan::Repair(Served::of(&t, recorded(0)))
+        );
         // A renewal due anyway rewrites the whole Secret with the new token.
         assert_eq!(
             plan(&t, &intact(0, true), 0, 2400),

@@ -5,13 +5,12 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::IssueReason;
+use super::plan::{IssueReason, Served};
 use super::status;
 use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
 use crate::controller::{credential_reason, error_chain, failure_hint};
-use crate::secret::RecordedToken;
 
 /// What a failed issuance says: its reason and message, and whether the reason is new on the
 /// Issuing condition (a permanent failure then gets a Warning event).
@@ -94,17 +93,16 @@ pub fn issue_failed(
 /// Renders a token issued and written into `st` (its record copied by `status::record`
 /// before): both conditions name the issuance, Issuing the next renewal. Returns the reason
 /// and the note, for the event.
-#[allow(clippy::too_many_arguments)]
 pub fn issued(
     st: &mut CommunicationTokenStatus,
     token: &CommunicationToken,
-    recorded: &RecordedToken,
+    served: &Served,
     identity: &str,
     issuance: IssueReason,
-    renew: Timestamp,
     epoch: i64,
     now: Timestamp,
 ) -> (&'static str, String) {
+    let (recorded, renew) = (&served.record, served.renew);
     let gen = token.metadata.generation;
     st.last_rotation_time = Some(Time(recorded.issued_at));
     if st.revocation_requested.is_some_and(|e| epoch > e) {
@@ -157,6 +155,7 @@ pub fn issued(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::RecordedToken;
 
     fn token() -> CommunicationToken {
         let mut t = crate::controller::fixtures::token("ns", "web");
@@ -280,13 +279,16 @@ mod tests {
             revocation_requested: Some(2),
             ..Default::default()
         };
+        let served = Served {
+            record: recorded,
+            renew: at(3_000),
+        };
         let (r, note) = issued(
             &mut st,
             &t,
-            &recorded,
+            &served,
             "8:acs:r_u",
             IssueReason::Forced,
-            at(3_000),
             3,
             at(1),
         );
@@ -310,10 +312,9 @@ mod tests {
         let (first, _) = issued(
             &mut CommunicationTokenStatus::default(),
             &t,
-            &recorded,
+            &served,
             "8:acs:r_u",
             IssueReason::Initial,
-            at(3_000),
             3,
             at(1),
         );

@@ -6,7 +6,7 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::plan::{renewal_at, IssueReason};
+use super::plan::{IssueReason, Served};
 use super::Error;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, set_condition, CommunicationToken, CommunicationTokenStatus, ConditionExt};
@@ -206,15 +206,14 @@ pub async fn not_ready(
 /// Copies what the Secret records into status (status never holds the token).
 pub fn record(
     status: &mut CommunicationTokenStatus,
-    r: &RecordedToken,
-    token: &CommunicationToken,
+    served: &Served,
     allowance: std::time::Duration,
 ) -> crate::rotation::PodMargin {
+    let (r, renew) = (&served.record, served.renew);
     status.identity_id = Some(r.user_id.clone());
     status.expires_on = Some(Time(r.expires_on));
     // Whole seconds: `Time` serializes without a fraction, so a fractional instant would never
     // equal what the cache reads back, and every reconcile would rewrite status.
-    let renew = renewal_at(token, r);
     status.renewal_time = Some(Time(crate::rotation::whole_seconds(renew)));
     // The current token's issue time (whole seconds, as above): a status vouching for the
     // Secret must record the token the Secret holds, even after a crash between the Secret's
@@ -302,12 +301,13 @@ pub(super) async fn keep(
     ctx: &Context,
     token: &CommunicationToken,
     mut st: api::CommunicationTokenStatus,
-    r: &RecordedToken,
+    served: &Served,
     secret_rv: Option<String>,
 ) -> Result<kube::runtime::controller::Action, Error> {
+    let (r, renew) = (&served.record, served.renew);
     let gen = token.metadata.generation;
     let now = ctx.now();
-    let margin = record(&mut st, r, token, ctx.config.propagation_allowance);
+    let margin = record(&mut st, served, ctx.config.propagation_allowance);
     margin_condition(&mut st, token, &margin, gen, now);
     if st
         .revocation_requested
@@ -318,7 +318,6 @@ pub(super) async fn keep(
     }
     st.failed_attempts = 0;
     ctx.failures.reset(&crate::controller::key_of(token));
-    let renew = super::plan::renewal_at(token, r);
     // The condition written with the token (TokenIssued, TokenRotated, ...) already says it
     // is valid; rewriting it would cost a status write per issuance.
     let current = st.conditions.find(types::READY).is_some_and(|c| {

@@ -1,6 +1,7 @@
 //! `reconcile()` end to end against a scripted apiserver, for each plan but `Issue` (which
 //! needs ACS and is driven by the e2e suite, with its request counts in `tests/e2e/requests.rs`):
-//! every stop of the gate, Keep, Repair, RequestRevocation and WaitForRevocation. Each test
+//! every stop of the gate, Keep, Repair, RequestRevocation and WaitForRevocation, and a Secret
+//! the watch vouches for (read only by a plan that writes it). Each test
 //! asserts the requests the plan costs, in order, and nothing more. (The Secret write's own
 //! error branches are in `issue/tests.rs`.)
 
@@ -306,5 +307,66 @@ async fn a_drifted_secret_is_rewritten_at_its_version_with_its_same_token() {
         reasons::SECRET_REPAIRED
     );
     assert!(done.await.unwrap().is_ok());
+    api.expect_nothing_more().await;
+}
+
+// A Secret the watch vouches for (unchanged since this process wrote it): the plan is made
+// from it once, and only a plan that writes the Secret reads it, at the version vouched for.
+
+/// The token's Secret recorded as written at resourceVersion "8" and seen there by the watch.
+fn vouched(ctx: &Context, t: &CommunicationToken, scopes: Vec<crate::acs::Scope>) {
+    let secret: Secret = serde_json::from_value(token_secret(t, scopes)).unwrap();
+    let key = crate::acs::AccessKey::from_base64(ACCESS_KEY).unwrap();
+    let seal = crate::secret::Seal::access_key(&key);
+    let crate::secret::SecretState::Intact { record, .. } =
+        crate::secret::read_secret(Some(&secret), t, &seal, None)
+    else {
+        panic!("the fixture Secret reads as intact")
+    };
+    ctx.own_writes
+        .wrote("ns", "web", "8", t.metadata.generation, record);
+    ctx.own_writes.observed("ns", "web", Some("8"));
+}
+
+#[tokio::test]
+async fn a_vouched_secret_whose_plan_asks_for_a_revocation_is_not_read() {
+    let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
+    let t = issued_token();
+    vouched(&ctx, &t, vec![crate::acs::Scope::Chat]);
+    let done = run(&ctx, t.clone());
+    // Only the credentials: the plan (a revocation for the scope change) needs no Secret.
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret(),
+    )
+    .await;
+    let sent = status_patch(&mut api, &t).await;
+    assert_eq!(sent["status"]["revocationRequested"], 0);
+    let action = done.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(ctx.config.resync_period));
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_vouched_secret_that_changed_before_the_write_is_left_to_the_watch() {
+    let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
+    // A forced rotation: the plan writes the Secret, so it is read for its version.
+    let mut t = issued_token();
+    t.metadata.annotations = Some(
+        [(api::ROTATE_ANNOTATION.to_string(), "1".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    vouched(&ctx, &t, vec![crate::acs::Scope::Voip]);
+    let done = run(&ctx, t.clone());
+    let mut moved = token_secret(&t, vec![crate::acs::Scope::Voip]);
+    moved["metadata"]["resourceVersion"] = serde_json::json!("10");
+    reads(&mut api, moved).await;
+    // Not the version the plan was made from: no ACS call, no write; the watch's event of
+    // that change brings the token back.
+    let action = done.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
     api.expect_nothing_more().await;
 }

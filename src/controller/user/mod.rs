@@ -197,7 +197,7 @@ impl Laned for CommunicationUser {
     }
 }
 
-#[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER))]
+#[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER, identity = tracing::field::Empty))]
 async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = user.namespace().ok_or(Error::Unnamed)?;
@@ -264,11 +264,10 @@ async fn apply(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action
     let ns = user.namespace().ok_or(Error::Unnamed)?;
     let mut status = current_status(&ctx, &user);
     status.observed_generation = user.metadata.generation;
-    let creds = match ctx.credentials.resolve_user(&ns, &user.spec).await {
-        Ok(c) => Ok(c),
-        Err(e) if e.is_transient() => return Err(Error::Credentials(e)),
-        Err(e) => Err(e),
-    };
+    let creds = ctx
+        .credentials_for(&ns, &user.spec)
+        .await
+        .map_err(Error::Credentials)?;
     if status.identity_id.is_none() && status.revocation.is_none() && creds.is_ok() {
         // Part of the first write (an identity, or why not with usable credentials), so that
         // write is also the last one of a new user.
@@ -319,6 +318,8 @@ async fn ready(
     id: &str,
     mut status: api::CommunicationUserStatus,
 ) -> Result<Action, Error> {
+    // The reconcile's span names the identity from here on (revocation logs included).
+    Span::current().record("identity", id);
     match revoke::revoke_if_requested(ctx, &user, acs, creds, id, &mut status).await? {
         revoke::Outcome::Nothing => {}
         revoke::Outcome::Wrote(w) => user = w,
@@ -346,7 +347,6 @@ async fn ready(
     );
     write_status(ctx, &user, &status).await?;
     ctx.failures.reset(&key_of(user.as_ref()));
-    Span::current().record("identity", id);
     Ok(Action::requeue(ctx.config.resync_period))
 }
 
