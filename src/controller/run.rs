@@ -199,7 +199,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         token_index,
         token_status,
         recent_identities,
-        drivers,
+        mut drivers,
         subscriptions,
     } = caches;
     let ctx = context(
@@ -212,6 +212,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         (token_index, token_status, recent_identities),
         (service_changed, service_usage),
     )?;
+    // A namespace's label change reaches the users of the cluster services whose selection
+    // of it changes (their refusal or their service) at once.
+    drivers.0.extend(service_signals::watch_namespace_labels(
+        &ctx,
+        &scopes,
+        &services.cluster,
+        &watches,
+    ));
     metrics
         .objects
         .set_source(Box::new(series::CacheSeries { users, tokens }));

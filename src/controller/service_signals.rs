@@ -2,20 +2,22 @@
 //! announced once, by key, on a broadcast; each controller turns a key into the objects of
 //! its own scope that use that service (users, their tokens, or the service itself).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::Resource;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
 use tokio::sync::broadcast;
 
-use super::Context;
-use crate::api::{CommunicationUser, ServiceKey};
-use crate::credentials::ServiceStores;
+use super::wakeups::cluster_service_key;
+use super::{watch_health, Context};
+use crate::api::{ClusterCommunicationService, CommunicationUser, ServiceKey};
+use crate::credentials::{label_selector_matches, ServiceStores};
 use crate::relist::Relist;
 
 /// A change of one service, or (`None`, after a lagging receiver lost some) of any.
@@ -136,9 +138,91 @@ pub fn on_secret_event(
     }
 }
 
+/// The event hook of the namespaces' label watch: a namespace whose labels change has its
+/// cached labels dropped from the credentials resolver (`forget`), and each cluster service
+/// whose selector selected it before and not now, or the reverse, is announced, so that its
+/// users re-resolve at once instead of at their next renewal. The first sight of a namespace
+/// announces nothing: no selection of it changed.
+pub fn on_namespace_event(
+    tx: broadcast::Sender<ServiceKey>,
+    cluster: Store<ClusterCommunicationService>,
+    forget: impl Fn(&str) + Send + 'static,
+) -> impl FnMut(&watcher::Event<PartialObjectMeta<Namespace>>) + Send + 'static {
+    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    let mut relist = Relist::default();
+    move |e| {
+        if let Some(listed) = relist.on_event(e) {
+            seen.retain(|name, _| !listed.stale(None, "", name));
+            return;
+        }
+        let ns = match e {
+            watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => ns,
+            watcher::Event::Delete(ns) => {
+                seen.remove(&ns.name_any());
+                return;
+            }
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let name = ns.name_any();
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        let Some(before) = seen.insert(name.clone(), labels.clone()) else {
+            return;
+        };
+        if before == labels {
+            return;
+        }
+        forget(&name);
+        for service in cluster.state() {
+            let selector = service.spec.namespace_selector.as_ref();
+            let selects = |l: &BTreeMap<String, String>| {
+                selector.is_some_and(|s| label_selector_matches(s, l))
+            };
+            if selects(&before) != selects(&labels) {
+                if let Some(k) = cluster_service_key(&service) {
+                    let _ = tx.send(k);
+                }
+            }
+        }
+    }
+}
+
+/// The watches of the namespaces' labels, one per scope (a watched namespace's own, by name:
+/// what the chart's namespaced RBAC allows), feeding [`on_namespace_event`].
+pub(super) fn watch_namespace_labels(
+    ctx: &Arc<Context>,
+    scopes: &[Option<String>],
+    cluster: &Store<ClusterCommunicationService>,
+    health: &watch_health::WatchHealth,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    scopes
+        .iter()
+        .map(|scope| {
+            let config = match scope {
+                Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+                None => watcher::Config::default(),
+            };
+            let resolver = ctx.credentials.clone();
+            let mut on_event =
+                on_namespace_event(ctx.service_changed.clone(), cluster.clone(), move |ns| {
+                    resolver.forget_namespace_labels(ns)
+                });
+            let mut tracker = health.track("Namespace");
+            let api = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
+            tokio::spawn(watcher(api, config).default_backoff().for_each(move |r| {
+                if let Ok(e) = &r {
+                    on_event(e);
+                }
+                tracker.observe(&r);
+                futures::future::ready(())
+            }))
+        })
+        .collect()
+}
+
 /// The event hook of the users' watch: announces, on `usage`, the service of a user created,
-/// deleted or with a spec not yet reconciled (a new `serviceRef`), so the service's counts
-/// follow. A user moved off a service is counted out at that service's next reconcile.
+/// deleted or with a spec not yet reconciled (a new `serviceRef`), and any event of a
+/// cluster service's user (its selector may have refused or served it), so the service's
+/// counts follow. A user moved off a service is counted out at that service's next reconcile.
 pub fn on_user_event(
     usage: broadcast::Sender<ServiceKey>,
 ) -> impl FnMut(&watcher::Event<CommunicationUser>) + Send + 'static {
@@ -151,7 +235,11 @@ pub fn on_user_event(
         let Some(r) = &u.spec.service_ref else { return };
         let unreconciled =
             u.status.as_ref().and_then(|s| s.observed_generation) != u.metadata.generation;
-        if deleted || unreconciled {
+        // A cluster service counts only the users its selector serves, and a status write may
+        // be the one that refuses or serves a user: every event of its users recounts
+        // (debounced; a user's events are its own writes, rare once it is Ready).
+        let cluster = r.kind == crate::api::ServiceKind::ClusterCommunicationService;
+        if deleted || unreconciled || cluster {
             let ns = u.metadata.namespace.as_deref().unwrap_or_default();
             let _ = usage.send(ServiceKey::of_ref(ns, r));
         }
@@ -242,4 +330,80 @@ where
         };
         futures::stream::iter(refs)
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+
+    fn service(name: &str, selects: Option<&str>) -> ClusterCommunicationService {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "communication.acs.dev/v1alpha1",
+            "kind": "ClusterCommunicationService",
+            "metadata": {"name": name},
+            "spec": {
+                "endpoint": "https://r.communication.azure.com",
+                "operatorIdentity": {},
+                "namespaceSelector": selects.map(|t| serde_json::json!({"matchLabels": {"team": t}})),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn namespace(labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some("apps".into());
+        ns.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        ns
+    }
+
+    #[test]
+    fn a_label_change_announces_the_services_whose_selection_flips_and_forgets_the_labels() {
+        let (store, mut writer) = reflector::store::<ClusterCommunicationService>();
+        for s in [
+            service("team-a", Some("a")),
+            service("team-b", Some("b")),
+            service("none", None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(s));
+        }
+        let (tx, mut rx) = broadcast::channel(16);
+        let forgotten = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = forgotten.clone();
+        let mut hook =
+            on_namespace_event(tx, store, move |ns| f.lock().unwrap().push(ns.to_string()));
+        let mut announced = || {
+            let mut names = Vec::new();
+            while let Ok(k) = rx.try_recv() {
+                names.push(k.name);
+            }
+            names.sort();
+            names
+        };
+        // First sight, and the same labels again: no selection changed.
+        hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
+        hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
+        assert!(announced().is_empty());
+        // From team a to team b: both flip; the service without a selector never does.
+        hook(&watcher::Event::Apply(namespace(&[("team", "b")])));
+        assert_eq!(announced(), ["team-a", "team-b"]);
+        // Another label only: no selection changed, yet the resolver re-reads the labels.
+        hook(&watcher::Event::Apply(namespace(&[
+            ("team", "b"),
+            ("x", "y"),
+        ])));
+        assert!(announced().is_empty());
+        assert_eq!(*forgotten.lock().unwrap(), ["apps", "apps"]);
+        // Deleted: forgotten by the hook, so its next sight is a first one.
+        hook(&watcher::Event::Delete(namespace(&[])));
+        hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
+        assert!(announced().is_empty());
+    }
 }

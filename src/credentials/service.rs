@@ -1,6 +1,7 @@
 //! Credentials named by a CommunicationService or ClusterCommunicationService. A cluster
 //! service is the tenant boundary: it serves only the namespaces its selector selects, read
-//! from the namespace's labels (not watched: reused for [`UNWATCHED_TTL`]).
+//! from the namespace's labels (read, and reused for [`UNWATCHED_TTL`] or until the
+//! namespaces' label watch sees them change).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -329,6 +330,13 @@ impl CredentialsResolver {
                 requests_per_second,
             });
         self.check_endpoint(c)
+    }
+
+    /// Drops what was read of `namespace`'s labels: they changed (the namespaces' label watch).
+    pub fn forget_namespace_labels(&self, namespace: &str) {
+        if let Ok(mut m) = self.ns_labels.lock() {
+            m.remove(namespace);
+        }
     }
 
     /// Whether `selector` selects `namespace` (no selector selects nothing).

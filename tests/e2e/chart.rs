@@ -355,6 +355,17 @@ async fn the_namespaced_chart_identity_passes_the_core_scenarios_uses_every_gran
         Api::<Namespace>::all(sa.clone()).get(outside.name()).await,
     );
     refused_everywhere(&sa, env.ns(), operator_ns.name()).await;
+    // Namespaces are read and watched by name only (cluster-wide, their labels are watched).
+    let lp = kube::api::ListParams::default();
+    refused(
+        "list namespaces",
+        Api::<Namespace>::all(sa.clone()).list(&lp).await,
+    );
+    let watched = kube::api::ListParams::default().fields(&format!("metadata.name={}", env.ns()));
+    Api::<Namespace>::all(sa.clone())
+        .list_metadata(&watched)
+        .await
+        .expect("the watched namespace, listed by name");
 
     tools.helm_ok(&[
         "uninstall",
@@ -406,10 +417,6 @@ async fn refused_everywhere(sa: &Client, workloads: &str, operator_ns: &str) {
         Api::<Deployment>::namespaced(sa.clone(), workloads)
             .list(&lp)
             .await,
-    );
-    refused(
-        "list namespaces",
-        Api::<Namespace>::all(sa.clone()).list(&lp).await,
     );
     refused(
         "delete a CommunicationUser",
@@ -519,6 +526,8 @@ async fn the_cluster_wide_chart_identity_passes_the_core_scenarios_uses_every_gr
             "communicationservices",
             "communicationtokens",
             "communicationusers",
+            // The namespaces' labels, which cluster services' selectors read.
+            "namespaces",
             "secrets"
         ]),
         "the cluster-wide operator watches all namespaces"

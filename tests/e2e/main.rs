@@ -24,6 +24,7 @@ mod revocation_fence;
 mod rollout;
 mod rollout_argo;
 mod rollout_late;
+mod service_labels;
 mod services;
 mod sibling_batch;
 mod smoke;

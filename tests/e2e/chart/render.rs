@@ -366,7 +366,7 @@ fn cases() -> Vec<Case> {
                 assert_eq!(
                     cr.value["rules"],
                     json!([{"apiGroups": [""], "resources": ["namespaces"],
-                            "resourceNames": [ctx.a, ctx.b], "verbs": ["get"]},
+                            "resourceNames": [ctx.a, ctx.b], "verbs": ["get", "list", "watch"]},
                            {"apiGroups": ["communication.acs.dev"],
                             "resources": ["clustercommunicationservices"],
                             "verbs": ["list", "watch"]}])
