@@ -137,6 +137,9 @@ pub struct CredentialsResolver {
     operator_namespace: String,
     /// Namespace labels read for cluster services' selectors.
     ns_labels: service::NamespaceLabels,
+    /// Moves whenever the namespaces' label watch reports a change: a label read in flight
+    /// across it is not cached (it may predate the change).
+    labels_epoch: Arc<std::sync::atomic::AtomicU64>,
     /// The last view of each service users resolved through (see `last_known_service`).
     last_views: service::LastViews,
 }
@@ -197,6 +200,7 @@ impl CredentialsResolver {
             services: None,
             operator_namespace: "default".to_string(),
             ns_labels: Arc::default(),
+            labels_epoch: Arc::default(),
             last_views: Arc::default(),
         }
     }
@@ -333,9 +337,10 @@ impl CredentialsResolver {
         namespace: &str,
         selector: &str,
     ) -> Result<bool, CredentialsError> {
-        // Namespaces are not watched (namespaced RBAC grants only `get`), so an opt-in is
-        // cached briefly: removing the label takes effect within UNWATCHED_TTL. A refusal is
-        // not cached, so adding the label takes effect at the next reconcile.
+        // An opt-in is cached briefly: the namespaces' label watch drops it when the labels
+        // change (and wakes the default's users when the opt-in flips); else removing the
+        // label takes effect within UNWATCHED_TTL. A refusal is not cached.
+        let epoch = self.labels_epoch();
         let seen = self
             .opt_in
             .lock()
@@ -351,7 +356,7 @@ impl CredentialsResolver {
         let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
         let opted = selector_matches(selector, &labels);
         if let Ok(mut m) = self.opt_in.lock() {
-            if opted {
+            if opted && self.labels_epoch() == epoch {
                 // Expired entries are worth nothing (namespaces deleted leave theirs).
                 if self.sweeps.namespaces.due(m.len()) {
                     m.retain(|_, at| at.elapsed() < UNWATCHED_TTL);

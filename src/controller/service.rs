@@ -322,7 +322,7 @@ fn usage(ctx: &Context, key: &ServiceKey) -> (i32, i32) {
             .service_ref
             .as_ref()
             .is_some_and(|r| key.is_referenced_by(ns, r))
-            && !refused_by_selector(u)
+            && !super::service_signals::refused_by_selector(u)
     };
     let users = match &key.namespace {
         Some(ns) => ctx.users.in_namespace_where(ns, uses),
@@ -341,15 +341,6 @@ fn usage(ctx: &Context, key: &ServiceKey) -> (i32, i32) {
         .sum();
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     (count(users.len()), count(tokens))
-}
-
-/// The user's status says the service's selector does not select its namespace.
-fn refused_by_selector(u: &api::CommunicationUser) -> bool {
-    u.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .find(types::READY)
-            .is_some_and(|c| c.reason == reasons::NAMESPACE_NOT_SELECTED)
-    })
 }
 
 /// The users of `scope` (all scopes: `None`) that reference the service `key`.

@@ -138,15 +138,42 @@ pub fn on_secret_event(
     }
 }
 
-/// The event hook of the namespaces' label watch: a namespace whose labels change has its
-/// cached labels dropped from the credentials resolver (`forget`), and each cluster service
-/// whose selector selected it before and not now, or the reverse, is announced, so that its
-/// users re-resolve at once instead of at their next renewal. The first sight of a namespace
-/// announces nothing: no selection of it changed.
+/// What the namespaces' label watch tells the credentials resolver.
+pub trait NamespaceLabelCache: Send + 'static {
+    /// The labels of `ns` as last read, if still in use.
+    fn known(&self, ns: &str) -> Option<BTreeMap<String, String>>;
+    /// `ns`'s labels changed: drop what was read; whether the default's opt-in flipped.
+    fn changed(
+        &self,
+        ns: &str,
+        before: &BTreeMap<String, String>,
+        after: &BTreeMap<String, String>,
+    ) -> bool;
+}
+
+impl NamespaceLabelCache for crate::credentials::CredentialsResolver {
+    fn known(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        self.known_namespace_labels(ns)
+    }
+    fn changed(
+        &self,
+        ns: &str,
+        before: &BTreeMap<String, String>,
+        after: &BTreeMap<String, String>,
+    ) -> bool {
+        self.namespace_labels_changed(ns, before, after)
+    }
+}
+
+/// The event hook of the namespaces' label watch: a namespace whose labels change has what
+/// the resolver read of them dropped, each cluster service whose selector selected it before
+/// and not now (or the reverse) is announced on `services`, and a flip of the operator-wide
+/// default's opt-in on `default`, so their users re-resolve at once instead of at their next
+/// renewal. At a namespace's first sight, "before" is what the resolver last read, if anything.
 pub fn on_namespace_event(
-    tx: broadcast::Sender<ServiceKey>,
+    (services, default): (broadcast::Sender<ServiceKey>, broadcast::Sender<()>),
     cluster: Store<ClusterCommunicationService>,
-    forget: impl Fn(&str) + Send + 'static,
+    cache: impl NamespaceLabelCache,
 ) -> impl FnMut(&watcher::Event<PartialObjectMeta<Namespace>>) + Send + 'static {
     let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     let mut relist = Relist::default();
@@ -165,13 +192,18 @@ pub fn on_namespace_event(
         };
         let name = ns.name_any();
         let labels = ns.metadata.labels.clone().unwrap_or_default();
-        let Some(before) = seen.insert(name.clone(), labels.clone()) else {
+        let Some(before) = seen
+            .insert(name.clone(), labels.clone())
+            .or_else(|| cache.known(&name))
+        else {
             return;
         };
         if before == labels {
             return;
         }
-        forget(&name);
+        if cache.changed(&name, &before, &labels) {
+            let _ = default.send(());
+        }
         for service in cluster.state() {
             let selector = service.spec.namespace_selector.as_ref();
             let selects = |l: &BTreeMap<String, String>| {
@@ -179,7 +211,7 @@ pub fn on_namespace_event(
             };
             if selects(&before) != selects(&labels) {
                 if let Some(k) = cluster_service_key(&service) {
-                    let _ = tx.send(k);
+                    let _ = services.send(k);
                 }
             }
         }
@@ -187,7 +219,9 @@ pub fn on_namespace_event(
 }
 
 /// The watches of the namespaces' labels, one per scope (a watched namespace's own, by name:
-/// what the chart's namespaced RBAC allows), feeding [`on_namespace_event`].
+/// what the chart's namespaced RBAC allows), feeding [`on_namespace_event`]. They only make
+/// label changes felt sooner (the resolver reads labels itself), so a failing one is logged
+/// and counted but does not make the operator unready.
 pub(super) fn watch_namespace_labels(
     ctx: &Arc<Context>,
     scopes: &[Option<String>],
@@ -201,12 +235,12 @@ pub(super) fn watch_namespace_labels(
                 Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
                 None => watcher::Config::default(),
             };
-            let resolver = ctx.credentials.clone();
-            let mut on_event =
-                on_namespace_event(ctx.service_changed.clone(), cluster.clone(), move |ns| {
-                    resolver.forget_namespace_labels(ns)
-                });
-            let mut tracker = health.track("Namespace");
+            let mut on_event = on_namespace_event(
+                (ctx.service_changed.clone(), ctx.default_changed.clone()),
+                cluster.clone(),
+                ctx.credentials.clone(),
+            );
+            let mut tracker = health.track_advisory("Namespace");
             let api = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
             tokio::spawn(watcher(api, config).default_backoff().for_each(move |r| {
                 if let Ok(e) = &r {
@@ -220,30 +254,51 @@ pub(super) fn watch_namespace_labels(
 }
 
 /// The event hook of the users' watch: announces, on `usage`, the service of a user created,
-/// deleted or with a spec not yet reconciled (a new `serviceRef`), and any event of a
-/// cluster service's user (its selector may have refused or served it), so the service's
-/// counts follow. A user moved off a service is counted out at that service's next reconcile.
+/// deleted or with a spec not yet reconciled (a new `serviceRef`), or whose refusal by a
+/// cluster service's selector (`NamespaceNotSelected`) began or ended, so the service's counts
+/// follow. A user moved off a service is counted out at that service's next reconcile.
 pub fn on_user_event(
     usage: broadcast::Sender<ServiceKey>,
 ) -> impl FnMut(&watcher::Event<CommunicationUser>) + Send + 'static {
+    // The users refused now; a deletion or a relist that no longer shows them drops them.
+    let mut refused: std::collections::HashSet<(String, String)> = Default::default();
+    let mut relist = Relist::default();
     move |e| {
+        if let Some(listed) = relist.on_event(e) {
+            refused.retain(|(ns, name)| !listed.stale(None, ns, name));
+            return;
+        }
         let (u, deleted) = match e {
-            watcher::Event::Apply(u) => (u, false),
+            watcher::Event::Apply(u) | watcher::Event::InitApply(u) => (u, false),
             watcher::Event::Delete(u) => (u, true),
-            _ => return,
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let ns = u.metadata.namespace.as_deref().unwrap_or_default();
+        let id = (ns.to_string(), u.name_any());
+        let refused_now = !deleted && refused_by_selector(u);
+        let flipped = if refused_now {
+            refused.insert(id)
+        } else {
+            refused.remove(&id)
         };
         let Some(r) = &u.spec.service_ref else { return };
         let unreconciled =
             u.status.as_ref().and_then(|s| s.observed_generation) != u.metadata.generation;
-        // A cluster service counts only the users its selector serves, and a status write may
-        // be the one that refuses or serves a user: every event of its users recounts
-        // (debounced; a user's events are its own writes, rare once it is Ready).
-        let cluster = r.kind == crate::api::ServiceKind::ClusterCommunicationService;
-        if deleted || unreconciled || cluster {
-            let ns = u.metadata.namespace.as_deref().unwrap_or_default();
+        let initial = matches!(e, watcher::Event::InitApply(_));
+        if deleted || (!initial && (unreconciled || flipped)) {
             let _ = usage.send(ServiceKey::of_ref(ns, r));
         }
     }
+}
+
+/// The user's status says a cluster service's selector does not select its namespace.
+pub fn refused_by_selector(u: &CommunicationUser) -> bool {
+    use crate::api::ConditionExt;
+    u.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .find(crate::api::condition::types::READY)
+            .is_some_and(|c| c.reason == crate::api::condition::reasons::NAMESPACE_NOT_SELECTED)
+    })
 }
 
 /// The service of a token's user, for the token watch's hook: a token created (its first
@@ -375,10 +430,11 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(s));
         }
         let (tx, mut rx) = broadcast::channel(16);
-        let forgotten = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let f = forgotten.clone();
-        let mut hook =
-            on_namespace_event(tx, store, move |ns| f.lock().unwrap().push(ns.to_string()));
+        let (default_tx, mut default_rx) = broadcast::channel(16);
+        let cache = Fake::default();
+        let forgotten = cache.forgotten.clone();
+        let known = cache.known.clone();
+        let mut hook = on_namespace_event((tx, default_tx), store, cache);
         let mut announced = || {
             let mut names = Vec::new();
             while let Ok(k) = rx.try_recv() {
@@ -401,9 +457,44 @@ mod tests {
         ])));
         assert!(announced().is_empty());
         assert_eq!(*forgotten.lock().unwrap(), ["apps", "apps"]);
-        // Deleted: forgotten by the hook, so its next sight is a first one.
+        // The fake default opts in namespaces labelled x: that flip is announced once.
+        assert!(default_rx.try_recv().is_ok());
+        assert!(default_rx.try_recv().is_err());
+        hook(&watcher::Event::Apply(namespace(&[("team", "b")])));
+        assert!(default_rx.try_recv().is_ok(), "the opt-in flipped back");
+        assert!(announced().is_empty());
+        // Deleted: forgotten by the hook, so its next sight is a first one, compared with
+        // what the resolver last read (nothing here: no announcement).
         hook(&watcher::Event::Delete(namespace(&[])));
         hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
         assert!(announced().is_empty());
+        // A first sight that differs from what the resolver read is a change.
+        hook(&watcher::Event::Delete(namespace(&[])));
+        *known.lock().unwrap() = Some(BTreeMap::from([("team".into(), "b".into())]));
+        hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
+        assert_eq!(announced(), ["team-a", "team-b"]);
+        assert_eq!(forgotten.lock().unwrap().len(), 4);
+    }
+
+    /// Remembers what it was told; its default opts in namespaces labelled `x`.
+    #[derive(Default)]
+    struct Fake {
+        forgotten: Arc<std::sync::Mutex<Vec<String>>>,
+        known: Arc<std::sync::Mutex<Option<BTreeMap<String, String>>>>,
+    }
+
+    impl NamespaceLabelCache for Fake {
+        fn known(&self, _: &str) -> Option<BTreeMap<String, String>> {
+            self.known.lock().unwrap().clone()
+        }
+        fn changed(
+            &self,
+            ns: &str,
+            before: &BTreeMap<String, String>,
+            after: &BTreeMap<String, String>,
+        ) -> bool {
+            self.forgotten.lock().unwrap().push(ns.to_string());
+            before.contains_key("x") != after.contains_key("x")
+        }
     }
 }

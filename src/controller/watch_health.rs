@@ -43,6 +43,17 @@ impl WatchHealth {
         }
     }
 
+    /// The tracker of a watch that only makes changes felt sooner: logged and counted like any,
+    /// but never part of readiness.
+    pub fn track_advisory(&self, resource: &'static str) -> WatchTracker {
+        WatchTracker {
+            state: Arc::default(),
+            metrics: self.metrics.clone(),
+            stopping: self.stopping.clone(),
+            resource,
+        }
+    }
+
     /// The process is stopping its watches on purpose.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);

@@ -86,7 +86,7 @@ impl CredentialsError {
             Self::ServiceAccountNotFound { .. }
             | Self::TokenRequestNotAllowed { .. }
             | Self::ServiceAccountIncomplete { .. } => std::time::Duration::from_secs(60),
-            // Namespace labels are not watched either.
+            // A safety net: the namespaces' label watch wakes the user when its labels change.
             Self::NamespaceNotSelected { .. } => UNWATCHED_TTL,
             _ => std::time::Duration::from_secs(300),
         }

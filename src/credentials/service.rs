@@ -332,11 +332,45 @@ impl CredentialsResolver {
         self.check_endpoint(c)
     }
 
-    /// Drops what was read of `namespace`'s labels: they changed (the namespaces' label watch).
-    pub fn forget_namespace_labels(&self, namespace: &str) {
+    pub(super) fn labels_epoch(&self) -> u64 {
+        self.labels_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The labels of `namespace` as last read, while fresh.
+    pub fn known_namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.ns_labels
+            .lock()
+            .ok()?
+            .get(namespace)
+            .filter(|(at, _)| at.elapsed() < UNWATCHED_TTL)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The namespaces' label watch saw `namespace`'s labels go from `before` to `after`: what
+    /// was read of them is dropped (a read in flight is not cached), and the answer says
+    /// whether the operator-wide default's opt-in flipped for it.
+    pub fn namespace_labels_changed(
+        &self,
+        namespace: &str,
+        before: &BTreeMap<String, String>,
+        after: &BTreeMap<String, String>,
+    ) -> bool {
+        self.labels_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut m) = self.ns_labels.lock() {
             m.remove(namespace);
         }
+        if let Ok(mut m) = self.opt_in.lock() {
+            m.remove(namespace);
+        }
+        let entra_default = self.entra.as_ref().and_then(|e| e.default.as_ref());
+        [
+            self.default.as_ref().map(|d| d.namespace_selector.as_str()),
+            entra_default.map(|d| d.namespace_selector.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|sel| super::selector_matches(sel, before) != super::selector_matches(sel, after))
     }
 
     /// Whether `selector` selects `namespace` (no selector selects nothing).
@@ -357,12 +391,13 @@ impl CredentialsResolver {
         let labels = match known {
             Some((_, labels)) => labels,
             None => {
+                let epoch = self.labels_epoch();
                 let ns = Api::<Namespace>::all(self.client.clone())
                     .get_metadata_opt(namespace)
                     .await
                     .map_err(CredentialsError::Kube)?;
                 let labels = ns.and_then(|n| n.metadata.labels).unwrap_or_default();
-                if let Ok(mut m) = self.ns_labels.lock() {
+                if let (Ok(mut m), true) = (self.ns_labels.lock(), self.labels_epoch() == epoch) {
                     if self.sweeps.labels.due(m.len()) {
                         m.retain(|_, (at, _)| at.elapsed() < UNWATCHED_TTL);
                         self.sweeps.labels.swept(m.len());

@@ -257,18 +257,29 @@ async fn observe_plan_act(
         }
     };
     let epoch = user.revocation_epoch();
-    let seen = observe_secret(&ctx, &token, &st, &ns, &secret_name, creds.fingerprint()).await?;
-    let state = seen.state(&token, &creds.seal, status::recorded(&st).as_ref());
+    let mut seen =
+        observe_secret(&ctx, &token, &st, &ns, &secret_name, creds.fingerprint()).await?;
 
-    // Plan, once.
-    let plan = plan::decide(&Observed {
-        token: &token,
-        state: &state,
-        identity: &identity,
-        epoch,
-        user_revoking: user.revocation_pending(),
-        now: ctx.now(),
-    });
+    // Plan once; again only when a plan that writes the Secret finds a vouched Secret changed
+    // since the watch showed it (then from the Secret as read, which ends the loop).
+    let (plan, state, current) = loop {
+        let state = seen.state(&token, &creds.seal, status::recorded(&st).as_ref());
+        let plan = plan::decide(&Observed {
+            token: &token,
+            state: &state,
+            identity: &identity,
+            epoch,
+            user_revoking: user.revocation_pending(),
+            now: ctx.now(),
+        });
+        if !matches!(plan, Plan::Repair(_) | Plan::Issue(_)) {
+            break (plan, state, None);
+        }
+        match secret_to_write(&ctx, &seen, &st, &ns, &secret_name).await? {
+            ToWrite::At(current) => break (plan, state, current),
+            ToWrite::Moved(read) => seen = SecretSeen::Read(read),
+        }
+    };
 
     // Act.
     let previous_revision = match &state {
@@ -297,17 +308,13 @@ async fn observe_plan_act(
         Plan::Repair(served) => Write::Repair(served),
         Plan::Issue(reason) => Write::Issue(reason),
     };
-    let Some(current) = secret_to_write(&ctx, seen, &st, &ns, &secret_name).await? else {
-        // Changed since the watch showed it: the watch brings that change here.
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
     let target = Target {
         token: &token,
         status: st.clone(),
         identity: &identity,
         epoch,
         creds: &creds,
-        current: current.as_ref(),
+        current: current.as_deref(),
         previous_revision,
     };
     match write {
@@ -316,24 +323,37 @@ async fn observe_plan_act(
     }
 }
 
-/// The Secret a plan writes over, at its resourceVersion: a Secret vouched for is read only
-/// now, and written only while it is still the version the plan was made from (`None` when it
-/// has changed since).
+/// The Secret a plan writes over, at its resourceVersion.
+enum ToWrite {
+    /// Write over this one (none: create it).
+    At(Option<Box<Secret>>),
+    /// A vouched Secret read now is not the version the plan was made from: plan again from it.
+    Moved(Option<Box<Secret>>),
+}
+
+/// A Secret vouched for is read only when a plan writes over it, and written only while it is
+/// still the version the plan was made from.
 async fn secret_to_write(
     ctx: &Context,
-    seen: SecretSeen,
+    seen: &SecretSeen,
     st: &api::CommunicationTokenStatus,
     ns: &str,
     secret_name: &str,
-) -> Result<Option<Option<Secret>>, Error> {
+) -> Result<ToWrite, Error> {
     match seen {
-        SecretSeen::Read(current) => Ok(Some(current.map(|c| *c))),
+        SecretSeen::Read(current) => Ok(ToWrite::At(current.clone())),
         SecretSeen::Vouched { version, .. } => {
             let current = read_current(ctx, st, ns, secret_name).await?;
             let read = current
                 .as_ref()
                 .and_then(|c| c.metadata.resource_version.as_deref());
-            Ok((read == Some(version.as_str())).then_some(current))
+            let same = read == Some(version.as_str());
+            let current = current.map(Box::new);
+            Ok(if same {
+                ToWrite::At(current)
+            } else {
+                ToWrite::Moved(current)
+            })
         }
     }
 }

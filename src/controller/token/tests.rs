@@ -350,7 +350,7 @@ async fn a_vouched_secret_whose_plan_asks_for_a_revocation_is_not_read() {
 }
 
 #[tokio::test]
-async fn a_vouched_secret_that_changed_before_the_write_is_left_to_the_watch() {
+async fn a_vouched_secret_that_changed_before_the_write_is_planned_again_from_what_was_read() {
     let (ctx, mut api) = Context::test_with_users(vec![ready_user(0)]);
     // A forced rotation: the plan writes the Secret, so it is read for its version.
     let mut t = issued_token();
@@ -361,12 +361,15 @@ async fn a_vouched_secret_that_changed_before_the_write_is_left_to_the_watch() {
     );
     vouched(&ctx, &t, vec![crate::acs::Scope::Voip]);
     let done = run(&ctx, t.clone());
-    let mut moved = token_secret(&t, vec![crate::acs::Scope::Voip]);
+    // Meanwhile the Secret changed (the watch has not shown it yet): it holds a chat token.
+    let mut moved = token_secret(&t, vec![crate::acs::Scope::Chat]);
     moved["metadata"]["resourceVersion"] = serde_json::json!("10");
     reads(&mut api, moved).await;
-    // Not the version the plan was made from: no ACS call, no write; the watch's event of
-    // that change brings the token back.
+    // Planned again from the Secret as read, once: a revocation for the scope change, no
+    // ACS call, no Secret write, and no second read.
+    let sent = status_patch(&mut api, &t).await;
+    assert_eq!(sent["status"]["revocationRequested"], 0);
     let action = done.await.unwrap().unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(action, Action::requeue(ctx.config.resync_period));
     api.expect_nothing_more().await;
 }
