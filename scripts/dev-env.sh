@@ -84,7 +84,8 @@ up_node() {
   cargo build --locked --bin acs-identity-operator && cargo build --locked -p acs-emulator --bin acs-emulator \
     && cargo build --locked -p acs-testenv --bin acs-testenv
   say "starting the node (control plane, containerd, kube-scheduler, kubelet)"
-  scripts/node.sh up --dir "$dir/node" || { down; exit 1; }
+  # The previous release is for the upgrade test only: a development node does without it.
+  scripts/node.sh up --dir "$dir/node" --no-previous-release || { down; exit 1; }
   # shellcheck disable=SC1091
   source "$dir/node/env"
 

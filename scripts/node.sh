@@ -7,15 +7,21 @@
 # a busybox app image and the pause image.
 #
 # Usage: scripts/node.sh up [--dir DIR] [--sync-frequency DURATION] [--operator-binary PATH]
+#                           [--no-previous-release]
 #        scripts/node.sh down [--dir DIR]
 #        scripts/node.sh status [--dir DIR]
 #
 # `up` writes DIR/env (default DIR: target/node) exporting KUBECONFIG and the control plane's
 # ACS_TESTENV_* variables, plus ACS_NODE_NAME, ACS_NODE_BRIDGE_IP (the host's address on the pod
 # bridge: pods reach the apiserver and anything the host serves there), ACS_APP_IMAGE,
-# ACS_OPERATOR_IMAGE, ACS_NODE_DIR and ACS_NODE_SYNC_FREQUENCY. `down` stops everything `up`
-# started and undoes what it changed on the host (mounts, network namespaces, the bridge, the
-# kubelet's iptables chains and cgroups, sysctls), also after a failed or interrupted `up`.
+# ACS_OPERATOR_IMAGE, ACS_NODE_DIR and ACS_NODE_SYNC_FREQUENCY; and, for the upgrade test, the
+# previous release (scripts/previous-release.sh builds its operator once per machine, cached):
+# ACS_PREVIOUS_RELEASE (its version), ACS_PREVIOUS_OPERATOR_IMAGE (its operator's image, built
+# from its own Dockerfile and imported with its version as the tag) and ACS_PREVIOUS_CHART (its
+# chart's directory). With --no-previous-release (scripts/dev-env.sh) none of these is built or
+# exported, and the upgrade test fails saying so. `down` stops everything `up` started and undoes
+# what it changed on the host (mounts, network namespaces, the bridge, the kubelet's iptables
+# chains and cgroups, sysctls), also after a failed or interrupted `up`.
 #
 # The node is machine-global (kubelet ports, CNI state, cgroups): one at a time per machine, so the
 # test suite and `scripts/dev-env.sh up --node` do not run together. Needs root (CI runs as root)
@@ -44,6 +50,7 @@ die() { say "$*"; exit 1; }
 dir="$root/target/node"
 sync_frequency=10s
 operator_bin="$CARGO_TARGET_DIR/debug/acs-identity-operator"
+previous_release=true
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 while [ $# -gt 0 ]; do
@@ -51,6 +58,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=${2:?--dir needs a path}; shift 2 ;;
     --sync-frequency) sync_frequency=${2:?--sync-frequency needs a duration such as 10s}; shift 2 ;;
     --operator-binary) operator_bin=${2:?--operator-binary needs a path}; shift 2 ;;
+    --no-previous-release) previous_release=false; shift ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -188,6 +196,14 @@ up() {
   local testenv_bin="$CARGO_TARGET_DIR/debug/acs-testenv"
   [ -x "$testenv_bin" ] || die "no acs-testenv at $testenv_bin (cargo build -p acs-testenv)"
 
+  # The previous release first: a cold build takes minutes, a cached one nothing.
+  local prev="" prev_version="" prev_chart="" prev_image=""
+  if $previous_release; then
+    prev=$("$root/scripts/previous-release.sh")
+    prev_version=$(sed -n 's/^version=//p' <<<"$prev")
+    prev_chart=$(sed -n 's/^chart=//p' <<<"$prev")
+  fi
+
   local t0=$SECONDS
   say "images"
   local refs; refs=$("$root/tools/node/images.sh" "$dir/images" "$operator_bin")
@@ -195,6 +211,15 @@ up() {
   pause_image=$(sed -n 's/^pause=//p' <<<"$refs")
   app_image=$(sed -n 's/^app=//p' <<<"$refs")
   operator_image=$(sed -n 's/^operator=//p' <<<"$refs")
+  if $previous_release; then
+    # The previous release's operator image, from its own Dockerfile, tagged with its version.
+    # Only its operator.tar is imported (pause and app are the current ones).
+    say "images of the previous release $prev_version"
+    refs=$(DOCKERFILE=$(sed -n 's/^dockerfile=//p' <<<"$prev") "$root/tools/node/images.sh" \
+      "$dir/images-previous" "$(sed -n 's/^binary=//p' <<<"$prev")" "$prev_version")
+    prev_image=$(sed -n 's/^operator=//p' <<<"$refs")
+    [ "$prev_image" != "$operator_image" ] || die "the previous release's image has the current one's reference $operator_image"
+  fi
 
   if [ ! -f "$dir/sysctl-before.txt" ]; then
     local s
@@ -224,6 +249,9 @@ up() {
   wait_until "containerd's socket" 30 "${CTR[@]}" version || { tail -20 "$dir/containerd.log" >&2; false; }
   local tar
   for tar in "$dir/images"/*.tar; do "${CTR[@]}" images import --all-platforms "$tar" >/dev/null; done
+  if $previous_release; then
+    "${CTR[@]}" images import --all-platforms "$dir/images-previous/operator.tar" >/dev/null
+  fi
 
   # Pod network: Debian's bridge + host-local plugins on the bridge made above; no routes beyond
   # the subnet and no masquerading. containerd watches conf_dir and loads it by itself.
@@ -308,6 +336,11 @@ CFG
     printf "export ACS_NODE_SYNC_FREQUENCY='%s'\n" "$sync_frequency"
     printf "export ACS_APP_IMAGE='%s'\n" "$app_image"
     printf "export ACS_OPERATOR_IMAGE='%s'\n" "$operator_image"
+    if $previous_release; then
+      printf "export ACS_PREVIOUS_RELEASE='%s'\n" "$prev_version"
+      printf "export ACS_PREVIOUS_OPERATOR_IMAGE='%s'\n" "$prev_image"
+      printf "export ACS_PREVIOUS_CHART='%s'\n" "$prev_chart"
+    fi
   } >"$dir/env.tmp"
   mv "$dir/env.tmp" "$dir/env"
   up_done=true
@@ -326,5 +359,5 @@ case "$cmd" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status [--dir DIR] [--sync-frequency DURATION] [--operator-binary PATH]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [--dir DIR] [--sync-frequency DURATION] [--operator-binary PATH] [--no-previous-release]" >&2; exit 2 ;;
 esac

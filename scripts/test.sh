@@ -10,7 +10,9 @@
 # The node tier runs the operator's own image, installed by its chart, on a real node (kubelet,
 # kube-scheduler, containerd, runc) of the newest release (1.37), with pods reading its tokens:
 # scripts/node.sh starts the node (installing the Debian packages it needs) and stops it, also on
-# failure or Ctrl-C. It needs root, as CI has; without it the stage fails and says why.
+# failure or Ctrl-C. It needs root, as CI has; without it the stage fails and says why. Its upgrade
+# test starts from the previous release's chart and image: scripts/previous-release.sh builds that
+# release's operator once per machine into the cache, as a stage of its own before the node tier.
 #
 # Usage: scripts/test.sh            (the README's test command; .ci/run calls it)
 # Env:   ACS_OPERATOR_CACHE         cache root (default ${XDG_CACHE_HOME:-~/.cache}/acs-identity-operator)
@@ -88,6 +90,10 @@ rust_fmt() { cargo fmt --all -- --check; }
 packaging_lint() { scripts/lint-packaging.sh; }
 rust_clippy() { cargo clippy --workspace --all-targets --locked -- -D warnings; }
 rust_build() { cargo build --workspace --all-targets --locked; }
+# The previous release's operator for the node tier's upgrade test, in its own target directory
+# under the cache; a cached build costs nothing. Before the 1.32 binaries start building in the
+# background: a cold build takes both cores for a few minutes.
+previous_release() { scripts/previous-release.sh >/dev/null; }
 # The node tier's tests (node_tier::) need the node: the next stage runs them.
 rust_tests() { timeout --foreground 30m cargo test --workspace --locked --no-fail-fast -- --skip node_tier::; }
 node_packages() { tools/node/deps.sh; }
@@ -139,6 +145,7 @@ run_stage "cargo fmt --check" rust_fmt
 run_stage "hadolint + checkov" packaging_lint
 run_stage "cargo build" rust_build
 run_stage "cargo clippy -D warnings" rust_clippy
+run_stage "previous release's operator (node tier upgrade)" previous_release
 start_oldest_bins
 run_stage "cargo test (unit, e2e, chart, reliability)" rust_tests
 run_stage "node tier on Kubernetes 1.37 (kubelet, Helm)" node_tier

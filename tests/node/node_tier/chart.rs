@@ -15,52 +15,16 @@ use serde_json::Value;
 
 use crate::node_tier::cluster::{audit_events, client, eventually, exclusive, node, run, Acs};
 use crate::node_tier::release::{
-    default_tag, describe_pods, install, is_ready, lease_holder, operator_pods, split_image,
-    tenant, uninstall, user_and_token, valid_token, FULLNAME, NAMESPACE,
+    default_tag, describe_pods, install, is_ready, lease_holder, operator_pods, operator_writes,
+    split_image, tenant, uninstall, user_and_token, valid_token, FULLNAME, NAMESPACE,
+    SERVICE_ACCOUNT,
 };
 
 const CONVERGE: Duration = Duration::from_secs(90);
-const SERVICE_ACCOUNT: &str = "system:serviceaccount:acs-system:acs-acs-identity-operator";
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 fn pod_name(pod: &Pod) -> String {
     pod.metadata.name.clone().expect("pod name")
-}
-
-/// Writes (anything but reads and the Lease) the operator's ServiceAccount made, oldest first,
-/// as (time, pod name, verb, resource).
-fn operator_writes() -> Vec<(String, String, String, String)> {
-    let mut writes: Vec<_> = audit_events()
-        .into_iter()
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| e["user"]["username"] == SERVICE_ACCOUNT)
-        .filter(|e| {
-            matches!(
-                e["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete")
-            )
-        })
-        .filter(|e| e["objectRef"]["resource"] != "leases")
-        .map(|e| {
-            (
-                e["requestReceivedTimestamp"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                e["user"]["extra"][POD_NAME_EXTRA][0]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string(),
-                e["verb"].as_str().unwrap_or("").to_string(),
-                e["objectRef"]["resource"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-        .collect();
-    writes.sort();
-    writes
 }
 
 #[tokio::test]
@@ -228,9 +192,9 @@ async fn two_replicas_hand_over_when_the_leader_goes_and_an_upgrade_never_runs_t
     // No two writers at once: ordered by time, each pod's writes form one unbroken run.
     let writes = operator_writes();
     let mut runs: Vec<&str> = Vec::new();
-    for (_, pod, _, _) in &writes {
-        if runs.last() != Some(&pod.as_str()) {
-            runs.push(pod);
+    for w in &writes {
+        if runs.last() != Some(&w.pod.as_str()) {
+            runs.push(&w.pod);
         }
     }
     let distinct: BTreeSet<&&str> = runs.iter().collect();

@@ -35,6 +35,36 @@ fn var(name: &str) -> String {
     })
 }
 
+/// The previous release, which the upgrade test installs before upgrading to this one:
+/// `scripts/node.sh up` builds its operator from its commit (scripts/previous-release.sh),
+/// imports its image and exports these (not with `--no-previous-release`).
+pub struct Previous {
+    /// Its version, e.g. `0.1.0` (also its image's tag).
+    pub version: String,
+    pub operator_image: String,
+    /// Its chart's directory, as that release's commit has it.
+    pub chart: PathBuf,
+}
+
+/// The previous release of this test process's node.
+pub fn previous() -> &'static Previous {
+    fn var(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the upgrade test needs the previous release's chart and \
+                 image, which `scripts/node.sh up` builds (scripts/previous-release.sh) and \
+                 exports in target/node/env unless started with --no-previous-release."
+            )
+        })
+    }
+    static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+    PREVIOUS.get_or_init(|| Previous {
+        version: var("ACS_PREVIOUS_RELEASE"),
+        operator_image: var("ACS_PREVIOUS_OPERATOR_IMAGE"),
+        chart: var("ACS_PREVIOUS_CHART").into(),
+    })
+}
+
 /// The node of this test process.
 pub fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
@@ -222,11 +252,21 @@ impl Acs {
 
     /// Requests answered for `operation` (e.g. `issueAccessToken`), any status.
     pub async fn calls(&self, operation: &str) -> u64 {
-        let stats = self.admin(reqwest::Method::GET, "/stats", None).await;
+        let stats = self.stats().await;
         stats["operations"][operation]
             .as_object()
             .map(|by_status| by_status.values().filter_map(Value::as_u64).sum())
             .unwrap_or(0)
+    }
+
+    /// The emulator's counters (`GET /_emulator/stats`): requests by operation and status.
+    pub async fn stats(&self) -> Value {
+        self.admin(reqwest::Method::GET, "/stats", None).await
+    }
+
+    /// Requests answered for any operation, any status.
+    pub async fn total_calls(&self) -> u64 {
+        self.stats().await["total"].as_u64().unwrap_or(0)
     }
 }
 

@@ -5,4 +5,5 @@ mod chart;
 mod cluster;
 mod late_targets;
 mod release;
+mod upgrade;
 mod workloads;

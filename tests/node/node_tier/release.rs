@@ -7,7 +7,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 
-use crate::node_tier::cluster::{client, eventually, helm, kubectl, kubectl_apply, node, Acs};
+use crate::node_tier::cluster::{
+    audit_events, client, eventually, helm, kubectl, kubectl_apply, node, Acs,
+};
 
 pub const NAMESPACE: &str = "acs-system";
 pub const RELEASE: &str = "acs";
@@ -15,6 +17,9 @@ pub const RELEASE: &str = "acs";
 pub const FULLNAME: &str = "acs-acs-identity-operator";
 const CA_CONFIGMAP: &str = "acs-emulator-ca";
 const SELECTOR: &str = "app.kubernetes.io/instance=acs";
+/// The chart's ServiceAccount, as the audit log names it.
+pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:acs-system:acs-acs-identity-operator";
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 /// `repository` and `tag` of an image reference.
 pub fn split_image(image: &str) -> (&str, &str) {
@@ -34,6 +39,13 @@ fn chart_dir() -> String {
 /// (`KUBERNETES_SERVICE_HOST/PORT` through `extraEnv`), and the operator trusts the emulator's
 /// CA through the chart's `acs.caBundle`. Everything else is the chart's defaults.
 pub fn install(acs: &Acs, tag: &str, extra: &[&str]) {
+    let (repo, _) = split_image(&node().operator_image);
+    install_chart(acs, &chart_dir(), &format!("{repo}:{tag}"), extra);
+}
+
+/// [`install`] from the chart in directory `chart` (this repository's, or another release's)
+/// with the operator image `image`, and the same values.
+pub fn install_chart(acs: &Acs, chart: &str, image: &str, extra: &[&str]) {
     let node = node();
     kubectl_apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n"
@@ -44,18 +56,17 @@ pub fn install(acs: &Acs, tag: &str, extra: &[&str]) {
         "data": {"ca.crt": acs.ca_pem},
     });
     kubectl_apply(&ca.to_string());
-    let (repo, _) = split_image(&node.operator_image);
+    let (repo, tag) = split_image(image);
     let env = serde_json::json!([
         {"name": "KUBERNETES_SERVICE_HOST", "value": node.bridge_ip},
         {"name": "KUBERNETES_SERVICE_PORT", "value": node.api_port()},
     ])
     .to_string();
-    let chart = chart_dir();
     let mut args = vec![
         "upgrade",
         "--install",
         RELEASE,
-        &chart,
+        chart,
         "--namespace",
         NAMESPACE,
         "--wait",
@@ -223,4 +234,79 @@ pub async fn valid_token(acs: &Acs, ns: &str, name: &str, timeout: Duration) -> 
 /// `kubectl get` of one field, for messages.
 pub fn describe_pods() -> String {
     kubectl(&["get", "pods", "-A", "-o", "wide"])
+}
+
+/// A write (create, update, patch, delete) the operator made, as the audit log shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Write {
+    /// `requestReceivedTimestamp` (RFC 3339, microseconds: orders writes by time).
+    pub time: String,
+    /// The pod whose ServiceAccount token made it (`?` when the audit event names none).
+    pub pod: String,
+    pub verb: String,
+    /// The resource, with its subresource if any (`communicationtokens/status`).
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Writes (anything but reads and the Lease) the chart's ServiceAccount made, whichever
+/// release's pod made them, oldest first.
+pub fn operator_writes() -> Vec<Write> {
+    let field = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let mut writes: Vec<Write> = audit_events()
+        .into_iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| e["user"]["username"] == SERVICE_ACCOUNT)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["resource"] != "leases")
+        .map(|e| {
+            let r = &e["objectRef"];
+            let mut resource = field(&r["resource"]);
+            if let Some(sub) = r["subresource"].as_str() {
+                resource = format!("{resource}/{sub}");
+            }
+            Write {
+                time: field(&e["requestReceivedTimestamp"]),
+                pod: e["user"]["extra"][POD_NAME_EXTRA][0]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                verb: field(&e["verb"]),
+                resource,
+                namespace: field(&r["namespace"]),
+                name: field(&r["name"]),
+            }
+        })
+        .collect();
+    writes.sort();
+    writes
+}
+
+/// The text of a pod's `/metrics` (the chart's default port, 8080), read at the pod's IP from
+/// the host, which is on the pod bridge; `None` while it does not answer.
+pub async fn pod_metrics(pod: &Pod) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+    let resp = reqwest::get(format!("http://{ip}:8080/metrics"))
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// The sum of the samples in `metrics` whose series starts with `series` (a metric name and
+/// the start of its labels, e.g. `acs_identity_operator_reconciles_total{controller="x"`).
+pub fn metric_sum(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
