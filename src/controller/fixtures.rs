@@ -31,6 +31,27 @@ impl Context {
     pub fn test_with_users(
         users_in: Vec<crate::api::CommunicationUser>,
     ) -> (Arc<Context>, ApiServer) {
+        Self::test_with(users_in, crate::acs::ClientOptions::default())
+    }
+
+    /// [`Context::test_with_users`] whose ACS clients trust `ca_pem` only (an emulator's CA):
+    /// the apiserver is scripted, ACS is real (the emulator, in process).
+    pub fn test_with_acs(
+        users_in: Vec<crate::api::CommunicationUser>,
+        ca_pem: &str,
+    ) -> (Arc<Context>, ApiServer) {
+        let options = crate::acs::ClientOptions {
+            ca_pem: Some(ca_pem.as_bytes().to_vec()),
+            trust_web_roots: false,
+            ..crate::acs::ClientOptions::default()
+        };
+        Self::test_with(users_in, options)
+    }
+
+    fn test_with(
+        users_in: Vec<crate::api::CommunicationUser>,
+        acs_options: crate::acs::ClientOptions,
+    ) -> (Arc<Context>, ApiServer) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let config = Arc::new(Config {
@@ -80,7 +101,7 @@ impl Context {
             config,
             metrics: metrics.clone(),
             recorder: super::events::Events::new(client.clone(), reporter),
-            acs: AcsPool::new(crate::acs::ClientOptions::default(), None),
+            acs: AcsPool::new(acs_options, None),
             credentials: CredentialsResolver::new(
                 client.clone(),
                 Stores::new(vec![(None, creds)]),

@@ -1,6 +1,6 @@
-//! `reconcile()` end to end against a scripted apiserver, for each plan but `Issue` (which
-//! needs ACS and is driven by the e2e suite, with its request counts in `tests/e2e/requests.rs`):
-//! every stop of the gate, Keep, Repair, RequestRevocation and WaitForRevocation, and a Secret
+//! `reconcile()` end to end against a scripted apiserver, for each plan: every stop of the
+//! gate, Keep, Repair, Issue (against the emulator in process: ACS is real, the apiserver
+//! scripted), RequestRevocation and WaitForRevocation, and a Secret
 //! the watch vouches for (read only by a plan that writes it). Each test
 //! asserts the requests the plan costs, in order, and nothing more. (The Secret write's own
 //! error branches are in `issue/tests.rs`.)
@@ -372,4 +372,106 @@ async fn a_vouched_secret_that_changed_before_the_write_is_planned_again_from_wh
     let action = done.await.unwrap().unwrap();
     assert_eq!(action, Action::requeue(ctx.config.resync_period));
     api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_first_issuance_calls_acs_once_then_creates_the_secret_and_writes_the_status() {
+    let emulator = acs_emulator::start(acs_emulator::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let conn = emulator.connection_string();
+    let options = crate::acs::ClientOptions {
+        ca_pem: Some(emulator.ca_pem().as_bytes().to_vec()),
+        trust_web_roots: false,
+        ..crate::acs::ClientOptions::default()
+    };
+    let client =
+        crate::acs::AcsClient::new(crate::acs::ConnectionString::parse(&conn).unwrap(), options)
+            .unwrap();
+    let identity = client
+        .create_identity(crate::acs::CreateIdentity::new())
+        .await
+        .unwrap()
+        .identity
+        .id;
+    let mut user = ready_user(0);
+    user.status.as_mut().unwrap().identity_id = Some(identity.clone());
+    let (ctx, mut api) = Context::test_with_acs(vec![user], emulator.ca_pem());
+    let mut t = token("ns", None);
+    t.spec.expires_in_minutes = 1440;
+    let issued_before = issue_calls(&emulator).await;
+    let done = run(&ctx, t.clone());
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/acs",
+        200,
+        credentials_secret_for(&conn),
+    )
+    .await;
+    // Never issued, and the Secrets' watch has not listed: the Secret is looked for.
+    api.expect(
+        "GET",
+        "/namespaces/ns/secrets/web",
+        404,
+        failure(404, "NotFound"),
+    )
+    .await;
+    let answer = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web", "namespace": "ns", "resourceVersion": "1"},
+    });
+    let created = api
+        .expect("POST", "/namespaces/ns/secrets", 201, answer)
+        .await;
+    assert_eq!(created["metadata"]["name"], "web");
+    assert!(created["data"]["token"].is_string(), "the token is written");
+    let sent = status_patch(&mut api, &t).await;
+    assert_eq!(sent["status"]["revision"], 1);
+    assert_eq!(sent["status"]["secretResourceVersion"], "1");
+    assert_eq!(sent["status"]["identityId"], identity.as_str());
+    assert_eq!(
+        sent["status"]["conditions"][0]["reason"],
+        reasons::TOKEN_ISSUED
+    );
+    // A first issuance writes no event: the status says it.
+    let action = done.await.unwrap().unwrap();
+    assert_ne!(action, Action::await_change(), "requeued at the renewal");
+    api.expect_nothing_more().await;
+    assert_eq!(
+        issue_calls(&emulator).await,
+        issued_before + 1,
+        "one ACS call"
+    );
+}
+
+fn credentials_secret_for(conn: &str) -> serde_json::Value {
+    use base64::Engine;
+    let mut s = credentials_secret();
+    s["data"]["connectionString"] =
+        serde_json::json!(base64::engine::general_purpose::STANDARD.encode(conn));
+    s
+}
+
+/// The emulator's count of token issuances, any status.
+async fn issue_calls(emulator: &acs_emulator::RunningEmulator) -> u64 {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(emulator.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let stats: serde_json::Value = http
+        .get(format!("{}/stats", emulator.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["operations"]["issueAccessToken"]
+        .as_object()
+        .map_or(0, |by_status| {
+            by_status
+                .values()
+                .filter_map(serde_json::Value::as_u64)
+                .sum()
+        })
 }
