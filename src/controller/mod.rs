@@ -7,6 +7,7 @@ mod context;
 pub mod events;
 mod failure;
 pub mod failure_backoff;
+pub mod finalized;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fixtures;

@@ -24,11 +24,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::ResourceExt;
 use tracing::instrument;
 
-use super::{finalizer_lagged, Context, FailurePolicy};
+use super::{finalized, Context, FailurePolicy};
 use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{self, CommunicationToken, ConditionExt};
@@ -102,28 +101,16 @@ impl Error {
 
 #[instrument(skip(token, ctx), fields(namespace = token.namespace().unwrap_or_default(), name = %token.name_any(), controller = CONTROLLER))]
 async fn reconcile(token: Arc<CommunicationToken>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile(CONTROLLER);
-    let ns = token.namespace().ok_or(Error::Unnamed)?;
-    let api: Api<CommunicationToken> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, api::TOKEN_FINALIZER, token.clone(), |event| async {
-        match event {
-            FinalizerEvent::Apply(t) => apply(t, ctx.clone()).await,
-            FinalizerEvent::Cleanup(t) => cleanup(t, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    timer.finish(if result.is_ok() { "ok" } else { "error" });
-    result
+    let steps = (|t| apply(t, ctx.clone()), |t| cleanup(t, ctx.clone()));
+    finalized::reconcile(&ctx, CONTROLLER, api::TOKEN_FINALIZER, token, steps).await
 }
 
+finalized::reconcile_error!(Error);
+
 fn error_policy(token: Arc<CommunicationToken>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Finalizer(e) = err {
-        if finalizer_lagged(&ctx, token.as_ref(), e) {
-            return Action::await_change();
-        }
+    if let Some(a) = finalized::not_a_failure(&ctx, CONTROLLER, token.as_ref(), err) {
+        return a;
     }
-    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     if matches!(waiting(err), Some(true)) {
         // Not a failure: the user's status change wakes this object; this is a safety net.
         return Action::requeue(Duration::from_secs(30));

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use tracing::{instrument, Span};
@@ -24,7 +23,7 @@ use self::identity::Step;
 use self::plan::Plan;
 use self::status::{acs_failed, current_status, not_ready, write_status};
 use super::lanes::{express, in_lane, Laned, Lanes};
-use super::{finalizer_lagged, key_of, Context, FailurePolicy};
+use super::{finalized, key_of, Context, FailurePolicy};
 use crate::acs::AcsError;
 use crate::api::condition::{reasons, types};
 use crate::api::{
@@ -199,28 +198,16 @@ impl Laned for CommunicationUser {
 
 #[instrument(skip(user, ctx), fields(namespace = user.namespace().unwrap_or_default(), name = %user.name_any(), controller = CONTROLLER, identity = tracing::field::Empty))]
 async fn reconcile(user: Arc<CommunicationUser>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile(CONTROLLER);
-    let ns = user.namespace().ok_or(Error::Unnamed)?;
-    let api: Api<CommunicationUser> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, api::USER_FINALIZER, user.clone(), |event| async {
-        match event {
-            FinalizerEvent::Apply(u) => apply(u, ctx.clone()).await,
-            FinalizerEvent::Cleanup(u) => cleanup(u, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    timer.finish(if result.is_ok() { "ok" } else { "error" });
-    result
+    let steps = (|u| apply(u, ctx.clone()), |u| cleanup(u, ctx.clone()));
+    finalized::reconcile(&ctx, CONTROLLER, api::USER_FINALIZER, user, steps).await
 }
 
+finalized::reconcile_error!(Error);
+
 fn error_policy(user: Arc<CommunicationUser>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Finalizer(e) = err {
-        if finalizer_lagged(&ctx, user.as_ref(), e) {
-            return Action::await_change();
-        }
+    if let Some(a) = finalized::not_a_failure(&ctx, CONTROLLER, user.as_ref(), err) {
+        return a;
     }
-    ctx.metrics.reconcile_error(CONTROLLER, err.category());
     if fenced(err) {
         // Not a failure: this reconcile read a cache that did not show the latest write yet
         // (often its own); the watch delivers it within moments. Read again soon, backing off
