@@ -808,6 +808,41 @@ pub async fn create_cluster_service(env: &TestEnv, name: &str, spec: Value) {
     .await;
 }
 
+/// Held by every test whose operator manages ClusterCommunicationServices' status
+/// (`--manage-cluster-services`): cluster-scoped, they are seen by every such operator, and one
+/// that does not watch a service's Secret namespace would report it not Ready over another
+/// test's operator. These tests take turns.
+pub async fn cluster_services_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// A platform team's ClusterCommunicationService `name` over the connection string of `acs`,
+/// kept in Secret `acs-platform` of `platform`, selecting the namespaces `selector` selects
+/// (`None`: no selector, which selects none).
+pub async fn platform_cluster_service(
+    platform: &TestEnv,
+    acs: &Acs,
+    name: &str,
+    selector: Option<Value>,
+) {
+    put_secret(
+        platform,
+        "acs-platform",
+        "connectionString",
+        &acs.connection_string(),
+    )
+    .await;
+    let mut spec = serde_json::json!({
+        "endpoint": acs.emu.endpoint(),
+        "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
+    });
+    if let Some(s) = selector {
+        spec["namespaceSelector"] = s;
+    }
+    create_cluster_service(platform, name, spec).await;
+}
+
 /// A user spec referencing a service of `kind`.
 #[allow(dead_code)]
 pub fn service_user(kind: &str, name: &str) -> CommunicationUserSpec {

@@ -32,6 +32,28 @@ async fn label(env: &TestEnv, value: Option<&str>) {
         .expect("label namespace");
 }
 
+/// Waits until user `app` and token `app-token` both have Ready `reason` ("": True).
+async fn app_and_token(env: &TestEnv, reason: &'static str, within: Duration) {
+    let users: Api<CommunicationUser> = env.api();
+    let tokens: Api<CommunicationToken> = env.api();
+    let what = format!("user and token Ready {reason:?}");
+    wait_for(&users, "app", within, &what, user_ready(reason))
+        .await
+        .expect("user");
+    wait_for(&tokens, "app-token", within, &what, token_ready(reason))
+        .await
+        .expect("token");
+}
+
+/// Sets the namespace's label (`None`: removes it) and waits, for [`AT_ONCE`] at most, until
+/// the user and its token show `reason`; returns the seconds that took.
+async fn relabel(env: &TestEnv, value: Option<&str>, reason: &'static str) -> f64 {
+    let start = Instant::now();
+    label(env, value).await;
+    app_and_token(env, reason, AT_ONCE).await;
+    start.elapsed().as_secs_f64()
+}
+
 fn counted(users: i32, tokens: i32) -> impl Fn(Option<&ClusterCommunicationService>) -> bool {
     move |s| {
         s.and_then(|s| s.status.as_ref())
@@ -41,27 +63,13 @@ fn counted(users: i32, tokens: i32) -> impl Fn(Option<&ClusterCommunicationServi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_label_change_reaches_a_cluster_services_users_at_once() {
+    let _turn = cluster_services_turn().await;
     let platform = TestEnv::new("svc-labels-platform").await;
     let team = TestEnv::new("svc-labels-team").await;
     let acs = Acs::start().await;
-    put_secret(
-        &platform,
-        "acs-platform",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
     let name = format!("labels-{}", team.ns());
-    create_cluster_service(
-        &team,
-        &name,
-        json!({
-            "endpoint": acs.emu.endpoint(),
-            "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
-            "namespaceSelector": { "matchLabels": { LABEL: team.ns() } },
-        }),
-    )
-    .await;
+    let selector = json!({ "matchLabels": { LABEL: team.ns() } });
+    platform_cluster_service(&platform, &acs, &name, Some(selector)).await;
     label(&team, Some(team.ns())).await;
     let mut args = OperatorArgs::new(&team, &acs)
         .arg("--manage-cluster-services")
@@ -77,20 +85,7 @@ async fn a_namespace_label_change_reaches_a_cluster_services_users_at_once() {
     )
     .await;
     create_token(&team, "app-token", token_spec("app")).await;
-    let users: Api<CommunicationUser> = team.api();
-    let tokens: Api<CommunicationToken> = team.api();
-    wait_for(&users, "app", CONVERGE, "user Ready", user_ready(""))
-        .await
-        .expect("user");
-    wait_for(
-        &tokens,
-        "app-token",
-        CONVERGE,
-        "token Ready",
-        token_ready(""),
-    )
-    .await
-    .expect("token");
+    app_and_token(&team, "", CONVERGE).await;
     let cluster: Api<ClusterCommunicationService> = Api::all(team.client.clone());
     wait_for(&cluster, &name, CONVERGE, "1 user, 1 token", counted(1, 1)).await;
     let token_before = secret_token(&team, "app-token")
@@ -102,32 +97,10 @@ async fn a_namespace_label_change_reaches_a_cluster_services_users_at_once() {
     );
     let writes = op.kube_writes().await;
 
-    // The label goes: the selector no longer selects the namespace.
-    let removed = Instant::now();
-    label(&team, None).await;
-    wait_for(
-        &users,
-        "app",
-        AT_ONCE,
-        "user refused at once",
-        user_ready("NamespaceNotSelected"),
-    )
-    .await
-    .expect("user");
-    wait_for(
-        &tokens,
-        "app-token",
-        AT_ONCE,
-        "token refused at once",
-        token_ready("NamespaceNotSelected"),
-    )
-    .await
-    .expect("token");
-    eprintln!(
-        "figure: user and token NamespaceNotSelected {:.1} s after the label went",
-        removed.elapsed().as_secs_f64()
-    );
-    // A refused user is not counted as the service's.
+    // The label goes: the selector no longer selects the namespace, and a refused user is
+    // not counted as the service's.
+    let took = relabel(&team, None, "NamespaceNotSelected").await;
+    eprintln!("figure: user and token NamespaceNotSelected {took:.1} s after the label went");
     wait_for(
         &cluster,
         &name,
@@ -138,24 +111,8 @@ async fn a_namespace_label_change_reaches_a_cluster_services_users_at_once() {
     .await;
 
     // The label comes back: served again, with the same identity and token.
-    let restored = Instant::now();
-    label(&team, Some(team.ns())).await;
-    wait_for(&users, "app", AT_ONCE, "user served again", user_ready(""))
-        .await
-        .expect("user");
-    wait_for(
-        &tokens,
-        "app-token",
-        AT_ONCE,
-        "token served again",
-        token_ready(""),
-    )
-    .await
-    .expect("token");
-    eprintln!(
-        "figure: user and token Ready {:.1} s after the label came back",
-        restored.elapsed().as_secs_f64()
-    );
+    let took = relabel(&team, Some(team.ns()), "").await;
+    eprintln!("figure: user and token Ready {took:.1} s after the label came back");
     wait_for(
         &cluster,
         &name,

@@ -181,40 +181,17 @@ async fn a_namespaced_service_serves_its_users_and_its_key_rotation_reaches_exac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_service_serves_only_the_namespaces_it_selects() {
+    let _turn = cluster_services_turn().await;
     let platform = TestEnv::new("svc-platform").await;
     let team = TestEnv::new("svc-team").await;
     let other = TestEnv::new("svc-other").await;
     let acs = Acs::start().await;
-    put_secret(
-        &platform,
-        "acs-platform",
-        "connectionString",
-        &acs.connection_string(),
-    )
-    .await;
     let name = format!("platform-{}", platform.ns());
     let unselective = format!("unselective-{}", platform.ns());
     let select = |ns: &str| json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
-    create_cluster_service(
-        &team,
-        &name,
-        json!({
-            "endpoint": acs.emu.endpoint(),
-            "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
-            "namespaceSelector": select(team.ns()),
-        }),
-    )
-    .await;
+    platform_cluster_service(&platform, &acs, &name, Some(select(team.ns()))).await;
     // No selector selects no namespace.
-    create_cluster_service(
-        &team,
-        &unselective,
-        json!({
-            "endpoint": acs.emu.endpoint(),
-            "connectionString": { "secretRef": { "name": "acs-platform", "namespace": platform.ns() } },
-        }),
-    )
-    .await;
+    platform_cluster_service(&platform, &acs, &unselective, None).await;
     // Watching a list of namespaces, the operator writes cluster services' status only when
     // told to (by default a cluster-wide install does).
     let mut args = OperatorArgs::new(&team, &acs)
@@ -407,6 +384,7 @@ async fn admission_refuses_ambiguous_credentials_and_cross_namespace_secrets() {
 /// ServiceAccount that did not opt in makes its service not Ready, with nothing sent to ACS.
 #[tokio::test(flavor = "multi_thread")]
 async fn services_authenticate_with_a_service_accounts_or_the_operators_own_workload_identity() {
+    let _turn = cluster_services_turn().await;
     let env = TestEnv::new("svc-entra").await;
     let acs = entra_acs(&env).await;
     let app = federated_client(
