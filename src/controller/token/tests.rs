@@ -185,9 +185,8 @@ fn token_secret(t: &CommunicationToken, scopes: Vec<crate::acs::Scope>) -> serde
     serde_json::to_value(s).unwrap()
 }
 
-/// Expects the two reads of a plan after the gate: the credentials Secret, then the token's
-/// Secret (answered with `secret`).
-async fn reads(api: &mut ApiServer, secret: serde_json::Value) {
+/// Expects the read of the credentials Secret, the first after the gate.
+async fn credentials_read(api: &mut ApiServer) {
     api.expect(
         "GET",
         "/namespaces/ns/secrets/acs",
@@ -195,6 +194,12 @@ async fn reads(api: &mut ApiServer, secret: serde_json::Value) {
         credentials_secret(),
     )
     .await;
+}
+
+/// Expects the two reads of a plan after the gate: the credentials Secret, then the token's
+/// Secret (answered with `secret`).
+async fn reads(api: &mut ApiServer, secret: serde_json::Value) {
+    credentials_read(api).await;
     api.expect("GET", "/namespaces/ns/secrets/web", 200, secret)
         .await;
 }
@@ -346,13 +351,7 @@ async fn a_vouched_secret_whose_plan_asks_for_a_revocation_is_not_read() {
     vouched(&ctx, &t, vec![crate::acs::Scope::Chat]);
     let done = run(&ctx, t.clone());
     // Only the credentials: the plan (a revocation for the scope change) needs no Secret.
-    api.expect(
-        "GET",
-        "/namespaces/ns/secrets/acs",
-        200,
-        credentials_secret(),
-    )
-    .await;
+    credentials_read(&mut api).await;
     revocation_requested(&ctx, &mut api, &t, done).await;
 }
 
