@@ -140,4 +140,23 @@ impl Context {
             warn!(error = %e, reason, "failed to publish event");
         }
     }
+
+    /// The event of a not-ready object, published only when its Ready reason is new (the one
+    /// before was `previous`): a condition already said costs no event per wake-up.
+    pub async fn not_ready_event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        previous: Option<&str>,
+        (reason, warning): (&str, bool),
+        message: String,
+    ) {
+        if previous != Some(reason) {
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            self.event(obj, type_, reason, "Reconcile", message).await;
+        }
+    }
 }

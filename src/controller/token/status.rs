@@ -3,7 +3,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
 use super::plan::{IssueReason, Served};
@@ -192,14 +191,8 @@ pub async fn not_ready(
         ctx.now(),
     );
     write(ctx, token, &status).await?;
-    if previous.as_deref() != Some(reason) {
-        let type_ = if warn_event {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        ctx.event(token, type_, reason, "Reconcile", message).await;
-    }
+    ctx.not_ready_event(token, previous.as_deref(), (reason, warn_event), message)
+        .await;
     Ok(())
 }
 

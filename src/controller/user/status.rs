@@ -1,7 +1,6 @@
 //! The user's status: written fenced on the resourceVersion read (or unfenced for a new
 //! identity's first record), remembered until the cache shows it, and the NotReady reports.
 
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
 use super::{revoke, Error};
@@ -76,10 +75,8 @@ pub(super) async fn not_ready(
         ctx.now(),
     );
     write_status(ctx, user, &status).await?;
-    if previous.as_deref() != Some(reason) {
-        ctx.event(user, EventType::Warning, reason, "Reconcile", message)
-            .await;
-    }
+    ctx.not_ready_event(user, previous.as_deref(), (reason, true), message)
+        .await;
     Ok(())
 }
 
