@@ -263,9 +263,11 @@ pub fn on_user_event(
     // The users refused now; a deletion or a relist that no longer shows them drops them.
     let mut refused: std::collections::HashSet<(String, String)> = Default::default();
     let mut relist = Relist::default();
+    let mut listed_once = false;
     move |e| {
         if let Some(listed) = relist.on_event(e) {
             refused.retain(|(ns, name)| !listed.stale(None, ns, name));
+            listed_once = true;
             return;
         }
         let (u, deleted) = match e {
@@ -284,7 +286,9 @@ pub fn on_user_event(
         let Some(r) = &u.spec.service_ref else { return };
         let unreconciled =
             u.status.as_ref().and_then(|s| s.observed_generation) != u.metadata.generation;
-        let initial = matches!(e, watcher::Event::InitApply(_));
+        // The first list is the start-up state; a later one may show a refusal that began or
+        // ended while the watch was down.
+        let initial = matches!(e, watcher::Event::InitApply(_)) && !listed_once;
         if deleted || (!initial && (unreconciled || flipped)) {
             let _ = usage.send(ServiceKey::of_ref(ns, r));
         }
@@ -474,6 +478,60 @@ mod tests {
         hook(&watcher::Event::Apply(namespace(&[("team", "a")])));
         assert_eq!(announced(), ["team-a", "team-b"]);
         assert_eq!(forgotten.lock().unwrap().len(), 4);
+    }
+
+    /// User `u` of cluster service `platform`, reconciled, its Ready reason `reason`.
+    fn cluster_user(reason: &str) -> CommunicationUser {
+        let mut u = crate::controller::fixtures::user("apps", "u");
+        u.spec.service_ref = Some(crate::api::ServiceRef {
+            kind: crate::api::ServiceKind::ClusterCommunicationService,
+            name: "platform".into(),
+        });
+        let mut st = crate::api::CommunicationUserStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        };
+        crate::api::set_condition(
+            &mut st.conditions,
+            crate::api::condition::types::READY,
+            reason != crate::api::condition::reasons::NAMESPACE_NOT_SELECTED,
+            reason,
+            "",
+            Some(1),
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        u.status = Some(st);
+        u
+    }
+
+    #[test]
+    fn a_users_count_is_announced_when_its_selector_refusal_begins_or_ends() {
+        use crate::api::condition::reasons::{IDENTITY_READY, NAMESPACE_NOT_SELECTED};
+        let (tx, mut rx) = broadcast::channel(16);
+        let mut hook = on_user_event(tx);
+        let mut sent = || std::iter::from_fn(|| rx.try_recv().ok()).count();
+        // The start-up list says nothing; a reconciled user's own writes neither.
+        hook(&watcher::Event::Init);
+        hook(&watcher::Event::InitApply(cluster_user(
+            NAMESPACE_NOT_SELECTED,
+        )));
+        hook(&watcher::Event::InitDone);
+        hook(&watcher::Event::Apply(cluster_user(NAMESPACE_NOT_SELECTED)));
+        assert_eq!(sent(), 0);
+        // Served again, then refused again: each flip once.
+        hook(&watcher::Event::Apply(cluster_user(IDENTITY_READY)));
+        hook(&watcher::Event::Apply(cluster_user(IDENTITY_READY)));
+        assert_eq!(sent(), 1);
+        hook(&watcher::Event::Apply(cluster_user(NAMESPACE_NOT_SELECTED)));
+        assert_eq!(sent(), 1);
+        // A relist that shows it served (it flipped while the watch was down) is a flip too.
+        hook(&watcher::Event::Init);
+        hook(&watcher::Event::InitApply(cluster_user(IDENTITY_READY)));
+        hook(&watcher::Event::InitDone);
+        assert_eq!(sent(), 1);
+        // Deleted: announced, and forgotten.
+        hook(&watcher::Event::Delete(cluster_user(IDENTITY_READY)));
+        assert_eq!(sent(), 1);
     }
 
     /// Remembers what it was told; its default opts in namespaces labelled `x`.

@@ -27,8 +27,9 @@ pub fn signals(
     })
 }
 
-/// Wake-ups of one controller's objects when the unwatched default credentials change: the
-/// users resolving to them (or, through `map`, their tokens), within `scope`.
+/// Wake-ups of one controller's objects when the unwatched default credentials change, or a
+/// namespace's opt-in to a default flips: the users resolving to them (or, through `map`,
+/// their tokens), within `scope`.
 pub(super) fn default_wakeups<K, F>(
     ctx: &Arc<Context>,
     scope: &Option<String>,
@@ -48,9 +49,14 @@ where
     let ctx = ctx.clone();
     let scope = scope.clone();
     signals(rx).flat_map(move |()| {
-        let refs = match ctx.config.default_credentials.as_ref() {
-            Some(_) => map(&ctx, users_on_default(&ctx)),
-            None => Vec::new(),
+        // Either default: the connection string's, or the operator's own workload identity's
+        // (`--default-credentials-endpoint`), whose opt-in the namespaces' label watch follows.
+        let any_default = ctx.config.default_credentials.is_some()
+            || ctx.config.default_workload_identity.is_some();
+        let refs = if any_default {
+            map(&ctx, users_on_default(&ctx))
+        } else {
+            Vec::new()
         };
         let scope = scope.clone();
         futures::stream::iter(
