@@ -3,8 +3,13 @@
 //! 5 MB (heaptrack) while the resident size stayed at the 60 MB peak. Capping the arenas and
 //! handing free pages back after a large shrink lets the resident size follow the live heap.
 
-/// Caps glibc's arenas at 2 (called before any thread starts). No-op elsewhere.
+/// Caps glibc's arenas at 2 (called before any thread starts), unless the environment sets
+/// the cap (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`). No-op elsewhere.
 pub fn limit_arenas() {
+    let set = |var: &str, has: &str| std::env::var(var).is_ok_and(|v| v.contains(has));
+    if set("MALLOC_ARENA_MAX", "") || set("GLIBC_TUNABLES", "arena_max") {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters; called before other threads.
     unsafe {
@@ -30,6 +35,28 @@ pub fn release_free_memory_soon() {
         }
         Err(_) => release_free_memory(),
     }
+}
+
+/// What the allocator holds, in bytes: in use by the process (small blocks and mapped large
+/// ones) and free but kept (fragmentation and the top of each heap). None elsewhere.
+pub fn heap_bytes() -> Option<HeapBytes> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking each arena's lock).
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapBytes {
+            in_use: m.uordblks + m.hblkhd,
+            free: m.fordblks,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapBytes {
+    pub in_use: usize,
+    pub free: usize,
 }
 
 /// Shrinks `map` when it holds far fewer entries than it has room for.

@@ -10,7 +10,7 @@ use acs_identity_operator::api::CommunicationToken;
 use kube::api::{Api, DeleteParams};
 
 use crate::error::Error;
-use crate::metrics::Samples;
+use crate::metrics::{Heap, Samples};
 use crate::operator::Operator;
 use crate::phases::Env;
 use crate::ready::ReadyWatch;
@@ -47,6 +47,12 @@ pub struct ChurnRun {
     pub rss_peak_kib: u64,
     /// VmRSS once every token is gone and the tables settled.
     pub rss_after_kib: u64,
+    /// VmRSS as each round's tokens are gone (the tables not yet settled): what the churn
+    /// keeps grows with the rounds, or stays with the largest round.
+    pub rss_rounds_kib: Vec<u64>,
+    /// The allocator's bytes in use and free, where the churn starts and at its end.
+    pub heap_before: Heap,
+    pub heap_after: Heap,
     /// Every table before the first token and after the last one is gone.
     pub tables_before: BTreeMap<String, i64>,
     pub tables_after: BTreeMap<String, i64>,
@@ -59,7 +65,7 @@ pub struct ChurnRun {
 const WARM_UP: usize = 100;
 
 /// Creates `n` tokens on `users`' users, waits for them all to be Ready, deletes them and waits
-/// for them to be gone; returns VmRSS with the `n` tokens Ready.
+/// for them to be gone; returns VmRSS with the `n` tokens Ready and once they are gone.
 async fn churn_round(
     env: &Env,
     api: &Api<CommunicationToken>,
@@ -68,7 +74,7 @@ async fn churn_round(
     pid: u32,
     prefix: &str,
     n: usize,
-) -> Result<u64, Error> {
+) -> Result<(u64, u64), Error> {
     let w = Workload::new(prefix, users.users, n);
     // The round's tokens belong to the users of the first workload (same names).
     let jobs: Vec<CommunicationToken> = (0..n)
@@ -114,7 +120,7 @@ async fn churn_round(
             "every token to be gone (finalizers run)",
         )
         .await?;
-    Ok(peak)
+    Ok((peak, rss_kib(pid)?))
 }
 
 /// VmRSS of `pid`, KiB.
@@ -211,23 +217,23 @@ fn unix_now() -> f64 {
 }
 
 /// Waits (polling `/metrics` every 500 ms, up to `deadline`) until the operator has reported
-/// its tables after now and `done` holds for them; returns the last tables and whether `done`
-/// held.
+/// its tables after now and `done` holds for them; returns the last tables, whether `done`
+/// held, and the allocator's bytes reported with them.
 async fn tables_when(
     op: &mut Operator,
     deadline: Duration,
     done: impl Fn(&BTreeMap<String, i64>) -> bool,
-) -> Result<(BTreeMap<String, i64>, bool), Error> {
+) -> Result<(BTreeMap<String, i64>, bool, Heap), Error> {
     let since = unix_now();
     let until = Instant::now() + deadline;
     loop {
         let m = op.metrics().await?;
         let t = tables(&m);
         if m.sum(REPORTED, &[]) >= since && done(&t) {
-            return Ok((t, true));
+            return Ok((t, true, m.heap()));
         }
         if Instant::now() >= until {
-            return Ok((t, false));
+            return Ok((t, false, m.heap()));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -249,7 +255,7 @@ pub async fn run(
     let mut ready = ReadyWatch::start(&env.client, ns).await?;
     ready.all_ready(plan.users, 0, env.deadline).await?;
     // Before: every user seen by its change filter (the tables reported after the users).
-    let (before, _) = tables_when(&mut op, Duration::from_secs(30), |t| {
+    let (before, _, _) = tables_when(&mut op, Duration::from_secs(30), |t| {
         t.get("user_changes").copied() == Some(plan.users as i64)
     })
     .await?;
@@ -270,19 +276,20 @@ pub async fn run(
             warm_up,
         )
         .await?;
-        tables_when(&mut op, Duration::from_secs(60), |t| {
-            grown(&before, t, plan.users).is_empty()
-        })
-        .await?;
     }
+    let (_, _, heap_before) = tables_when(&mut op, Duration::from_secs(60), |t| {
+        grown(&before, t, plan.users).is_empty()
+    })
+    .await?;
     let rss_before_kib = rss_kib(op.pid())?;
     eprintln!("[acs-bench churn] start: {}", rss_parts(op.pid()));
     let batch = plan.batch.clamp(1, plan.tokens.max(1));
     let rounds = plan.tokens.div_ceil(batch);
     let mut rss_peak_kib = rss_before_kib;
+    let mut rss_rounds_kib = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let n = batch.min(plan.tokens - round * batch);
-        let peak = churn_round(
+        let (peak, gone) = churn_round(
             env,
             &api,
             &users,
@@ -293,13 +300,16 @@ pub async fn run(
         )
         .await?;
         rss_peak_kib = rss_peak_kib.max(peak);
+        rss_rounds_kib.push(gone);
         eprintln!(
-            "[acs-bench churn] round {}/{rounds}: {n} tokens created, Ready and deleted after {:.0} s",
+            "[acs-bench churn] round {}/{rounds}: {n} tokens created, Ready and deleted after {:.0} s; RSS {} Ready, {} gone",
             round + 1,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            mib(peak),
+            mib(gone)
         );
     }
-    let (mut after, settled) = tables_when(&mut op, Duration::from_secs(60), |t| {
+    let (mut after, settled, mut heap_after) = tables_when(&mut op, Duration::from_secs(60), |t| {
         grown(&before, t, plan.users).is_empty()
     })
     .await?;
@@ -308,7 +318,8 @@ pub async fn run(
             "[acs-bench churn] tables back; waiting up to {} s for the event recorder to go idle",
             plan.settle.as_secs()
         );
-        (after, _) = tables_when(&mut op, plan.settle, |t| t.get("events") == Some(&0)).await?;
+        (after, _, heap_after) =
+            tables_when(&mut op, plan.settle, |t| t.get("events") == Some(&0)).await?;
     }
     let rss_after_kib = rss_kib(op.pid())?;
     eprintln!("[acs-bench churn] end: {}", rss_parts(op.pid()));
@@ -321,6 +332,9 @@ pub async fn run(
         rss_before_kib,
         rss_peak_kib,
         rss_after_kib,
+        rss_rounds_kib,
+        heap_before,
+        heap_after,
         tables_before: before,
         tables_after: after,
         settled,
@@ -366,6 +380,20 @@ pub fn rows(c: &ChurnRun, rows: &mut Vec<(&'static str, String, String)>) {
     ));
     rows.push((
         p,
+        "RSS as each round's tokens are gone".into(),
+        c.rss_rounds_kib
+            .iter()
+            .map(|k| mib(*k))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    ));
+    rows.push((
+        p,
+        "allocator in use · free: start → after".into(),
+        format!("{} → {}", c.heap_before.describe(), c.heap_after.describe()),
+    ));
+    rows.push((
+        p,
         "tables before (non-zero)".into(),
         table_list(&c.tables_before),
     ));
@@ -393,6 +421,21 @@ pub fn goals(c: &ChurnRun) -> Vec<Goal> {
             exact: true,
         },
         Goal {
+            name: "RSS kept by the churn, by round",
+            target: "as the last round's tokens are gone, within 10% of as the first round's are (what is kept stays with the largest round, not the tokens churned)",
+            measured: match (c.rss_rounds_kib.first(), c.rss_rounds_kib.last()) {
+                (Some(f), Some(l)) => format!(
+                    "{:+.1}% ({} → {})",
+                    (*l as f64 / (*f).max(1) as f64 - 1.0) * 100.0,
+                    mib(*f),
+                    mib(*l)
+                ),
+                _ => "no round".into(),
+            },
+            met: rounds_flat(&c.rss_rounds_kib),
+            exact: false,
+        },
+        Goal {
             name: "RSS after churn",
             target: "within 10% of where it started (after a 100-token warm-up)",
             measured: format!(
@@ -405,4 +448,12 @@ pub fn goals(c: &ChurnRun) -> Vec<Goal> {
             exact: false,
         },
     ]
+}
+
+/// Whether the RSS the last round left is within 10% of the first's.
+fn rounds_flat(rounds: &[u64]) -> bool {
+    match (rounds.first(), rounds.last()) {
+        (Some(f), Some(l)) => *l as f64 <= *f as f64 * 1.10,
+        _ => false,
+    }
 }

@@ -23,6 +23,24 @@ pub const KUBE_REQUESTS: &str = "acs_identity_operator_kube_requests_total";
 /// Name of the operator's reconcile counter.
 pub const RECONCILES: &str = "acs_identity_operator_reconciles_total";
 
+/// Name of the allocator's bytes, by `state` (`in_use`, `free`).
+pub const HEAP: &str = "acs_identity_operator_heap_bytes";
+
+/// The allocator's bytes as the operator last reported them (0 where it reports none).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Heap {
+    pub in_use: f64,
+    pub free: f64,
+}
+
+impl Heap {
+    /// "in use · free", in MiB.
+    pub fn describe(&self) -> String {
+        let mib = |b: f64| format!("{:.1} MiB", b / (1024.0 * 1024.0));
+        format!("{} · {}", mib(self.in_use), mib(self.free))
+    }
+}
+
 impl Samples {
     /// Parses the Prometheus / OpenMetrics text format; lines it cannot read are skipped.
     pub fn parse(text: &str) -> Samples {
@@ -41,6 +59,14 @@ impl Samples {
             })
             .map(|s| s.value)
             .sum()
+    }
+
+    /// What the operator's allocator holds.
+    pub fn heap(&self) -> Heap {
+        Heap {
+            in_use: self.sum(HEAP, &[("state", "in_use")]),
+            free: self.sum(HEAP, &[("state", "free")]),
+        }
     }
 
     /// Apiserver requests by verb.

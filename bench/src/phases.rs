@@ -12,7 +12,7 @@ use kube::Client;
 use crate::cpu::CpuSnapshot;
 use crate::emulator::{Emulator, Stats};
 use crate::error::Error;
-use crate::metrics::Samples;
+use crate::metrics::{Heap, Samples};
 use crate::operator::{Operator, OperatorSpec, Usage};
 use crate::probe::{self, Probe};
 use crate::profile;
@@ -63,6 +63,9 @@ pub struct ColdStart {
     pub probes: Option<probe::Samples>,
     /// The `perf` profile of the cold start, when one was recorded.
     pub profile: Option<profile::Profile>,
+    /// The operator's allocator once settled: the live heap of every object cached, and the
+    /// free memory it keeps.
+    pub heap: Heap,
 }
 
 impl ColdStart {
@@ -197,6 +200,7 @@ pub async fn cold_start(
             cpu,
             probes,
             profile,
+            heap: m.heap(),
         },
     ))
 }

@@ -114,5 +114,8 @@ pub fn report(ctx: &Context) {
     }
     m.set_tracked("events", ctx.recorder.cached());
     release_after_large_shrink(ctx);
+    if let Some(heap) = crate::alloc::heap_bytes() {
+        m.set_heap(heap);
+    }
     m.tables_reported(jiff::Timestamp::now());
 }

@@ -15,6 +15,11 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeapLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
     resource: &'static str,
 }
@@ -27,6 +32,7 @@ pub struct RuntimeMetrics {
     watches_failing: Gauge,
     tables_reported: Gauge<f64, AtomicU64>,
     leader: Gauge,
+    heap: Family<HeapLabels, Gauge>,
 }
 
 impl RuntimeMetrics {
@@ -53,6 +59,12 @@ impl RuntimeMetrics {
             m.leader.clone(),
         );
         registry.register_with_unit(
+            "heap",
+            "Bytes the memory allocator holds, by state: in_use by the operator, free (freed but kept: fragmentation the resident size still counts); updated with tracked_entries",
+            Unit::Bytes,
+            m.heap.clone(),
+        );
+        registry.register_with_unit(
             "tracked_entries_reported_timestamp",
             "Unix time of the last report of tracked_entries",
             Unit::Seconds,
@@ -70,6 +82,15 @@ impl RuntimeMetrics {
     pub fn tables_reported(&self, at: jiff::Timestamp) {
         self.tables_reported
             .set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Records what the allocator holds.
+    pub fn set_heap(&self, heap: crate::alloc::HeapBytes) {
+        for (state, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+            self.heap
+                .get_or_create(&HeapLabels { state })
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// Records that `table` holds `entries`.

@@ -220,6 +220,11 @@ pub fn rows(s: &ScaleRun, rows: &mut Vec<Row>) {
     ));
     rows.push((
         "2 Operator",
+        "allocator once settled: in use · free".into(),
+        o.heap.describe(),
+    ));
+    rows.push((
+        "2 Operator",
         format!(
             "CPU seconds by process during T_op (2 cores: {:.1} available)",
             2.0 * o.t_ready.as_secs_f64()

@@ -18,6 +18,7 @@ fn cold(tokens: usize, t: u64, throttled: u64) -> ColdStart {
             peak_rss_kib: 90 * 1024,
             cpu_seconds: 12.5,
         },
+        heap: Default::default(),
         acs: Stats {
             operations: [
                 (
@@ -153,6 +154,9 @@ fn results() -> Results {
             rss_before_kib: 40_000,
             rss_peak_kib: 90_000,
             rss_after_kib: 42_000,
+            rss_rounds_kib: vec![44_000, 45_000, 44_500, 46_000],
+            heap_before: Default::default(),
+            heap_after: Default::default(),
             tables_before: [("token_index".to_string(), 0), ("guard".to_string(), 3)].into(),
             tables_after: [("token_index".to_string(), 0), ("guard".to_string(), 2)].into(),
             settled: true,
@@ -253,6 +257,8 @@ fn churn_is_judged_by_its_tables_and_memory() {
     let c = r.churn.as_mut().unwrap();
     c.tables_after.insert("token_index".into(), 7);
     c.rss_after_kib = 45_000;
+    // Each round keeps more than the one before: grows with the tokens churned.
+    c.rss_rounds_kib = vec![44_000, 47_000, 50_000, 53_000];
     let g = goals(&r);
     let failed: Vec<(&str, &str)> = g
         .iter()
@@ -263,6 +269,10 @@ fn churn_is_judged_by_its_tables_and_memory() {
         failed,
         [
             ("tables after churn", "token_index 0 → 7"),
+            (
+                "RSS kept by the churn, by round",
+                "+20.5% (43.0 MiB → 51.8 MiB)"
+            ),
             ("RSS after churn", "+12.5% (39.1 MiB → 43.9 MiB)")
         ]
     );

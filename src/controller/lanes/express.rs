@@ -166,6 +166,8 @@ mod tests {
     // The test kind: a ConfigMap whose data stands for a status, in a cache of its own.
     static CACHE: Mutex<Vec<ConfigMap>> = Mutex::new(Vec::new());
     static RECONCILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // The two tests share the statics above: one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     impl Laned for ConfigMap {
         const FINALIZER: &'static str = "example.com/test";
@@ -232,6 +234,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_new_objects_are_served_each_offer_once_and_the_path_ends_with_its_offers() {
+        let _serial = SERIAL.lock().await;
+        RECONCILED.lock().unwrap().clear();
         let (ctx, _api) = Context::test();
         // Objects created in the second the lanes start count as after it.
         let lanes = Lanes::new(1);
@@ -268,5 +272,50 @@ mod tests {
         runs.sort();
         assert_eq!(runs, ["new", "twice", "twice"]);
         assert!(queued.lock().unwrap().is_empty(), "an object stayed queued");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_leaves_the_object_to_the_controller_and_a_later_offer_queues_it() {
+        let _serial = SERIAL.lock().await;
+        RECONCILED.lock().unwrap().clear();
+        let (ctx, _api) = Context::test();
+        let lanes = Lanes::new(2);
+        let names: Vec<String> = (0..=QUEUE).map(|i| format!("new-{i}")).collect();
+        *CACHE.lock().unwrap() = names.iter().map(|n| object(n, 0)).collect();
+        let objects = CACHE.lock().unwrap().clone();
+        let (offers, serve) = express::<ConfigMap, _, _>(lanes, ctx, reconcile, error_policy);
+        // Nothing serves yet: the queue fills, and the object past it is left out, not held
+        // as queued (an offer would then never queue it again).
+        for o in &objects {
+            offers.offer(o);
+        }
+        let overflow = key_of(objects.last().unwrap());
+        {
+            let queued = offers.queued.lock().unwrap();
+            assert_eq!(queued.len(), QUEUE);
+            assert!(
+                !queued.contains(&overflow),
+                "the object past a full queue stayed queued"
+            );
+        }
+        let serve = tokio::spawn(serve);
+        until("the queue served", |r| r.len() == QUEUE).await;
+        // Left to kube-runtime's queue (not running here), it is still new: offered again, it
+        // is served, once.
+        offers.offer(objects.last().unwrap());
+        until("the object past the full queue", |r| {
+            r.contains(&overflow.1)
+        })
+        .await;
+        drop(offers);
+        tokio::time::timeout(Duration::from_secs(10), serve)
+            .await
+            .expect("the express path outlived its offers")
+            .unwrap();
+        let mut runs = RECONCILED.lock().unwrap().clone();
+        runs.sort();
+        let mut expected = names.clone();
+        expected.sort();
+        assert_eq!(runs, expected, "each object served once");
     }
 }
