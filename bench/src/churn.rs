@@ -47,8 +47,8 @@ pub struct ChurnRun {
     pub rss_peak_kib: u64,
     /// VmRSS once every token is gone and the tables settled.
     pub rss_after_kib: u64,
-    /// VmRSS as each round's tokens are gone (the tables not yet settled): what the churn
-    /// keeps grows with the rounds, or stays with the largest round.
+    /// VmRSS as each round's tokens are gone and the tables are back (the event recorder not
+    /// yet idle): what the churn keeps grows with the rounds, or stays with the largest round.
     pub rss_rounds_kib: Vec<u64>,
     /// The allocator's bytes in use and free, where the churn starts and at its end.
     pub heap_before: Heap,
@@ -65,7 +65,7 @@ pub struct ChurnRun {
 const WARM_UP: usize = 100;
 
 /// Creates `n` tokens on `users`' users, waits for them all to be Ready, deletes them and waits
-/// for them to be gone; returns VmRSS with the `n` tokens Ready and once they are gone.
+/// for them to be gone; returns VmRSS with the `n` tokens Ready.
 async fn churn_round(
     env: &Env,
     api: &Api<CommunicationToken>,
@@ -74,7 +74,7 @@ async fn churn_round(
     pid: u32,
     prefix: &str,
     n: usize,
-) -> Result<(u64, u64), Error> {
+) -> Result<u64, Error> {
     let w = Workload::new(prefix, users.users, n);
     // The round's tokens belong to the users of the first workload (same names).
     let jobs: Vec<CommunicationToken> = (0..n)
@@ -120,7 +120,7 @@ async fn churn_round(
             "every token to be gone (finalizers run)",
         )
         .await?;
-    Ok((peak, rss_kib(pid)?))
+    Ok(peak)
 }
 
 /// VmRSS of `pid`, KiB.
@@ -289,7 +289,7 @@ pub async fn run(
     let mut rss_rounds_kib = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let n = batch.min(plan.tokens - round * batch);
-        let (peak, gone) = churn_round(
+        let peak = churn_round(
             env,
             &api,
             &users,
@@ -300,9 +300,16 @@ pub async fn run(
         )
         .await?;
         rss_peak_kib = rss_peak_kib.max(peak);
+        // Read once the tables are back (and the memory they gave up handed back), as at the
+        // start.
+        tables_when(&mut op, Duration::from_secs(60), |t| {
+            grown(&before, t, plan.users).is_empty()
+        })
+        .await?;
+        let gone = rss_kib(op.pid())?;
         rss_rounds_kib.push(gone);
         eprintln!(
-            "[acs-bench churn] round {}/{rounds}: {n} tokens created, Ready and deleted after {:.0} s; RSS {} Ready, {} gone",
+            "[acs-bench churn] round {}/{rounds}: {n} tokens created, Ready and deleted after {:.0} s; RSS {} Ready, {} once the tables are back",
             round + 1,
             started.elapsed().as_secs_f64(),
             mib(peak),

@@ -8,6 +8,11 @@
 //! reconcile its own writes trigger confirms the Secret without reading it), which separates
 //! what the operator's design costs from what its runtime adds. The report sets this model
 //! beside the operator's own request counters of the same run.
+//!
+//! Last, the same sequence again on objects of their own while three watches take every
+//! change of the namespace, as the operator's caches do (CommunicationUsers,
+//! CommunicationTokens, the Secrets' metadata): what the apiserver spends sending each write
+//! to a controller's watches, which no client of the floor pays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -98,6 +103,10 @@ pub struct FloorResult {
     pub mix: BTreeMap<String, f64>,
     /// The operator's whole request sequence at the same worker count.
     pub t_mix: Duration,
+    /// The same, with three watches (users, tokens, Secrets' metadata) taking its changes.
+    pub t_mix_watched: Duration,
+    /// The events those watches took (their initial lists included).
+    pub watch_events: u64,
     /// CPU seconds by process during the full floor run.
     pub cpu: CpuSnapshot,
 }
@@ -411,11 +420,13 @@ pub async fn run(
         .collect();
     let full = Workload::new("f-", plan.users, plan.tokens);
     let full_mix = Workload::new("m-", plan.users, plan.tokens);
+    let full_watched = Workload::new("w-", plan.users, plan.tokens);
     for (_, w) in &steps {
         w.create(client, ns, 32).await?;
     }
     full.create(client, ns, 32).await?;
     full_mix.create(client, ns, 32).await?;
+    full_watched.create(client, ns, 32).await?;
 
     // The objects with their UIDs (Secrets carry an ownerReference to the token).
     let users: HashMap<String, Arc<CommunicationUser>> =
@@ -450,13 +461,28 @@ pub async fn run(
         controller: "acs-bench".to_string(),
         instance: None,
     };
-    let writer = Arc::new(Writer {
-        client: client.clone(),
-        ns: ns.to_string(),
-        sample,
-        recorder: Recorder::new(client.clone(), reporter),
-        mix: VerbCounts::default(),
-    });
+    let writer_of = |sample: SampleToken| {
+        Arc::new(Writer {
+            client: client.clone(),
+            ns: ns.to_string(),
+            sample,
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            mix: VerbCounts::default(),
+        })
+    };
+    let writer = writer_of(sample.clone());
+    // Its own counts: the model compared with the operator's counters is one sequence.
+    let watched_writer = writer_of(sample);
+    let run_with = |writer: Arc<Writer>, jobs: Vec<Job>, workers: usize, mode: Mode| async move {
+        let n = jobs.len();
+        let start = Instant::now();
+        for_each_parallel(jobs, workers, move |job| {
+            let writer = writer.clone();
+            async move { writer.write(job, mode).await }
+        })
+        .await?;
+        Ok::<_, Error>((n, start.elapsed()))
+    };
     let run_jobs = |jobs: Vec<Job>, workers: usize, mode: Mode| {
         let writer = writer.clone();
         async move {
@@ -486,6 +512,15 @@ pub async fn run(
     let (_, t_floor) = run_jobs(jobs_of(&full), best_workers, Mode::Writes).await?;
     let cpu = CpuSnapshot::take(&plan.cp_work_dir, &me).since(&cpu_before);
     let (_, t_mix) = run_jobs(jobs_of(&full_mix), best_workers, Mode::OperatorMix).await?;
+    let watches = Watches::start(client, ns).await?;
+    let (_, t_mix_watched) = run_with(
+        watched_writer,
+        jobs_of(&full_watched),
+        best_workers,
+        Mode::OperatorMix,
+    )
+    .await?;
+    let watch_events = watches.stop();
     Ok(FloorResult {
         sweep,
         best_workers,
@@ -493,6 +528,87 @@ pub async fn run(
         t_floor,
         mix: writer.mix.by_verb(),
         t_mix,
+        t_mix_watched,
+        watch_events,
         cpu,
     })
+}
+
+/// Three watches of the namespace taking every change, as the operator's caches do.
+struct Watches {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events: Arc<AtomicU64>,
+}
+
+impl Watches {
+    /// Starts them and waits until each has listed what exists (not part of the timing).
+    async fn start(client: &Client, ns: &str) -> Result<Self, Error> {
+        use futures::StreamExt;
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::{watcher, WatchStreamExt};
+        let events = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let mut listed = Vec::new();
+        let mut spawn = |stream: futures::stream::BoxStream<'static, bool>| {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let events = events.clone();
+            let mut tx = Some(tx);
+            tasks.push(tokio::spawn(stream.for_each(move |init_done| {
+                events.fetch_add(1, Ordering::Relaxed);
+                if init_done {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                futures::future::ready(())
+            })));
+            listed.push(rx);
+        };
+        fn done<K>(e: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+            matches!(e, Ok(watcher::Event::InitDone))
+        }
+        let cfg = watcher::Config::default;
+        spawn(
+            watcher(
+                Api::<CommunicationUser>::namespaced(client.clone(), ns),
+                cfg(),
+            )
+            .default_backoff()
+            .map(|e| done(&e))
+            .boxed(),
+        );
+        spawn(
+            watcher(
+                Api::<CommunicationToken>::namespaced(client.clone(), ns),
+                cfg(),
+            )
+            .default_backoff()
+            .map(|e| done(&e))
+            .boxed(),
+        );
+        spawn(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+                cfg(),
+            )
+            .default_backoff()
+            .map(|e| done(&e))
+            .boxed(),
+        );
+        for rx in listed {
+            rx.await.map_err(|_| Error::Parse {
+                what: "a floor watch",
+                detail: "ended before it listed the namespace".into(),
+            })?;
+        }
+        Ok(Self { tasks, events })
+    }
+
+    /// Stops them; returns the events they took.
+    fn stop(self) -> u64 {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.events.load(Ordering::Relaxed)
+    }
 }

@@ -171,10 +171,11 @@ async fn scale_part(env: &Env, args: &Args, scale: &Scale, t: Instant) -> Result
     step(
         t,
         &format!(
-            "  T_floor {} at {} workers, T_mix {}",
+            "  T_floor {} at {} workers, T_mix {}, watched {}",
             report::secs(floor.t_floor),
             floor.best_workers,
-            report::secs(floor.t_mix)
+            report::secs(floor.t_mix),
+            report::secs(floor.t_mix_watched)
         ),
     );
 

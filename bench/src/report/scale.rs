@@ -188,6 +188,17 @@ pub fn rows(s: &ScaleRun, rows: &mut Vec<Row>) {
     ));
     rows.push((
         "1 Floor",
+        "T_mix (watched): the same while 3 watches take its changes, as the operator's caches do"
+            .into(),
+        format!(
+            "{} (T_op / T_mix watched = {:.2}; {} watch events)",
+            secs(f.t_mix_watched),
+            ratio(o.t_ready, f.t_mix_watched),
+            int(f.watch_events as f64)
+        ),
+    ));
+    rows.push((
+        "1 Floor",
         format!(
             "CPU seconds by process during T_floor (2 cores: {:.1} available)",
             2.0 * f.t_floor.as_secs_f64()

@@ -78,6 +78,8 @@ fn results() -> Results {
                 ]
                 .into(),
                 t_mix: Duration::from_secs(120),
+                t_mix_watched: Duration::from_secs(130),
+                watch_events: 170_000,
                 cpu: CpuSnapshot::default(),
             },
             operator: cold(20000, 120, 0),
