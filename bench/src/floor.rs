@@ -564,37 +564,29 @@ impl Watches {
             })));
             listed.push(rx);
         };
-        fn done<K>(e: &Result<watcher::Event<K>, watcher::Error>) -> bool {
-            matches!(e, Ok(watcher::Event::InitDone))
+        // Each watch's stream: true at the end of its initial list.
+        fn inits<K>(api: Api<K>) -> futures::stream::BoxStream<'static, bool>
+        where
+            K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+            K: Send + 'static,
+        {
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(|e| matches!(e, Ok(watcher::Event::InitDone)))
+                .boxed()
         }
-        let cfg = watcher::Config::default;
-        spawn(
-            watcher(
-                Api::<CommunicationUser>::namespaced(client.clone(), ns),
-                cfg(),
-            )
-            .default_backoff()
-            .map(|e| done(&e))
-            .boxed(),
-        );
-        spawn(
-            watcher(
-                Api::<CommunicationToken>::namespaced(client.clone(), ns),
-                cfg(),
-            )
-            .default_backoff()
-            .map(|e| done(&e))
-            .boxed(),
-        );
-        spawn(
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-                cfg(),
-            )
-            .default_backoff()
-            .map(|e| done(&e))
-            .boxed(),
-        );
+        spawn(inits(Api::<CommunicationUser>::namespaced(
+            client.clone(),
+            ns,
+        )));
+        spawn(inits(Api::<CommunicationToken>::namespaced(
+            client.clone(),
+            ns,
+        )));
+        spawn(inits(Api::<PartialObjectMeta<Secret>>::namespaced(
+            client.clone(),
+            ns,
+        )));
         for rx in listed {
             rx.await.map_err(|_| Error::Parse {
                 what: "a floor watch",

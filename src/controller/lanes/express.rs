@@ -232,6 +232,18 @@ mod tests {
         .unwrap_or_else(|_| panic!("{what}: {:?}", RECONCILED.lock().unwrap()));
     }
 
+    /// Drops the offers, waits for the path to end with them, and returns the runs, sorted.
+    async fn ended(offers: Offers<ConfigMap>, serve: tokio::task::JoinHandle<()>) -> Vec<String> {
+        drop(offers);
+        tokio::time::timeout(Duration::from_secs(10), serve)
+            .await
+            .expect("the express path outlived its offers")
+            .unwrap();
+        let mut runs = RECONCILED.lock().unwrap().clone();
+        runs.sort();
+        runs
+    }
+
     #[tokio::test]
     async fn only_new_objects_are_served_each_offer_once_and_the_path_ends_with_its_offers() {
         let _serial = SERIAL.lock().await;
@@ -263,14 +275,7 @@ mod tests {
         // Served: an offer of a stale copy finds nothing to do.
         offers.offer(&new);
         let queued = offers.queued.clone();
-        drop(offers);
-        tokio::time::timeout(Duration::from_secs(10), serve)
-            .await
-            .expect("the express path outlived its offers")
-            .unwrap();
-        let mut runs = RECONCILED.lock().unwrap().clone();
-        runs.sort();
-        assert_eq!(runs, ["new", "twice", "twice"]);
+        assert_eq!(ended(offers, serve).await, ["new", "twice", "twice"]);
         assert!(queued.lock().unwrap().is_empty(), "an object stayed queued");
     }
 
@@ -307,15 +312,12 @@ mod tests {
             r.contains(&overflow.1)
         })
         .await;
-        drop(offers);
-        tokio::time::timeout(Duration::from_secs(10), serve)
-            .await
-            .expect("the express path outlived its offers")
-            .unwrap();
-        let mut runs = RECONCILED.lock().unwrap().clone();
-        runs.sort();
         let mut expected = names.clone();
         expected.sort();
-        assert_eq!(runs, expected, "each object served once");
+        assert_eq!(
+            ended(offers, serve).await,
+            expected,
+            "each object served once"
+        );
     }
 }
