@@ -483,19 +483,8 @@ pub async fn run(
         .await?;
         Ok::<_, Error>((n, start.elapsed()))
     };
-    let run_jobs = |jobs: Vec<Job>, workers: usize, mode: Mode| {
-        let writer = writer.clone();
-        async move {
-            let n = jobs.len();
-            let start = Instant::now();
-            for_each_parallel(jobs, workers, move |job| {
-                let writer = writer.clone();
-                async move { writer.write(job, mode).await }
-            })
-            .await?;
-            Ok::<_, Error>((n, start.elapsed()))
-        }
-    };
+    let run_jobs =
+        |jobs: Vec<Job>, workers: usize, mode: Mode| run_with(writer.clone(), jobs, workers, mode);
 
     let mut sweep = Vec::new();
     for (workers, w) in &steps {
