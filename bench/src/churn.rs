@@ -239,6 +239,19 @@ async fn tables_when(
     }
 }
 
+/// [`tables_when`] every table is back to its size `before` (beyond its allowance), for at
+/// most 60 s.
+async fn tables_back(
+    op: &mut Operator,
+    before: &BTreeMap<String, i64>,
+    users: usize,
+) -> Result<(BTreeMap<String, i64>, bool, Heap), Error> {
+    tables_when(op, Duration::from_secs(60), |t| {
+        grown(before, t, users).is_empty()
+    })
+    .await
+}
+
 pub async fn run(
     env: &Env,
     flags: &[String],
@@ -277,16 +290,14 @@ pub async fn run(
         )
         .await?;
     }
-    let (_, _, heap_before) = tables_when(&mut op, Duration::from_secs(60), |t| {
-        grown(&before, t, plan.users).is_empty()
-    })
-    .await?;
+    let (_, _, heap_before) = tables_back(&mut op, &before, plan.users).await?;
     let rss_before_kib = rss_kib(op.pid())?;
     eprintln!("[acs-bench churn] start: {}", rss_parts(op.pid()));
     let batch = plan.batch.clamp(1, plan.tokens.max(1));
     let rounds = plan.tokens.div_ceil(batch);
     let mut rss_peak_kib = rss_before_kib;
     let mut rss_rounds_kib = Vec::with_capacity(rounds);
+    let mut back = None;
     for round in 0..rounds {
         let n = batch.min(plan.tokens - round * batch);
         let peak = churn_round(
@@ -302,10 +313,7 @@ pub async fn run(
         rss_peak_kib = rss_peak_kib.max(peak);
         // Read once the tables are back (and the memory they gave up handed back), as at the
         // start.
-        tables_when(&mut op, Duration::from_secs(60), |t| {
-            grown(&before, t, plan.users).is_empty()
-        })
-        .await?;
+        back = Some(tables_back(&mut op, &before, plan.users).await?);
         let gone = rss_kib(op.pid())?;
         rss_rounds_kib.push(gone);
         eprintln!(
@@ -316,10 +324,11 @@ pub async fn run(
             mib(gone)
         );
     }
-    let (mut after, settled, mut heap_after) = tables_when(&mut op, Duration::from_secs(60), |t| {
-        grown(&before, t, plan.users).is_empty()
-    })
-    .await?;
+    // The last round's wait for the tables is the churn's.
+    let (mut after, settled, mut heap_after) = match back {
+        Some(b) => b,
+        None => tables_back(&mut op, &before, plan.users).await?,
+    };
     if !plan.settle.is_zero() {
         eprintln!(
             "[acs-bench churn] tables back; waiting up to {} s for the event recorder to go idle",

@@ -8,7 +8,7 @@
 //! plane of its own: an operator watching all namespaces would reconcile other tests' objects.
 
 mod aggregation;
-mod audit;
+pub(crate) mod audit;
 mod helm;
 mod monitoring;
 mod render;
