@@ -17,6 +17,7 @@ pub mod entra;
 pub mod kube_version;
 pub mod leader;
 pub mod metrics;
+pub mod ns_map;
 pub mod relist;
 pub mod rotation;
 pub mod sealing;

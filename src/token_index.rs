@@ -6,40 +6,59 @@
 //! from the store and re-check them, so an entry a moment ahead of (or behind) the store is
 //! harmless.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::api::CommunicationToken;
+use crate::ns_map::NsMap;
 
-type Key = (String, String);
+/// Token names, sorted; most Secret names have one, so a first name takes no spare room.
+type Names = Vec<Box<str>>;
 
 #[derive(Default)]
 struct Inner {
-    by_user: HashMap<Key, HashSet<String>>,
-    by_secret: HashMap<Key, HashSet<String>>,
-    /// (namespace, name) -> (user, Secret name) as last indexed.
-    keys: HashMap<Key, (String, String)>,
+    by_user: NsMap<Names>,
+    by_secret: NsMap<Names>,
+    /// Token -> (user, Secret name when it is not the token's own name) as last indexed.
+    keys: NsMap<(Box<str>, Option<Box<str>>)>,
+}
+
+fn add(map: &mut NsMap<Names>, ns: &str, key: &str, name: &str) {
+    let names = map.get_or_insert_with(ns, key, Vec::new);
+    if let Err(at) = names.binary_search_by(|n| n.as_ref().cmp(name)) {
+        if names.is_empty() {
+            names.reserve_exact(1);
+        }
+        names.insert(at, name.into());
+    }
+}
+
+fn drop_name(map: &mut NsMap<Names>, ns: &str, key: &str, name: &str) {
+    let Some(names) = map.get_mut(ns, key) else {
+        return;
+    };
+    if let Ok(at) = names.binary_search_by(|n| n.as_ref().cmp(name)) {
+        names.remove(at);
+    }
+    if names.is_empty() {
+        map.remove(ns, key);
+    }
 }
 
 impl Inner {
     fn unlink(&mut self, ns: &str, name: &str) {
-        let Some((user, secret)) = self.keys.remove(&(ns.to_string(), name.to_string())) else {
+        let Some((user, secret)) = self.keys.remove(ns, name) else {
             return;
         };
-        for (map, k) in [
-            (&mut self.by_user, (ns.to_string(), user)),
-            (&mut self.by_secret, (ns.to_string(), secret)),
-        ] {
-            if let Some(set) = map.get_mut(&k) {
-                set.remove(name);
-                if set.is_empty() {
-                    map.remove(&k);
-                }
-            }
-        }
+        drop_name(&mut self.by_user, ns, &user, name);
+        drop_name(
+            &mut self.by_secret,
+            ns,
+            secret.as_deref().unwrap_or(name),
+            name,
+        );
     }
 }
 
@@ -52,24 +71,23 @@ impl TokenIndex {
     pub fn upsert(&self, t: &CommunicationToken) {
         let ns = t.namespace().unwrap_or_default();
         let name = t.name_any();
-        let user = t.spec.user_ref.name.clone();
+        let user = t.spec.user_ref.name.as_str();
         let secret = t.secret_name();
+        let own = (secret != name).then_some(secret.as_str());
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        if inner.keys.get(&(ns.clone(), name.clone())) == Some(&(user.clone(), secret.clone())) {
+        if inner
+            .keys
+            .get(&ns, &name)
+            .is_some_and(|(u, s)| u.as_ref() == user && s.as_deref() == own)
+        {
             return;
         }
         inner.unlink(&ns, &name);
+        add(&mut inner.by_user, &ns, user, &name);
+        add(&mut inner.by_secret, &ns, &secret, &name);
         inner
-            .by_user
-            .entry((ns.clone(), user.clone()))
-            .or_default()
-            .insert(name.clone());
-        inner
-            .by_secret
-            .entry((ns.clone(), secret.clone()))
-            .or_default()
-            .insert(name.clone());
-        inner.keys.insert((ns, name), (user, secret));
+            .keys
+            .insert(&ns, &name, (user.into(), own.map(Into::into)));
     }
 
     pub fn remove(&self, t: &CommunicationToken) {
@@ -88,27 +106,23 @@ impl TokenIndex {
 
     /// Names of the tokens of `user` in `ns`.
     pub fn of_user(&self, ns: &str, user: &str) -> Vec<String> {
-        self.lookup(|i| i.by_user.get(&(ns.to_string(), user.to_string())).cloned())
+        self.lookup(|i| i.by_user.get(ns, user))
     }
 
     /// Names of the tokens in `ns` whose Secret is named `secret`.
     pub fn claiming(&self, ns: &str, secret: &str) -> Vec<String> {
-        self.lookup(|i| {
-            i.by_secret
-                .get(&(ns.to_string(), secret.to_string()))
-                .cloned()
-        })
+        self.lookup(|i| i.by_secret.get(ns, secret))
     }
 
     /// Drops the tokens of `scope` that a complete list of its watch did not show (deleted
     /// while the watch was down: no deletion event ever comes for them).
     pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let stale: Vec<Key> = inner
+        let stale: Vec<(String, String)> = inner
             .keys
-            .keys()
-            .filter(|(ns, name)| listed.stale(scope, ns, name))
-            .cloned()
+            .iter()
+            .filter(|(ns, name, _)| listed.stale(scope, ns, name))
+            .map(|(ns, name, _)| (ns.to_string(), name.to_string()))
             .collect();
         for (ns, name) in stale {
             inner.unlink(&ns, &name);
@@ -118,9 +132,9 @@ impl TokenIndex {
     /// Gives back the room of maps that emptied.
     pub fn shrink(&self) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        crate::alloc::shrink(&mut inner.by_user);
-        crate::alloc::shrink(&mut inner.by_secret);
-        crate::alloc::shrink(&mut inner.keys);
+        inner.by_user.shrink();
+        inner.by_secret.shrink();
+        inner.keys.shrink();
     }
 
     /// Tokens indexed.
@@ -136,11 +150,11 @@ impl TokenIndex {
         self.len() == 0
     }
 
-    fn lookup(&self, f: impl Fn(&Inner) -> Option<HashSet<String>>) -> Vec<String> {
+    fn lookup(&self, f: impl Fn(&Inner) -> Option<&Names>) -> Vec<String> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<String> = f(&inner).unwrap_or_default().into_iter().collect();
-        v.sort();
-        v
+        f(&inner)
+            .map(|names| names.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -191,7 +205,19 @@ mod tests {
         assert!(ix.claiming("a", "t1").is_empty());
         let inner = ix.inner.read().unwrap();
         assert_eq!(inner.keys.len(), 2);
-        assert!(!inner.by_secret.contains_key(&("a".into(), "t1".into())));
+        assert!(!inner.by_secret.contains("a", "t1"));
+        assert!(inner.by_user.get("b", "alice").is_some());
+        drop(inner);
+        // The last token of a user and of a Secret name takes its entries with it.
+        ix.apply(&watcher::Event::Delete(token(
+            "a",
+            "t2",
+            "alice",
+            Some("own"),
+        )));
+        ix.apply(&watcher::Event::Delete(token("b", "t1", "alice", None)));
+        let inner = ix.inner.read().unwrap();
+        assert!(inner.keys.is_empty() && inner.by_user.is_empty() && inner.by_secret.is_empty());
     }
 
     #[test]

@@ -7,19 +7,18 @@
 //! not write) does not exist as ours with its label: a token never issued creates it without a
 //! GET first. What was written is kept in [`Written`], the memory shared with the statuses.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::written::Written;
+use crate::ns_map::{NsMap, Version};
 use crate::secret::RecordedToken;
-
-type Key = (String, String);
 
 /// Kept per Secret: a few hundred bytes each.
 #[derive(Default)]
 pub struct OwnWrites {
     /// The resourceVersion the metadata watch last reported, by namespace and name.
-    seen: Mutex<HashMap<Key, String>>,
+    seen: Mutex<NsMap<Version>>,
     /// What this process wrote last (the record, for the token at its generation), kept
     /// until the Secret is deleted.
     wrote: Written<(Option<i64>, RecordedToken)>,
@@ -35,23 +34,20 @@ pub struct OwnWrites {
 /// they read Secrets as if nothing were known.
 const FIRST_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn key(ns: &str, name: &str) -> Key {
-    (ns.to_string(), name.to_string())
-}
-
 impl OwnWrites {
+    fn seen(&self) -> MutexGuard<'_, NsMap<Version>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The watch reports a Secret at `resource_version` (`None`: deleted).
     pub fn observed(&self, ns: &str, name: &str, resource_version: Option<&str>) {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self.seen();
         match resource_version {
             Some(rv) => {
-                seen.insert(key(ns, name), rv.to_string());
+                seen.insert(ns, name, Version::new(rv));
             }
             None => {
-                seen.remove(&key(ns, name));
+                seen.remove(ns, name);
                 self.forget(ns, name);
             }
         }
@@ -79,23 +75,15 @@ impl OwnWrites {
         name: &str,
         generation: Option<i64>,
     ) -> Option<(RecordedToken, String)> {
-        let seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key(ns, name))
-            .cloned()?;
+        let seen = self.seen().get(ns, name).cloned()?;
         let (written_for, record) = self.wrote.at(ns, name, &seen)?;
-        (written_for == generation).then_some((record, seen))
+        (written_for == generation).then(|| (record, seen.to_string()))
     }
 
     /// Drops the Secrets of `scope` a complete list of the watch did not show.
     pub fn retain_listed(&self, scope: Option<&str>, listed: &crate::relist::Listed) {
-        let keep = |(ns, name): &Key| !listed.stale(scope, ns, name);
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|k, _| keep(k));
+        self.seen()
+            .retain(|ns, name, _| !listed.stale(scope, ns, name));
         self.wrote.retain_listed(scope, listed);
     }
 
@@ -130,11 +118,7 @@ impl OwnWrites {
                 return None;
             }
         }
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key(ns, name))
-            .cloned()
+        self.seen().get(ns, name).map(Version::to_string)
     }
 
     /// Whether token Secret `ns`/`name` is known not to exist as ours: its namespace has been
@@ -145,34 +129,18 @@ impl OwnWrites {
         if !self.is_listed(ns) {
             return false;
         }
-        !self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(&key(ns, name))
-            && !self.wrote.contains(ns, name)
+        !self.seen().contains(ns, name) && !self.wrote.contains(ns, name)
     }
 
     /// Gives back the room of maps that emptied.
     pub fn shrink(&self) {
-        crate::alloc::shrink(
-            &mut self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        self.seen().shrink();
         self.wrote.shrink();
     }
 
     /// Secrets whose resourceVersion is known, and Secrets whose last write is remembered.
     pub fn len(&self) -> (usize, usize) {
-        (
-            self.seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len(),
-            self.wrote.len(),
-        )
+        (self.seen().len(), self.wrote.len())
     }
 
     /// Forgets what was written (the Secret is gone or no longer ours to trust).

@@ -14,21 +14,9 @@
 //! Every entry goes when its object is deleted (the watch's event, or a relist that no longer
 //! shows it).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-type Key = (String, String);
-
-fn key(ns: &str, name: &str) -> Key {
-    (ns.to_string(), name.to_string())
-}
-
-/// resourceVersions are opaque to clients, but the apiserver's etcd3 storage issues them as
-/// increasing integers; ordering needs that, equality does not (one that does not parse is
-/// never "fresher" than a cached copy).
-fn rv(s: Option<&str>) -> Option<u64> {
-    s.and_then(|s| s.parse().ok())
-}
+use crate::ns_map::{NsMap, Version};
 
 /// When a write happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,31 +24,36 @@ pub enum At {
     /// Sent, its answer not known yet (or the write failed): newer than any cached copy.
     Sending,
     /// The object's resourceVersion after the write, as the apiserver answered it.
-    Version(String),
+    Version(Version),
 }
 
 /// What this process wrote, by namespace and name.
 pub struct Written<V> {
-    map: Mutex<HashMap<Key, (At, V)>>,
+    map: Mutex<NsMap<(At, V)>>,
 }
 
 impl<V> Default for Written<V> {
     fn default() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(NsMap::default()),
         }
     }
 }
 
+/// A resourceVersion as a number, for ordering (see [`Version`]).
+fn rv(s: Option<&str>) -> Option<u64> {
+    s.and_then(|s| Version::new(s).number())
+}
+
 impl<V: Clone> Written<V> {
-    fn map(&self) -> MutexGuard<'_, HashMap<Key, (At, V)>> {
+    fn map(&self) -> MutexGuard<'_, NsMap<(At, V)>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// This process is about to write `value`: it counts as newer than any cached copy until
     /// [`Self::wrote`] or [`Self::forget`].
     pub fn sending(&self, ns: &str, name: &str, value: V) {
-        self.map().insert(key(ns, name), (At::Sending, value));
+        self.map().insert(ns, name, (At::Sending, value));
     }
 
     /// This process wrote `value`; the object is now at `resource_version` (absent: nothing
@@ -69,20 +62,20 @@ impl<V: Clone> Written<V> {
         let mut map = self.map();
         match resource_version {
             Some(at) => {
-                map.insert(key(ns, name), (At::Version(at.to_string()), value));
+                map.insert(ns, name, (At::Version(Version::new(at)), value));
             }
             None => {
-                map.remove(&key(ns, name));
+                map.remove(ns, name);
             }
         }
     }
 
     /// What this process wrote, if the cached copy (at `cached_rv`) is older than that write.
     pub fn fresher(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> Option<V> {
-        match (self.map().get(&key(ns, name)), rv(cached_rv)) {
+        match (self.map().get(ns, name), rv(cached_rv)) {
             (Some((At::Sending, v)), _) => Some(v.clone()),
             (Some((At::Version(at), v)), Some(cached))
-                if rv(Some(at)).is_some_and(|at| cached < at) =>
+                if at.number().is_some_and(|at| cached < at) =>
             {
                 Some(v.clone())
             }
@@ -91,8 +84,8 @@ impl<V: Clone> Written<V> {
     }
 
     /// What this process wrote, if the object is still at exactly `resource_version`.
-    pub fn at(&self, ns: &str, name: &str, resource_version: &str) -> Option<V> {
-        match self.map().get(&key(ns, name)) {
+    pub fn at(&self, ns: &str, name: &str, resource_version: &Version) -> Option<V> {
+        match self.map().get(ns, name) {
             Some((At::Version(v), value)) if v == resource_version => Some(value.clone()),
             _ => None,
         }
@@ -102,20 +95,19 @@ impl<V: Clone> Written<V> {
     /// before it is in the cache now and is forgotten. A write still being sent is kept.
     pub fn caught_up(&self, ns: &str, name: &str, resource_version: Option<&str>) {
         let mut map = self.map();
-        let k = key(ns, name);
-        let done = match (map.get(&k), resource_version) {
+        let done = match (map.get(ns, name), resource_version) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some((At::Sending, _)), Some(_)) => false,
             // A write whose version does not parse is never fresher: nothing to keep it for.
-            (Some((At::Version(at), _)), Some(now)) => match (rv(Some(at)), rv(Some(now))) {
+            (Some((At::Version(at), _)), Some(now)) => match (at.number(), rv(Some(now))) {
                 (Some(at), Some(now)) => now >= at,
                 (None, _) => true,
                 (Some(_), None) => false,
             },
         };
         if done {
-            map.remove(&k);
+            map.remove(ns, name);
         }
     }
 
@@ -136,16 +128,16 @@ impl<V: Clone> Written<V> {
     }
 
     pub fn contains(&self, ns: &str, name: &str) -> bool {
-        self.map().contains_key(&key(ns, name))
+        self.map().contains(ns, name)
     }
 
     pub fn forget(&self, ns: &str, name: &str) {
-        self.map().remove(&key(ns, name));
+        self.map().remove(ns, name);
     }
 
     /// Keeps only the objects `keep` says still exist.
     pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
-        self.map().retain(|(ns, name), _| keep(ns, name));
+        self.map().retain(|ns, name, _| keep(ns, name));
     }
 
     /// Drops the writes to objects of `scope` a complete list of the watch did not show.
@@ -155,7 +147,7 @@ impl<V: Clone> Written<V> {
 
     /// Gives back the room of a map that emptied.
     pub fn shrink(&self) {
-        crate::alloc::shrink(&mut self.map());
+        self.map().shrink();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,7 +186,11 @@ mod tests {
         assert_eq!(m.len(), 0);
         m.wrote("ns", "w", Some("x"), "w");
         assert_eq!(m.fresher("ns", "w", Some("1")), None);
-        assert_eq!(m.at("ns", "w", "x"), Some("w"), "equality needs no parsing");
+        assert_eq!(
+            m.at("ns", "w", &Version::new("x")),
+            Some("w"),
+            "equality needs no parsing"
+        );
     }
 
     #[test]
@@ -218,12 +214,12 @@ mod tests {
     fn at_answers_only_for_the_exact_version_written() {
         let m: Written<u8> = Written::default();
         m.wrote("ns", "s", Some("5"), 1);
-        assert_eq!(m.at("ns", "s", "5"), Some(1));
-        assert_eq!(m.at("ns", "s", "6"), None);
-        assert_eq!(m.at("ns", "s", "x"), None);
-        assert_eq!(m.at("ns", "s", "05"), None);
+        assert_eq!(m.at("ns", "s", &Version::new("5")), Some(1));
+        assert_eq!(m.at("ns", "s", &Version::new("6")), None);
+        assert_eq!(m.at("ns", "s", &Version::new("x")), None);
+        assert_eq!(m.at("ns", "s", &Version::new("05")), None);
         m.sending("ns", "s", 2);
-        assert_eq!(m.at("ns", "s", "5"), None);
+        assert_eq!(m.at("ns", "s", &Version::new("5")), None);
         m.retain(|_, name| name != "s");
         assert!(m.is_empty());
     }
