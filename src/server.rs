@@ -213,15 +213,21 @@ fn route(
     metrics: &Metrics,
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
-    route_parts(request.method(), request.uri().path(), metrics, readiness)
+    route_parts(request.method(), request.uri(), metrics, readiness)
+}
+
+/// `/metrics?objects=false` leaves out the per-object series.
+fn with_objects(query: Option<&str>) -> bool {
+    !query.is_some_and(|q| q.split('&').any(|kv| kv == "objects=false"))
 }
 
 fn route_parts(
     method: &Method,
-    path: &str,
+    uri: &hyper::Uri,
     metrics: &Metrics,
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
+    let path = uri.path();
     let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -239,7 +245,9 @@ fn route_parts(
             metrics
                 .runtime
                 .set_watches_failing(readiness.failing_watches(Instant::now()));
-            let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+            let mut response = Response::new(Full::new(Bytes::from(
+                metrics.encode_with(with_objects(uri.query())),
+            )));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(CONTENT_TYPE),
@@ -324,6 +332,11 @@ mod tests {
             "{body}"
         );
         assert!(body.ends_with("# EOF\n"), "{body}");
+        let (status, _, lean) = get(&r, "/metrics?objects=false").await;
+        assert_eq!(status, 200);
+        assert!(lean.contains("identities_created_total 1"), "{lean}");
+        assert!(!with_objects(Some("a=b&objects=false")));
+        assert!(with_objects(Some("objects=true")) && with_objects(None));
     }
 
     #[tokio::test]

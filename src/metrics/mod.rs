@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -116,6 +116,8 @@ pub struct TokenSummary {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The per-object series, apart so that a scrape can leave them out.
+    objects_registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: HistogramFamily<ControllerLabels>,
     reconciles_in_flight: Family<ControllerLabels, GaugeI64>,
@@ -163,6 +165,7 @@ impl Metrics {
         let runtime = runtime::RuntimeMetrics::register(&mut registry);
         let mut m = Self {
             registry: Registry::default(),
+            objects_registry: Registry::with_prefix(PREFIX),
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_histogram),
             reconciles_in_flight: Family::default(),
@@ -200,7 +203,8 @@ impl Metrics {
         for action in ["issue", "repair", "revocation"] {
             let _ = m.deferred.get_or_create(&ActionLabels { action });
         }
-        registry.register_collector(Box::new(m.objects.clone()));
+        m.objects_registry
+            .register_collector(Box::new(m.objects.clone()));
         m.registry = registry;
         m
     }
@@ -341,10 +345,26 @@ impl Metrics {
 
     /// Renders every family in the OpenMetrics text format (see [`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
+        self.encode_with(true)
+    }
+
+    /// Renders every family, the per-object series only when `objects` (at 20,000 tokens they
+    /// are 6 MiB of the text and most of its cost: a frequent scrape of the operator's own
+    /// health can leave them out).
+    pub fn encode_with(&self, objects: bool) -> String {
         let mut out = String::new();
+        let registries = if objects {
+            vec![&self.registry, &self.objects_registry]
+        } else {
+            vec![&self.registry]
+        };
         // Writing into a String cannot fail; the encoder only returns the `fmt::Error` of its
         // writer. Should it ever fail, a partial exposition is still the most useful answer.
-        if encode(&mut out, &self.registry).is_err() {
+        let written = registries
+            .into_iter()
+            .try_for_each(|r| encode_registry(&mut out, r))
+            .and_then(|()| encode_eof(&mut out));
+        if written.is_err() {
             tracing::warn!("failed to encode metrics");
         }
         out

@@ -314,6 +314,16 @@ fn every_object_gets_one_series_per_metric_named_by_namespace_and_name() {
         1
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
+    // Left out on request, with everything else kept.
+    let lean = m.encode_with(false);
+    assert!(!lean.contains("_status{namespace="), "{lean}");
+    assert!(!lean.contains("timestamp_seconds{namespace="), "{lean}");
+    assert!(
+        lean.contains(&format!("{p}identities_created_total 0")),
+        "{lean}"
+    );
+    assert!(lean.ends_with("# EOF\n") && lean.matches("# EOF").count() == 1);
+    assert_eq!(text.matches("# EOF").count(), 1);
     // The deletion path: counts of tokens gone are dropped.
     assert_eq!(m.objects.retain_restarts(|uid| uid == "uid-web"), 1);
     assert_eq!(m.objects.restart_entries(), 1);
