@@ -272,6 +272,9 @@ pub struct Restart {
     pub acs_calls: u64,
     pub writes: f64,
     pub gets: f64,
+    /// Reconciles by the new process once it went quiet, per user and per token: above 1,
+    /// objects woken more than once (a token by its own list and by its user's).
+    pub reconciles: (f64, f64),
 }
 
 /// Stops the operator (SIGTERM), starts it again with the same flags, and waits until it has
@@ -313,6 +316,10 @@ pub async fn restart(
             acs_calls: acs.total,
             writes: m.kube_writes(),
             gets: m.sum(crate::metrics::KUBE_REQUESTS, &[("verb", "get")]),
+            reconciles: (
+                m.reconciles(USER_CONTROLLER) / users.max(1) as f64,
+                m.reconciles(TOKEN_CONTROLLER) / tokens.max(1) as f64,
+            ),
         },
     ))
 }

@@ -327,6 +327,11 @@ pub fn rows(s: &ScaleRun, rows: &mut Vec<Row>) {
         "ready again: /readyz · every object re-verified".into(),
         format!("{} · {}", secs(rs.readyz), secs(rs.reverified)),
     ));
+    rows.push((
+        "6 Restart",
+        "reconciles per object once quiet (users · tokens)".into(),
+        format!("{:.2} · {:.2}", rs.reconciles.0, rs.reconciles.1),
+    ));
     match &s.spread {
         Some(sp) => rows.push((
             "7 Renewal spread",

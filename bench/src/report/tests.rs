@@ -99,6 +99,7 @@ fn results() -> Results {
                 acs_calls: 0,
                 writes: 0.0,
                 gets: 2.0,
+                reconciles: (1.0, 1.0),
             },
             spread: Some(Spread {
                 renewals: 20000,
