@@ -1,6 +1,7 @@
 //! Reports the size of every in-memory table of the process (`tracked_entries{table}`), and
 //! prunes what no deletion path reaches for sure: the controllers' change filters (deletions
-//! never reach them), failures and recent identities of objects gone from the caches, guard
+//! never reach them), failures of objects gone from the caches, recent identities the caches
+//! show or no longer have, guard
 //! entries past every window. The benchmark's churn phase reads these to prove that deleting
 //! objects returns every per-object table to where it was.
 
@@ -60,14 +61,24 @@ fn release_after_large_shrink(ctx: &Context) {
     }
 }
 
+/// A user's new identity is remembered until the cache shows an identity for it (the rule a
+/// reconcile forgets it by, applied to every user: one that is not reconciled again would
+/// otherwise keep its entry, 1 KB, for good) or no longer has the user.
+fn prune_recent_identities(ctx: &Context) {
+    if !ctx.recent_identities.is_empty() {
+        ctx.recent_identities.retain(|ns, name| {
+            ctx.users
+                .get(ns, name)
+                .is_some_and(|u| u.identity_id().is_none())
+        });
+    }
+}
+
 /// Measures (and prunes what only a pass can prune) every table.
 pub fn report(ctx: &Context) {
     let m = &ctx.metrics.runtime;
     ctx.failures.retain(|k| cached(ctx, k));
-    if !ctx.recent_identities.is_empty() {
-        ctx.recent_identities
-            .retain(|ns, name| ctx.users.get(ns, name).is_some());
-    }
+    prune_recent_identities(ctx);
     let restarts = if ctx.metrics.objects.restart_entries() == 0 {
         0
     } else {
@@ -118,4 +129,32 @@ pub fn report(ctx: &Context) {
         m.set_heap(heap);
     }
     m.tables_reported(jiff::Timestamp::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CommunicationUserStatus;
+    use crate::controller::fixtures::user;
+
+    #[tokio::test]
+    async fn a_new_identity_is_forgotten_once_the_cache_shows_one_or_loses_the_user() {
+        let mut shown = user("ns", "shown");
+        shown.status = Some(CommunicationUserStatus {
+            identity_id: Some("8:acs:r_shown".into()),
+            ..Default::default()
+        });
+        let (ctx, _api) = Context::test_with_users(vec![shown, user("ns", "pending")]);
+        for name in ["shown", "pending", "gone"] {
+            ctx.recent_identities.wrote(
+                "ns",
+                name,
+                Some("5"),
+                (format!("uid-{name}"), CommunicationUserStatus::default()),
+            );
+        }
+        prune_recent_identities(&ctx);
+        assert!(ctx.recent_identities.contains("ns", "pending"));
+        assert_eq!(ctx.recent_identities.len(), 1);
+    }
 }

@@ -5,9 +5,9 @@
 //!   starts before then (another trigger woke the object) plans from what was written, not
 //!   from the stale cached status, and finds nothing to do instead of writing again;
 //! - a user's new identity, from before its write is sent (GA creation is not idempotent: a
-//!   failed write must not lead to a second identity) until a reconciled copy shows an
-//!   identity (never forgotten on a resourceVersion alone: a relist's objects are not in the
-//!   cache until the relist ends);
+//!   failed write must not lead to a second identity) until the cache shows an identity (a
+//!   reconcile, or the tables' prune every 5 s; never forgotten on a resourceVersion alone: a
+//!   relist's objects are not in the cache until the relist ends);
 //! - token Secrets ([`super::own_writes`]), for as long as the watch shows the Secret at the
 //!   version this process wrote, so that a reconcile needs no GET to know what it holds.
 //!
