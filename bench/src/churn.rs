@@ -184,12 +184,12 @@ fn tables(m: &Samples) -> BTreeMap<String, i64> {
 
 /// What a table may hold after the churn beyond its size before: the guard keeps each
 /// remaining user's revocations (those the tokens' deletions asked for) for its window, the
-/// event recorder what it published until it has been idle for 6 minutes (at most 4,096);
+/// event recorder what it published until it has been idle for 6 minutes (at most 1,024);
 /// every other table, nothing.
 fn allowance(table: &str, users: usize) -> i64 {
     match table {
         "guard" => users as i64,
-        "events" => 4096,
+        "events" => 1024,
         _ => 0,
     }
 }
@@ -427,7 +427,7 @@ pub fn goals(c: &ChurnRun) -> Vec<Goal> {
     vec![
         Goal {
             name: "tables after churn",
-            target: "back to their size before (guard: + a revocation entry per user; events: ≤ 4,096 until 6 idle minutes)",
+            target: "back to their size before (guard: + a revocation entry per user; events: ≤ 1,024 until 6 idle minutes)",
             measured: if grown.is_empty() && c.settled {
                 "all back".into()
             } else {
