@@ -42,7 +42,7 @@ impl<V> Default for Written<V> {
 
 /// A resourceVersion as a number, for ordering (see [`Version`]).
 fn rv(s: Option<&str>) -> Option<u64> {
-    s.and_then(|s| Version::new(s).number())
+    s.and_then(crate::ns_map::canonical)
 }
 
 impl<V: Clone> Written<V> {
